@@ -1,0 +1,232 @@
+"""The ``imgcls`` command line: a thin layer that parses arguments and calls the library.
+
+Every command that builds a config takes an optional preset name and ``dotted.key=value`` overrides, e.g.
+``imgcls train cifar10_resnet18 model.name=resnet18 training.optimizer.name=adamw training.epochs=5``.
+Bad input (unknown key, bad value, missing dataset, unreadable checkpoint) ends with a one-line error and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from imgcls.config import ConfigError, build_config, list_presets, to_yaml
+
+#: modules that contribute subcommands through ``add_cli(subparsers)``
+COMMAND_MODULES: list[str] = []
+
+
+def split_preset_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[PRESET] key=value ...`` -> (preset, overrides). The preset is the one item without '='."""
+    preset = None
+    overrides = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif preset is None:
+            preset = item
+        else:
+            raise ConfigError(f"'{item}': expected key=value (a preset, '{preset}', was already given)")
+    return preset, overrides
+
+
+def config_from_args(items: Sequence[str], default_preset: str | None = "quickstart"):  # noqa: ANN201
+    preset, overrides = split_preset_and_overrides(items)
+    return build_config(preset or default_preset, overrides), preset or default_preset, overrides
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imgcls.engine.train import resume_config, train
+
+    cfg, _, overrides = config_from_args(args.args)
+    cfg, resume_path = resume_config(cfg, overrides)
+    result = train(cfg, resume_path=resume_path)
+    if result.test is not None:
+        print(f"TEST ACCURACY {result.test.acc:.4f}")
+    print(f"RUN FOLDER {result.run_dir}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "presets":
+        print("\n".join(list_presets()))
+        return 0
+    if args.action == "keys":
+        from imgcls.config import all_keys
+
+        print("\n".join(all_keys()))
+        return 0
+    cfg, _, _ = config_from_args(args.args)
+    from imgcls.config import validate_config
+
+    validate_config(cfg)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from imgcls.evaluate.run_eval import run_eval
+
+    run_eval(args.checkpoint, split=args.split, overrides=args.overrides, tta=args.tta, ensemble=args.ensemble,
+             batch_size=args.batch_size, out_dir=args.out, report=not args.no_report)  # fmt: skip
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls.data.datasets import BadImageError
+    from imgcls.evaluate.infer import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    status = 0
+    for path in args.images:
+        try:
+            x = predictor.load_image(path)
+        except (BadImageError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 2
+            continue
+        probs = predictor.predict_proba(x[None])
+        top = predictor.topk(probs, args.topk)[0]
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    return status
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from imgcls.models.complexity import model_table
+
+    rows = model_table(
+        args.pattern, num_classes=args.num_classes, input_size=args.input_size,
+        freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, macs=not args.no_macs,
+    )  # fmt: skip
+    table = Table(title="imgcls models")
+    for col in ("model", "params", "trainable", "MACs", "input"):
+        table.add_column(col, justify="left" if col in ("model", "input") else "right")
+    for r in rows:
+        macs = f"{r['macs'] / 1e6:,.1f}M" if r.get("macs") is not None else "-"
+        table.add_row(r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['trainable'] / 1e6:.2f}M", macs, str(r["input"]))
+    Console(width=120).print(table)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from imgcls.data.datasets import list_datasets
+
+    if args.list or not args.dataset:
+        print("\n".join(list_datasets()))
+        return 0
+    from imgcls.engine.train import build_splits
+
+    cfg = build_config(None, [f"data.name={args.dataset}", *args.overrides])
+    from imgcls.config import validate_config
+
+    validate_config(cfg)
+    splits = build_splits(cfg)
+    console = Console(width=120)
+    size = splits.train.source.image_size
+    console.print(f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
+                  f"image size {f'{size[0]}x{size[1]}' if size else 'varies'}, mean {[round(m, 4) for m in splits.mean]}"
+                  f", std {[round(s, 4) for s in splits.std]}")  # fmt: skip
+    table = Table(title="samples per class and split")
+    table.add_column("class")
+    views = {n: v for n, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v is not None}
+    for n in views:
+        table.add_column(n, justify="right")
+    counts = {n: torch.bincount(v.targets, minlength=splits.num_classes).tolist() for n, v in views.items()}
+    for k, name in enumerate(splits.classes):
+        table.add_row(name, *(str(counts[n][k]) for n in views))
+    table.add_row("[bold]total[/bold]", *(f"[bold]{len(v)}[/bold]" for v in views.values()))
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Train, understand and ship image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model: imgcls train [PRESET] [key=value ...]")
+    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="show the resolved config, list presets or keys")
+    p.add_argument("action", choices=["show", "presets", "keys"])
+    p.add_argument("args", nargs="*", metavar="[PRESET] key=value")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
+    p.add_argument("--ensemble", nargs="*", default=[], metavar="CKPT", help="more checkpoints to average with")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k predictions for image files")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list models with parameter counts and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--freeze-layers", type=int, default=0)
+    p.add_argument("--no-macs", action="store_true", help="skip MAC counting (faster)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="describe a dataset: sizes, classes, counts per split")
+    p.add_argument("dataset", nargs="?")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value")
+    p.add_argument("--list", action="store_true", help="list registered datasets")
+    p.set_defaults(func=cmd_data)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``imgcls`` command. Returns the exit status."""
+    from imgcls.data.datasets import BadImageError, DatasetNotFoundError
+    from imgcls.engine.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatasetNotFoundError, CheckpointError, BadImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,1 @@
+"""Training engine: plain loop functions, optimizers, schedules, losses, EMA, checkpoints, distributed helpers."""

@@ -1,0 +1,72 @@
+"""Distributed data parallel through torchrun: process-group setup from the environment torchrun provides.
+
+``torchrun --nproc_per_node=N -m imgcls train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; a plain ``imgcls train``
+does not, and everything below degrades to a single process. Backend: nccl with CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Send a picklable object from rank 0 to every rank (e.g. the run folder path)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def select_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """``auto`` -> cuda (the local rank's GPU under torchrun) if available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"run.device={name} but CUDA is not available; use run.device=cpu or auto")
+        if name == "cuda" and info is not None and info.enabled:
+            name = f"cuda:{info.local_rank}"
+        device = torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device(name)

@@ -1,0 +1,127 @@
+"""Losses. Every loss takes ``(logits [B, K], target)`` where target is class indices [B] or soft targets [B, K]
+(from CutMix/MixUp), so batch mixing works with every loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.config import LossConfig
+from imgcls.registry import Registry
+
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+
+
+def _soft(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Class indices or soft targets -> smoothed soft targets [B, K]."""
+    if target.ndim == 1:
+        target = F.one_hot(target, num_classes).float()
+    if smoothing > 0:
+        target = target * (1.0 - smoothing) + smoothing / num_classes
+    return target
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """Cross-entropy with label smoothing, class weights and soft targets.
+
+    With hard targets it equals ``F.cross_entropy(logits, target, weight, label_smoothing)``; with soft targets it is
+    ``-(w_y * q * log p).sum / normaliser`` where class weights scale each class's term.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 1:
+            return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing)
+        q = _soft(target, logits.shape[1], self.label_smoothing)
+        logp = F.log_softmax(logits.float(), dim=1)
+        if self.weight is None:
+            return -(q * logp).sum(1).mean()
+        w = self.weight[None, :]
+        return -(w * q * logp).sum(1).sum() / (w * q).sum()
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., 2017): ``-alpha * (1 - p_y)^gamma * log p_y``, soft-target aware.
+
+    ``gamma`` down-weights easy examples (0 gives cross-entropy); ``alpha`` is a constant factor (the multi-class
+    form: per-class balancing is ``weight``, i.e. ``training.loss.class_weights=balanced``).
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        self.gamma, self.alpha, self.label_smoothing = gamma, alpha, label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q = _soft(target, logits.shape[1], self.label_smoothing)
+        logp = F.log_softmax(logits.float(), dim=1)
+        p = logp.exp()
+        term = -q * (1 - p).pow(self.gamma) * logp
+        if self.alpha is not None:
+            term = term * self.alpha
+        if self.weight is not None:
+            # normalised like weighted cross-entropy, so that gamma=0 with class weights equals weighted CE
+            w = self.weight[None, :]
+            return (w * term).sum() / (w * q).sum()
+        return term.sum(1).mean()
+
+
+class DistillationLoss(nn.Module):
+    """Knowledge distillation (Hinton et al., 2015) around any base loss.
+
+    ``loss = (1 - alpha) * base(logits, target) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``,
+    with the KL divergence averaged over the batch. ``T^2`` keeps the soft term's gradient scale independent of the
+    temperature. ``alpha=0`` is exactly the base loss.
+
+    Args:
+        base_loss: the hard-label loss, called as ``base_loss(logits, target)`` (hard or soft targets).
+        temperature: softmax temperature ``T`` (> 0) applied to both student and teacher logits.
+        alpha: weight of the soft (teacher) term, in [0, 1].
+    """
+
+    def __init__(self, base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], temperature: float = 4.0,
+                 alpha: float = 0.5) -> None:  # fmt: skip
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
+        self.base_loss, self.temperature, self.alpha = base_loss, temperature, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Args: student ``logits`` [B, K], ``target`` [B] or [B, K], ``teacher_logits`` [B, K] (no gradient)."""
+        base = self.base_loss(logits, target)
+        if self.alpha == 0:
+            return base
+        t = self.temperature
+        log_student = F.log_softmax(logits.float() / t, dim=1)
+        log_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+        soft = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+        return (1.0 - self.alpha) * base + self.alpha * t * t * soft
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None, **_: object) -> nn.Module:
+    return SoftTargetCrossEntropy(label_smoothing=label_smoothing, weight=weight)
+
+
+@LOSSES.register("focal")
+def focal(gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None,
+          label_smoothing: float = 0.0, **_: object) -> nn.Module:  # fmt: skip
+    return FocalLoss(gamma=gamma, alpha=alpha, weight=weight, label_smoothing=label_smoothing)
+
+
+def build_loss(cfg: LossConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
+    """The configured loss; ``class_weights`` [K] when ``cfg.class_weights == "balanced"``."""
+    return LOSSES.create(
+        cfg.name, label_smoothing=cfg.label_smoothing, weight=class_weights, gamma=cfg.focal_gamma,
+        alpha=cfg.focal_alpha,
+    )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Evaluation: loading trained models for inference, metrics and reports."""

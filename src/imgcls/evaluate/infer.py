@@ -1,0 +1,70 @@
+"""Load a trained model from a checkpoint (or run folder) with its preprocessing, for eval/predict/export/serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.config import from_dict
+from imgcls.data.datasets import decode_image_file
+from imgcls.data.loaders import PreprocessInfo
+from imgcls.data.transforms import build_eval_transform
+from imgcls.engine.checkpoint import load_checkpoint
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights. Returns (model in eval mode, checkpoint)."""
+    from imgcls.engine.train import build_model_for
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = from_dict(ckpt["config"])
+    cfg.model.pretrained = False  # the checkpoint holds the weights; never fetch published ones here
+    pre = ckpt["preprocess"]
+    model = build_model_for(cfg, num_classes=len(ckpt["classes"]), in_chans=pre["in_chans"], image_size=pre["image_size"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+@dataclass
+class Predictor:
+    """A model with its class names and preprocessing: raw images in, probabilities out."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocess: PreprocessInfo
+    device: torch.device
+    checkpoint: dict[str, Any]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        model, ckpt = load_model(path, device)
+        pre = dict(ckpt["preprocess"])
+        # a checkpoint's images may come from anywhere at predict time: always resize to the trained size
+        pre["resize"] = True
+        return cls(model=model, classes=list(ckpt["classes"]), preprocess=PreprocessInfo(**pre),
+                   device=torch.device(device), checkpoint=ckpt)  # fmt: skip
+
+    @property
+    def transform(self):  # noqa: ANN201
+        p = self.preprocess
+        return build_eval_transform(image_size=p.image_size, resize=True, in_chans=p.in_chans, mean=p.mean, std=p.std,
+                                    interpolation=p.interpolation)  # fmt: skip
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """Decode and preprocess one image file -> float [C, S, S]."""
+        return self.transform(decode_image_file(path, self.preprocess.in_chans))
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images [B, C, S, S] -> class probabilities [B, K]."""
+        return torch.softmax(self.model(images.to(self.device)).float(), dim=1).cpu()
+
+    def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        k = min(k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        return [[(self.classes[i], float(v)) for v, i in zip(vs, ids, strict=True)]
+                for vs, ids in zip(values.tolist(), indices.tolist(), strict=True)]  # fmt: skip
