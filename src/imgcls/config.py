@@ -180,7 +180,8 @@ class RunConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     resume: str | None = None  # a checkpoint path, a run folder, or "auto" (latest unfinished run with this name)
     deterministic: bool = False
-    tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    # experiment tracker, writing inside the run folder; tensorboard falls back to none (one warning) if not installed
+    tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
     log_interval: int = 50  # steps between progress updates
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     progress: bool = True  # progress bars (only when attached to a terminal)
@@ -261,6 +262,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"bad value {value!r} for '{key}': expected a number")
     if tp is str:
         if isinstance(value, str):

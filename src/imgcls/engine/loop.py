@@ -82,7 +82,7 @@ def train_one_epoch(
     Args:
         model: the model (possibly DDP-wrapped or compiled).
         loader: yields (images, targets); images may already be on ``device`` (device loader).
-        optimizer: its groups carry ``base_lr``; ``lr_at(step)`` gives the multiplier applied before each step.
+        optimizer: its groups carry ``initial_lr``; ``lr_at(step)`` gives the multiplier applied before each step.
         loss_fn: ``loss_fn(logits, targets)`` or, with a teacher, ``loss_fn(logits, targets, teacher_logits)``.
         device: where to compute.
         start_step: optimizer steps taken before this epoch (the schedule's clock).
@@ -163,7 +163,7 @@ def train_one_epoch(
         if lr_at is not None:
             mult = lr_at(step)
             for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * mult
+                group["lr"] = group["initial_lr"] * mult
         if scaler is not None:
             scaler.unscale_(optimizer)
         if clip_grad_norm is not None:

@@ -33,7 +33,7 @@ def adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opt
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The configured optimizer over the model's trainable parameters.
 
-    Each group records ``base_lr`` (the lr the schedule multiplies), so per-group multipliers such as
+    Each group records ``initial_lr`` (the lr the schedule multiplies), so per-group multipliers such as
     ``backbone_lr_mult`` survive scheduling.
     """
     from imgcls.models.transfer import param_groups
@@ -41,5 +41,5 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult)
     optimizer = OPTIMIZERS.get(cfg.name)(groups, cfg)
     for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
+        group["initial_lr"] = group["lr"]
     return optimizer

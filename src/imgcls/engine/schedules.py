@@ -1,7 +1,7 @@
 """Learning-rate schedules as pure functions of the optimizer step.
 
 Each schedule maps ``(step, total_steps, steps_per_epoch, **params) -> multiplier`` of the base lr; the loop sets
-``group["lr"] = group["base_lr"] * multiplier`` before every optimizer step. Linear warmup (``warmup_epochs``,
+``group["lr"] = group["initial_lr"] * multiplier`` before every optimizer step. Linear warmup (``warmup_epochs``,
 starting at ``warmup_lr`` x base) composes with every schedule. Being pure, a schedule needs no state in a checkpoint
 (except ``plateau``, which reacts to validation metrics: see :class:`PlateauState`), and ``imgcls lr-plot`` draws it.
 """

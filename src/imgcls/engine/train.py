@@ -137,9 +137,10 @@ def resolve_preprocess(cfg: Config, splits: Splits, model: nn.Module) -> Preproc
 
 
 def class_weights_for(splits: Splits) -> torch.Tensor:
-    """Inverse-frequency class weights normalised to mean 1 ("balanced", as scikit-learn computes them)."""
-    counts = torch.bincount(splits.train.targets, minlength=splits.num_classes).double().clamp_min(1)
-    return (counts.sum() / (len(counts) * counts)).float()
+    """Inverse-frequency class weights of the train split, normalised to mean 1 ("balanced")."""
+    from imgcls.data.samplers import get_class_weights
+
+    return get_class_weights(splits.train.targets, splits.num_classes)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def train(cfg: Config, *, resume_path: Path | None = None, hooks: dict[str, Call
 def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: dict[str, Callable[..., Any]],
            t_start: float) -> RunResult:  # fmt: skip
     from imgcls.data.build import build_loaders  # the loader factory (torch / device paths)
-    from imgcls.models.transfer import apply_freezing, keep_frozen_bn_eval, unfreeze_next_group
+    from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
 
     device = select_device(cfg.run.device, dist_info)
     seed_everything(cfg.run.seed + dist_info.rank, cfg.run.deterministic)
@@ -346,11 +347,12 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         # re-apply the gradual unfreezing that had happened before the checkpoint, so the optimizer's groups match
         for e in cfg.training.unfreeze_epochs:
             if e < ckpt["epoch"]:
-                unfreeze_next_group(model, optimizer, lr=cfg.training.optimizer.lr * cfg.training.optimizer.backbone_lr_mult,
-                                    weight_decay=cfg.training.optimizer.weight_decay)  # fmt: skip
+                unfreeze_next_group(model, optimizer, lr=cfg.training.optimizer.lr,
+                                    weight_decay=cfg.training.optimizer.weight_decay,
+                                    backbone_lr_mult=cfg.training.optimizer.backbone_lr_mult)  # fmt: skip
                 unfrozen += 1
         for group in optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
+            group.setdefault("initial_lr", group["lr"])
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -415,10 +417,10 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         for epoch in range(start_epoch, cfg.training.epochs):
             if epoch in cfg.training.unfreeze_epochs and unfrozen < len(cfg.training.unfreeze_epochs):
                 opt_cfg = cfg.training.optimizer
-                if unfreeze_next_group(model, optimizer, lr=opt_cfg.lr * opt_cfg.backbone_lr_mult,
-                                       weight_decay=opt_cfg.weight_decay):  # fmt: skip
+                if unfreeze_next_group(model, optimizer, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay,
+                                       backbone_lr_mult=opt_cfg.backbone_lr_mult):  # fmt: skip
                     for group in optimizer.param_groups:
-                        group.setdefault("base_lr", group["lr"])
+                        group.setdefault("initial_lr", group["lr"])
                     _say(dist_info, f"epoch {epoch + 1}: unfroze one more layer group")
                 unfrozen += 1
             set_epoch(loaders.train, epoch)
@@ -432,7 +434,7 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
                 batch_transform=batch_transform, ema=ema, teacher=teacher, channels_last=cfg.training.channels_last,
                 max_nonfinite_steps=cfg.training.max_nonfinite_steps, log_interval=cfg.run.log_interval,
                 on_log=lambda s, loss, s0=epoch_start_step: progress.log(s - s0, loss),
-                after_train_mode=keep_frozen_bn_eval,
+                after_train_mode=freeze_bn_eval,
             )  # fmt: skip
             step += stats.steps
             row: dict[str, Any] = {

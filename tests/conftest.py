@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny, fast configs on the bundled digits dataset."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores: keep intra-op threads fixed so timings and results are stable across machines.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = [
+    "data.name=digits",
+    "data.subset=300",
+    "data.batch_size=32",
+    "model.name=simple_cnn_tiny",
+    "training.epochs=2",
+    "training.optimizer.lr=0.05",
+    "run.progress=false",
+    "run.tracker=none",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    """Overrides for a run of a few seconds, writing into a temporary runs folder."""
+    return [*TINY, f"run.dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep decoded-archive caches out of the user's home during tests."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

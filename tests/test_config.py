@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from imgcls.cli import main
+from imgcls.config import ConfigError, build_config, from_dict, list_presets, to_dict, validate_config
+
+
+def test_overrides_are_typed():
+    cfg = build_config("quickstart", ["training.epochs=5", "training.optimizer.lr=1e-3", "model.pretrained=true",
+                                      "training.unfreeze_epochs=[2,4]", "data.image_size=null"])
+    assert cfg.training.epochs == 5 and isinstance(cfg.training.epochs, int)
+    assert cfg.training.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.model.pretrained is True
+    assert cfg.training.unfreeze_epochs == [2, 4]
+    assert cfg.data.image_size is None
+    # an int where a float is expected is fine; a path string for pretrained too
+    assert build_config(None, ["training.optimizer.lr=1"]).training.optimizer.lr == 1.0
+    assert build_config(None, ["model.pretrained=/tmp/w.safetensors"]).model.pretrained == "/tmp/w.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("training.epochs=five", "expected an integer"),
+        ("training.epochs=1.5", "expected an integer"),
+        ("training.amp=maybe", "expected true or false"),
+        ("data.loader=gpu", "Valid values: torch, device"),
+        ("training.unfreeze_epochs=3", "expected a list"),
+        ("training=3", "is a section"),
+        ("training.epochs", "key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config("quickstart", [override])
+    assert fragment in str(e.value)
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError) as e:
+        build_config(None, ["model.nam=x"])
+    msg = str(e.value)
+    assert "unknown config key 'model.nam'" in msg and "'model.name'" in msg
+    assert "Valid keys in 'model': name, pretrained" in msg
+    with pytest.raises(ConfigError, match="training.optimizer.lr"):
+        build_config(None, ["training.optimizer.lrr=0.1"])
+
+
+def test_registry_names_are_validated_before_work():
+    for override, valid in [("model.name=resnet19", "resnet18"), ("data.name=cifar11", "cifar10"),
+                            ("training.optimizer.name=adamx", "adamw"), ("training.scheduler.name=cosin", "cosine")]:
+        cfg = build_config(None, [override])
+        with pytest.raises(ConfigError) as e:
+            validate_config(cfg)
+        assert valid in str(e.value)
+
+
+def test_presets_load_and_round_trip():
+    assert {"quickstart", "cifar10_resnet18", "cifar10_modern"} <= set(list_presets())
+    for name in list_presets():
+        cfg = build_config(name)
+        validate_config(cfg)
+        assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+    modern = build_config("cifar10_modern")  # inherits from cifar10_resnet18 through `base`
+    assert modern.model.name == "resnet18" and modern.training.optimizer.name == "adamw"
+    with pytest.raises(ConfigError, match="quickstart"):
+        build_config("quickstar")
+
+
+def test_cli_config_show(capsys):
+    assert main(["config", "show", "quickstart", "training.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "name: digits" in out
+
+
+def test_cli_unknown_key_exit_code(capsys):
+    assert main(["train", "model.nam=x"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name" in err and "unknown config key" in err

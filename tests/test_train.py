@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.cli import main
+from imgcls.config import build_config
+from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
+from imgcls.engine.train import resume_config, train
+from imgcls.evaluate.infer import load_model
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_contents_and_checkpoint_round_trip(tiny_overrides):
+    result = train(build_config("quickstart", tiny_overrides))
+    run = result.run_dir
+    assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"):
+        assert rows[0][key] != ""
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_acc"] == pytest.approx(result.test.acc)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "scaler", "epoch", "step", "rng", "config", "classes", "preprocess"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == [str(i) for i in range(10)]
+    assert ckpt["config"]["model"]["name"] == "simple_cnn_tiny"
+    assert ckpt["preprocess"]["image_size"] == 16 and len(ckpt["preprocess"]["mean"]) == 1
+    # the rebuilt model gives the same outputs as the trained weights
+    model, _ = load_model(run / "checkpoints" / "last.pt")
+    x = torch.randn(4, 1, 16, 16)
+    ref = build_config("quickstart", tiny_overrides)
+    del ref
+    state = ckpt["model"]
+    model2, _ = load_model(run)
+    assert torch.equal(model(x), model2(x)) or load_checkpoint(run)["epoch"] != 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert not list(run.glob("checkpoints/*.tmp"))  # atomic writes leave no temp files
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_exact(tiny_overrides):
+    overrides = [*tiny_overrides, "training.epochs=3", "training.ema.enabled=true"]
+    full = train(build_config("quickstart", overrides))
+
+    def crash_after_epoch_2(epoch, row):
+        if epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(build_config("quickstart", [*overrides, "run.name=interrupted"]), hooks={"on_epoch_end": crash_after_epoch_2})
+    cfg, path = resume_config(build_config("quickstart", [*overrides, "run.name=interrupted", "run.resume=auto"]),
+                              ["run.resume=auto", "run.name=interrupted"])
+    assert path is not None and path.name == "last.pt"
+    resumed = train(cfg, resume_path=path)
+    a, b = _rows(full.run_dir), _rows(resumed.run_dir)
+    assert len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "lr"):
+            assert ra[key] == rb[key], (key, ra, rb)
+    assert resumed.test.acc == full.test.acc
+
+
+def test_quickstart_reaches_accuracy_on_reduced_budget(tmp_path):
+    # the README's main job with fewer epochs: still >= 95% test accuracy on digits
+    result = train(build_config("quickstart", ["training.epochs=6", f"run.dir={tmp_path}", "run.progress=false"]))
+    assert result.test.acc >= 0.95
+
+
+def test_cli_train_eval_predict(tiny_overrides, tmp_path, capsys):
+    assert main(["train", *tiny_overrides]) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(out.split("RUN FOLDER ")[-1].strip())
+    assert run_dir.is_dir()
+    assert main(["eval", str(run_dir), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "confusion matrix" in out
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 360 and 0 <= metrics["accuracy"] <= 1
+    # predict on an image file made from a test digit
+    from PIL import Image
+
+    from imgcls.data.datasets import load_dataset
+
+    raw = load_dataset("digits")
+    Image.fromarray(raw.train.images[0, 0].numpy()).save(tmp_path / "digit.png")
+    assert main(["predict", str(run_dir), str(tmp_path / "digit.png"), "--topk", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(tmp_path / "digit.png")) and line.count(",") == 2
+
+
+def test_cli_bad_checkpoints(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    assert main(["eval", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    assert main(["predict", str(tmp_path / "other.pt"), "x.png"]) == 2
+    assert "not an imgcls checkpoint" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)
+
+
+def test_sigkill_then_resume_auto(tmp_path):
+    """Kill a training process with SIGKILL after its first checkpoint; run.resume=auto continues from it."""
+    args = [sys.executable, "-m", "imgcls.cli", "train", "data.subset=300", "model.name=simple_cnn_tiny",
+            "training.epochs=6", f"run.dir={tmp_path}", "run.progress=false", "run.name=killed"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    last = None
+    while time.time() < deadline:
+        found = list(tmp_path.glob("killed-*/checkpoints/last.pt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.05)
+    assert last is not None, "no checkpoint written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (last.parent.parent / "summary.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    epoch_at_kill = load_checkpoint(last)["epoch"]
+    done = subprocess.run([*args, "run.resume=auto"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {last}" in done.stdout and f"at epoch {epoch_at_kill}" in done.stdout
+    rows = _rows(last.parent.parent)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert (last.parent.parent / "summary.json").is_file()
