@@ -7,8 +7,16 @@ from imgcls.config import ConfigError, build_config, from_dict, list_presets, to
 
 
 def test_overrides_are_typed():
-    cfg = build_config("quickstart", ["training.epochs=5", "training.optimizer.lr=1e-3", "model.pretrained=true",
-                                      "training.unfreeze_epochs=[2,4]", "data.image_size=null"])
+    cfg = build_config(
+        "quickstart",
+        [
+            "training.epochs=5",
+            "training.optimizer.lr=1e-3",
+            "model.pretrained=true",
+            "training.unfreeze_epochs=[2,4]",
+            "data.image_size=null",
+        ],
+    )
     assert cfg.training.epochs == 5 and isinstance(cfg.training.epochs, int)
     assert cfg.training.optimizer.lr == pytest.approx(1e-3)
     assert cfg.model.pretrained is True
@@ -48,8 +56,12 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_registry_names_are_validated_before_work():
-    for override, valid in [("model.name=resnet19", "resnet18"), ("data.name=cifar11", "cifar10"),
-                            ("training.optimizer.name=adamx", "adamw"), ("training.scheduler.name=cosin", "cosine")]:
+    for override, valid in [
+        ("model.name=resnet19", "resnet18"),
+        ("data.name=cifar11", "cifar10"),
+        ("training.optimizer.name=adamx", "adamw"),
+        ("training.scheduler.name=cosin", "cosine"),
+    ]:
         cfg = build_config(None, [override])
         with pytest.raises(ConfigError) as e:
             validate_config(cfg)

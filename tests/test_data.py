@@ -45,8 +45,15 @@ def test_missing_dataset_offline_says_where_to_put_files(tmp_path):
 
 
 def test_cli_missing_dataset_exit_code(tmp_path, capsys):
-    code = main(["train", "data.name=mnist", f"data.root={tmp_path / 'm'}", "data.download=false",
-                 f"run.dir={tmp_path / 'runs'}"])
+    code = main(
+        [
+            "train",
+            "data.name=mnist",
+            f"data.root={tmp_path / 'm'}",
+            "data.download=false",
+            f"run.dir={tmp_path / 'runs'}",
+        ]
+    )
     assert code == 2
     assert "dataset files not found" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # failed before any work
@@ -63,8 +70,10 @@ def _make_imagefolder(root, classes=("cat", "dog"), n=6, size=12):
 
 def test_imagefolder_without_splits_is_split_stratified(tmp_path):
     _make_imagefolder(tmp_path / "imgs", n=10)
-    cfg = build_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.val_fraction=0.2",
-                              "data.test_fraction=0.2"])
+    cfg = build_config(
+        None,
+        ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.val_fraction=0.2", "data.test_fraction=0.2"],
+    )
     s = build_splits(cfg)
     assert s.classes == ["cat", "dog"]
     assert len(s.train) + len(s.val) + len(s.test) == 20

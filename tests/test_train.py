@@ -65,9 +65,14 @@ def test_resume_is_exact(tiny_overrides):
             raise _Stop
 
     with pytest.raises(_Stop):
-        train(build_config("quickstart", [*overrides, "run.name=interrupted"]), hooks={"on_epoch_end": crash_after_epoch_2})
-    cfg, path = resume_config(build_config("quickstart", [*overrides, "run.name=interrupted", "run.resume=auto"]),
-                              ["run.resume=auto", "run.name=interrupted"])
+        train(
+            build_config("quickstart", [*overrides, "run.name=interrupted"]),
+            hooks={"on_epoch_end": crash_after_epoch_2},
+        )
+    cfg, path = resume_config(
+        build_config("quickstart", [*overrides, "run.name=interrupted", "run.resume=auto"]),
+        ["run.resume=auto", "run.name=interrupted"],
+    )
     assert path is not None and path.name == "last.pt"
     resumed = train(cfg, resume_path=path)
     a, b = _rows(full.run_dir), _rows(resumed.run_dir)
@@ -122,8 +127,18 @@ def test_cli_bad_checkpoints(tmp_path, capsys):
 
 def test_sigkill_then_resume_auto(tmp_path):
     """Kill a training process with SIGKILL after its first checkpoint; run.resume=auto continues from it."""
-    args = [sys.executable, "-m", "imgcls.cli", "train", "data.subset=300", "model.name=simple_cnn_tiny",
-            "training.epochs=6", f"run.dir={tmp_path}", "run.progress=false", "run.name=killed"]
+    args = [
+        sys.executable,
+        "-m",
+        "imgcls.cli",
+        "train",
+        "data.subset=300",
+        "model.name=simple_cnn_tiny",
+        "training.epochs=6",
+        f"run.dir={tmp_path}",
+        "run.progress=false",
+        "run.name=killed",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 120

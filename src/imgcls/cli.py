@@ -102,12 +102,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from imgcls.models import list_models
     from imgcls.models.complexity import model_table
 
-    rows = model_table(
-        args.pattern, num_classes=args.num_classes, input_size=args.input_size,
-        freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, macs=not args.no_macs,
-    )  # fmt: skip
+    names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no model matches '{args.pattern}'; `imgcls models` lists them all")
+    rows = model_table(names, num_classes=args.num_classes, input_size=args.input_size,
+                       freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers)  # fmt: skip
     table = Table(title="imgcls models")
     for col in ("model", "params", "trainable", "MACs", "input"):
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
@@ -137,9 +139,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     splits = build_splits(cfg)
     console = Console(width=120)
     size = splits.train.source.image_size
+    size_text = f"{size[0]}x{size[1]}" if size else "varies"
+    mean, std = [round(m, 4) for m in splits.mean], [round(s, 4) for s in splits.std]
     console.print(f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
-                  f"image size {f'{size[0]}x{size[1]}' if size else 'varies'}, mean {[round(m, 4) for m in splits.mean]}"
-                  f", std {[round(s, 4) for s in splits.std]}")  # fmt: skip
+                  f"image size {size_text}, mean {mean}, std {std}")  # fmt: skip
     table = Table(title="samples per class and split")
     table.add_column("class")
     views = {n: v for n, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v is not None}
@@ -194,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's)")
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument("--freeze-layers", type=int, default=0)
-    p.add_argument("--no-macs", action="store_true", help="skip MAC counting (faster)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("data", help="describe a dataset: sizes, classes, counts per split")

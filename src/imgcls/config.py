@@ -322,8 +322,10 @@ def merge_dict(cfg: Config, tree: dict[str, Any], prefix: str = "") -> None:
         node: Any = cfg
         for part in key.split(".")[:-1]:
             node = getattr(node, part)
-        is_section = dataclasses.is_dataclass(node) and k in {f.name for f in dataclasses.fields(node)} and (
-            dataclasses.is_dataclass(getattr(node, k))
+        is_section = (
+            dataclasses.is_dataclass(node)
+            and k in {f.name for f in dataclasses.fields(node)}
+            and (dataclasses.is_dataclass(getattr(node, k)))
         )
         if is_section and isinstance(v, dict):
             merge_dict(cfg, v, prefix=key + ".")
@@ -454,7 +456,10 @@ def validate_config(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"bad value {value} for '{key}': must be >= 1")
-    for key, value in {"data.val_fraction": cfg.data.val_fraction, "data.test_fraction": cfg.data.test_fraction}.items():
+    for key, value in {
+        "data.val_fraction": cfg.data.val_fraction,
+        "data.test_fraction": cfg.data.test_fraction,
+    }.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1)")
     if cfg.training.optimizer.lr <= 0:

@@ -317,7 +317,9 @@ def imagefolder_archive(path: str | Path, image_size: int | None = None) -> RawD
     classes = sorted({c for items in found.values() for c, _ in items})
     shapes = {a.shape for items in found.values() for _, a in items}
     if len(shapes) != 1:
-        raise ValueError(f"{path}: images differ in size {sorted(shapes)[:3]}...; extract it and use data.name=imagefolder")
+        raise ValueError(
+            f"{path}: images differ in size {sorted(shapes)[:3]}...; extract it and use data.name=imagefolder"
+        )
     arrays: dict[str, np.ndarray] = {"classes": np.array(classes), "splits": np.array(sorted(found))}
     for split, items in found.items():
         arrays[f"{split}_x"] = np.stack([a for _, a in items]).transpose(0, 3, 1, 2).copy()

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.config import TrainAugConfig
 
@@ -121,7 +120,13 @@ def build_train_transform(
 
 
 def build_eval_transform(
-    *, image_size: int, resize: bool, in_chans: int, mean: list[float], std: list[float], interpolation: str = "bilinear"
+    *,
+    image_size: int,
+    resize: bool,
+    in_chans: int,
+    mean: list[float],
+    std: list[float],
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """uint8 [C, H, W] -> normalised float32 [in_chans, S, S] (no randomness). Arguments as the train builder's."""
     ops: list[Any] = [FixChannels(in_chans)]

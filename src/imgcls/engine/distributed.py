@@ -35,7 +35,9 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def cleanup_distributed() -> None:
@@ -55,6 +57,19 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank; a no-op without a process group.
+
+    DDP averages gradients, so parameters stay identical, but each rank updates its BatchNorm statistics from its own
+    shard after DDP's start-of-forward broadcast: after the last step of an epoch they differ. Call this before
+    evaluating or saving so that every rank evaluates (and rank 0 saves) the same model.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src)
 
 
 def select_device(name: str, info: DistInfo | None = None) -> torch.device:

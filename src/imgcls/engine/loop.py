@@ -23,6 +23,20 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training stopped before any non-finite weight was saved."""
 
 
+def assert_finite_state(module: nn.Module, what: str = "model") -> None:
+    """Raise :class:`NonFiniteLossError` if any parameter or floating-point buffer is NaN/Inf (checked before saving).
+
+    The per-step guard keeps non-finite updates out of the parameters; this also covers buffers such as BatchNorm
+    statistics, which a forward pass on extreme activations can overflow.
+    """
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteLossError(
+                f"{what} tensor '{name}' holds NaN/Inf values: stopping without saving them. Lower "
+                "training.optimizer.lr, enable training.clip_grad_norm, or check the data"
+            )
+
+
 def autocast_context(device: torch.device, amp: bool, amp_dtype: str = "auto") -> contextlib.AbstractContextManager:
     """Autocast for ``device``: bf16 on CPU; fp16 (default) or bf16 on CUDA. A no-op context when ``amp`` is off."""
     if not amp:
@@ -212,7 +226,11 @@ def train_one_epoch(
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation pass. ``logits``/``targets`` are kept on CPU when ``return_outputs`` is set."""
+    """Metrics of one evaluation pass. ``log_probs``/``targets`` are kept on CPU when ``return_outputs`` is set.
+
+    ``log_probs`` [N, K] are the log of the probabilities averaged over models and TTA views (not raw logits: an
+    ensemble has no single logit vector); ``log_probs.exp()`` gives the probabilities.
+    """
 
     loss: float
     acc: float
@@ -220,9 +238,14 @@ class EvalResult:
     confusion: torch.Tensor  # [K, K] counts, rows = true class, columns = predicted
     num_samples: int
     seconds: float
-    logits: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """Deprecated alias of ``log_probs`` (they were never raw logits)."""
+        return self.log_probs
 
     @property
     def per_class_acc(self) -> list[float]:
@@ -319,6 +342,6 @@ def evaluate(
         confusion=confusion.cpu(),
         num_samples=n,
         seconds=time.perf_counter() - t0,
-        logits=torch.cat(all_logits) if return_outputs and all_logits else None,
+        log_probs=torch.cat(all_logits) if return_outputs and all_logits else None,
         targets=torch.cat(all_targets) if return_outputs and all_targets else None,
     )

@@ -21,15 +21,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import Config, ConfigError, build_config, from_dict, parse_override, save_config, set_value
-from imgcls.config import to_dict, validate_config
+from imgcls.config import (
+    Config,
+    ConfigError,
+    build_config,
+    from_dict,
+    parse_override,
+    save_config,
+    set_value,
+    to_dict,
+    validate_config,
+)
 from imgcls.data.datasets import Splits, load_dataset, make_splits
 from imgcls.data.loaders import PreprocessInfo, set_epoch
 from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
-from imgcls.engine.distributed import DistInfo, barrier, broadcast_object, cleanup_distributed, init_distributed
-from imgcls.engine.distributed import select_device
+from imgcls.engine.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    select_device,
+    sync_buffers,
+)
 from imgcls.engine.ema import ModelEma
-from imgcls.engine.loop import EvalResult, evaluate, needs_grad_scaler, train_one_epoch
+from imgcls.engine.loop import EvalResult, assert_finite_state, evaluate, needs_grad_scaler, train_one_epoch
 from imgcls.engine.losses import build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.schedules import PlateauState, lr_multiplier
@@ -99,7 +115,9 @@ def build_model_for(cfg: Config, num_classes: int, in_chans: int, image_size: in
     entry = None if cfg.model.name.startswith("timm:") else MODELS.get(cfg.model.name)
     kwargs = model_kwargs(cfg, entry, image_size)
     pretrained = cfg.model.pretrained
-    builtin_pretrained = pretrained is True and entry is not None and "pretrained" in inspect.signature(entry).parameters
+    builtin_pretrained = (
+        pretrained is True and entry is not None and "pretrained" in inspect.signature(entry).parameters
+    )
     if pretrained is True and (entry is None or builtin_pretrained):
         kwargs["pretrained"] = True  # the entry point (timm / efficientnet_lite) loads its own published weights
     model = create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
@@ -290,7 +308,11 @@ def train(cfg: Config, *, resume_path: Path | None = None, hooks: dict[str, Call
     validate_config(cfg)
     hooks = hooks or {}
     t_start = time.perf_counter()
-    device_type = "cuda" if cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"  # noqa: E501
+    device_type = (
+        "cuda"
+        if cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )  # noqa: E501
     dist_info = init_distributed(device_type)
     try:
         return _train(cfg, dist_info, resume_path, hooks, t_start)
@@ -304,7 +326,9 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
     from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
 
     device = select_device(cfg.run.device, dist_info)
-    seed_everything(cfg.run.seed + dist_info.rank, cfg.run.deterministic)
+    # the same seed on every rank: identical initial weights (DDP broadcasts them anyway, but the EMA copy is made
+    # before DDP wraps the model); per-rank seeds for augmentation are set just before training starts
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     if resume_path is None and cfg.run.resume:
         resume_path = Path(cfg.run.resume)
     ckpt = load_checkpoint(resume_path) if resume_path is not None else None
@@ -331,10 +355,14 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         from imgcls.evaluate.infer import load_model
 
         teacher = load_model(cfg.training.distill.teacher, device=device)[0].eval()
-        loss_fn = DistillationLoss(loss_fn, temperature=cfg.training.distill.temperature, alpha=cfg.training.distill.alpha)
+        loss_fn = DistillationLoss(
+            loss_fn, temperature=cfg.training.distill.temperature, alpha=cfg.training.distill.alpha
+        )
 
     optimizer = build_optimizer(model, cfg.training.optimizer)
-    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.training.amp, cfg.training.amp_dtype) else None
+    scaler = (
+        torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.training.amp, cfg.training.amp_dtype) else None
+    )
     ema = ModelEma(model, cfg.training.ema.decay, cfg.training.ema.warmup) if cfg.training.ema.enabled else None
     plateau = PlateauState(
         gamma=cfg.training.scheduler.gamma, patience=cfg.training.scheduler.patience,
@@ -364,6 +392,8 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         best_score, best_epoch, bad_epochs = ckpt["best"]["score"], ckpt["best"]["epoch"], ckpt["best"]["bad_epochs"]
         set_rng_state(ckpt["rng"])
+    if dist_info.enabled and ckpt is None:
+        seed_everything(cfg.run.seed + dist_info.rank, cfg.run.deterministic)  # per-rank augmentation draws
 
     train_model: nn.Module = model
     if cfg.training.compile:
@@ -379,7 +409,10 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         run_dir = resume_path.parent.parent if resume_path is not None else new_run_dir(cfg)
         save_config(cfg, run_dir / "config.yaml")
     run_dir = Path(str(broadcast_object(str(run_dir), dist_info)))
-    metrics_log = MetricsLog(run_dir / "metrics.csv", keep_epochs=start_epoch if ckpt is not None else None)
+    metrics_log = (
+        MetricsLog(run_dir / "metrics.csv", keep_epochs=start_epoch if ckpt is not None else None)
+        if dist_info.is_main else None
+    )  # fmt: skip
     tracker = None
     if dist_info.is_main and cfg.run.tracker != "none":
         from imgcls.engine.tracking import create_tracker
@@ -437,6 +470,11 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
                 after_train_mode=freeze_bn_eval,
             )  # fmt: skip
             step += stats.steps
+            if dist_info.enabled:
+                sync_buffers(model)  # BatchNorm statistics differ per rank after the last step: take rank 0's
+            assert_finite_state(model)  # on every rank (the models are equal), so they all stop together
+            if ema is not None:
+                assert_finite_state(ema.module, "EMA model")
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc,
                 "lr": optimizer.param_groups[0]["lr"], "seconds": stats.seconds, "images_per_s": stats.images_per_s,

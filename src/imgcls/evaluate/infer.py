@@ -24,7 +24,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     cfg = from_dict(ckpt["config"])
     cfg.model.pretrained = False  # the checkpoint holds the weights; never fetch published ones here
     pre = ckpt["preprocess"]
-    model = build_model_for(cfg, num_classes=len(ckpt["classes"]), in_chans=pre["in_chans"], image_size=pre["image_size"])
+    model = build_model_for(
+        cfg, num_classes=len(ckpt["classes"]), in_chans=pre["in_chans"], image_size=pre["image_size"]
+    )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
