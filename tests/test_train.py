@@ -161,3 +161,15 @@ def test_sigkill_then_resume_auto(tmp_path):
     rows = _rows(last.parent.parent)
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert (last.parent.parent / "summary.json").is_file()
+
+
+def test_amp_bf16_and_accumulation_and_clipping_run_on_cpu(tiny_overrides):
+    result = train(
+        build_config(
+            "quickstart",
+            [*tiny_overrides, "training.epochs=1", "training.amp=true", "training.accum_steps=2",
+             "training.clip_grad_norm=1.0"],
+        )
+    )  # fmt: skip
+    rows = _rows(result.run_dir)
+    assert float(rows[0]["train_loss"]) < 2.5 and result.test is not None

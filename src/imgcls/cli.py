@@ -98,6 +98,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
+def _count(n: int) -> str:
+    """12_345 -> '12.3k', 11_173_962 -> '11.17M'."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -115,7 +120,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
     for r in rows:
         macs = f"{r['macs'] / 1e6:,.1f}M" if r.get("macs") is not None else "-"
-        table.add_row(r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['trainable'] / 1e6:.2f}M", macs, str(r["input"]))
+        table.add_row(r["name"], _count(r["params"]), _count(r["trainable_params"]), macs, str(r["input_size"]))
     Console(width=120).print(table)
     return 0
 
