@@ -69,12 +69,14 @@ class DropBlock2D(nn.Module):
     """DropBlock (Ghiasi et al., 2018): drop contiguous ``block_size`` x ``block_size`` squares of a feature map.
 
     Dropping single activations (dropout) barely regularises conv features because neighbours carry the same
-    information; dropping whole blocks does. Block centres are drawn with rate ``gamma`` chosen so that about
-    ``drop_prob`` of the activations are dropped, and the kept ones are rescaled by (numel / kept) so the
-    expectation is preserved. Identity in eval.
+    information; dropping whole blocks does. Blocks are shared across channels. Block corners are drawn on a grid
+    padded by ``block_size - 1`` so that every activation, border ones included, is covered by exactly
+    ``block_size**2`` candidate blocks; with corner rate ``gamma = 1 - (1 - drop_prob) ** (1 / block_size**2)``
+    each activation is dropped with probability exactly ``drop_prob``, and scaling the kept ones by
+    ``1 / (1 - drop_prob)`` keeps every activation's expectation. Identity in eval.
 
     Args:
-        drop_prob: target fraction of dropped activations, in [0, 1).
+        drop_prob: probability that an activation is dropped, in [0, 1).
         block_size: side of the dropped squares, in feature-map pixels (clipped to the map size).
     """
 
@@ -89,20 +91,14 @@ class DropBlock2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_prob == 0.0:
             return x
-        _, _, h, w = x.shape
+        b, _, h, w = x.shape
         bs = min(self.block_size, h, w)
-        # gamma: rate of block centres such that centres x block area ~ drop_prob of the map; centres can only sit
-        # where a full block fits, hence the valid-area correction.
-        valid = (h - bs + 1) * (w - bs + 1)
-        gamma = self.drop_prob / (bs * bs) * (h * w) / valid
-        # Bernoulli block top-left corners, only where a whole block fits: [B, 1, H - bs + 1, W - bs + 1].
-        corners = (torch.rand(x.shape[0], 1, h - bs + 1, w - bs + 1, device=x.device) < gamma).to(x.dtype)
-        # out[i] = max(corners[i - bs + 1 .. i]) grows each corner into its bs x bs block; padding bs - 1 on both
-        # sides makes a stride-1 max-pool return exactly [H, W].
-        dropped = nn.functional.max_pool2d(nn.functional.pad(corners, (bs - 1,) * 4), kernel_size=bs, stride=1)
-        keep = 1.0 - dropped  # [B, 1, H, W], shared over channels
-        scale = keep.numel() / keep.sum().clamp(min=1.0)
-        return x * keep * scale
+        gamma = 1.0 - (1.0 - self.drop_prob) ** (1.0 / (bs * bs))
+        # corners[i] marks a block covering rows i - (bs - 1) .. i of the map: [B, 1, H + bs - 1, W + bs - 1].
+        corners = (torch.rand(b, 1, h + bs - 1, w + bs - 1, device=x.device) < gamma).to(x.dtype)
+        # A stride-1 bs x bs max-pool grows each corner into its block and returns exactly [B, 1, H, W].
+        dropped = nn.functional.max_pool2d(corners, kernel_size=bs, stride=1)
+        return x * (1.0 - dropped) / (1.0 - self.drop_prob)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}"
