@@ -185,6 +185,7 @@ class RunConfig:
     log_interval: int = 50  # steps between progress updates
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     progress: bool = True  # progress bars (only when attached to a terminal)
+    report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
 
 
 @dataclass
@@ -462,6 +463,15 @@ def validate_config(cfg: Config) -> None:
     }.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1)")
+    probabilities = {
+        "data.max_bad_fraction": cfg.data.max_bad_fraction, "augmentation.mix.prob": cfg.augmentation.mix.prob,
+        "augmentation.mix.switch_prob": cfg.augmentation.mix.switch_prob,
+        "augmentation.train.hflip": cfg.augmentation.train.hflip,
+        "augmentation.train.random_erasing": cfg.augmentation.train.random_erasing,
+    }  # fmt: skip
+    for key, value in probabilities.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1]")
     if cfg.training.optimizer.lr <= 0:
         raise ConfigError(f"bad value {cfg.training.optimizer.lr} for 'training.optimizer.lr': must be > 0")
     if cfg.training.loss.class_weights not in (None, "balanced"):

@@ -1,5 +1,6 @@
-"""Datasets, transforms and loaders."""
+"""Datasets, transforms, batch mixing, samplers and loaders."""
 
+from imgcls.data.batch import CutMix, MixParams, MixSwitch, MixUp, build_mixer, soft_targets
 from imgcls.data.datasets import (
     DATASETS,
     DatasetNotFoundError,
@@ -10,14 +11,23 @@ from imgcls.data.datasets import (
     load_dataset,
     make_splits,
 )
+from imgcls.data.samplers import BalancedBatchSampler, get_class_weights
 
 __all__ = [
     "DATASETS",
+    "BalancedBatchSampler",
+    "CutMix",
     "DatasetNotFoundError",
+    "MixParams",
+    "MixSwitch",
+    "MixUp",
     "RawDataset",
     "SplitView",
     "Splits",
+    "build_mixer",
+    "get_class_weights",
     "list_datasets",
     "load_dataset",
     "make_splits",
+    "soft_targets",
 ]

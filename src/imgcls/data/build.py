@@ -1,21 +1,41 @@
-"""Config -> loaders: the one place that decides how batches are made for training and evaluation."""
+"""Config -> loaders: the one place that decides how batches are made for training and evaluation.
+
+Before any loader is built, image files of file-backed splits (ImageFolder) are checked once
+(:func:`drop_bad_files`): undecodable files are reported by path, dropped from the splits and listed in
+``Loaders.bad_files`` (and so in the run summary); more than ``data.max_bad_fraction`` of them stops the run. A
+pre-scan, rather than skipping inside ``__getitem__``, keeps the epoch length and the sample order deterministic and
+needs no way to report from DataLoader worker processes back to the main one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from imgcls.config import Config
-from imgcls.data.datasets import SplitView, Splits
+from imgcls.data.datasets import BadImageError, FileSource, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo, TransformDataset, epoch_sampler, make_loader
 from imgcls.data.transforms import build_eval_transform, build_train_transform
 from imgcls.engine.distributed import DistInfo
 
+log = logging.getLogger(__name__)
+
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TooManyBadFilesError(BadImageError):
+    """More image files failed to decode than ``data.max_bad_fraction`` allows. The message names some of them.
+
+    A :class:`BadImageError`, so the CLI reports it as a one-line error like a single undecodable file.
+    """
 
 
 @dataclass
@@ -71,10 +91,93 @@ def build_mix(cfg: Config, num_classes: int) -> BatchTransform | None:
     return build_mixer(mix, num_classes)
 
 
+def check_image_file(path: str) -> str | None:
+    """None if ``path`` decodes, else the reason it does not.
+
+    A full decode (``load()``), since ``verify()`` does not decode JPEG data and so misses truncated files; JPEGs are
+    decoded in draft mode (DCT scaling to about 1/8 size), which still reads every byte. Pillow's
+    decompression-bomb limit stays on: a file over it is reported as bad, never decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))  # no-op for non-JPEG
+            im.load()
+    except Image.DecompressionBombError as e:
+        return f"decompression bomb: {e}"
+    except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for corrupt, truncated or non-image files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def find_bad_files(paths: Sequence[str], *, num_threads: int | None = None) -> dict[str, str]:
+    """``{path: reason}`` for the files in ``paths`` that cannot be decoded (threads: Pillow releases the GIL)."""
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        reasons = list(pool.map(check_image_file, paths, chunksize=64))
+    return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
+
+
+def drop_bad_files(splits: Splits, *, max_bad_fraction: float, num_threads: int | None = None) -> list[str]:
+    """Check every image file the splits use; drop undecodable ones from the splits (in place) and return their paths.
+
+    In-memory splits are skipped (they were decoded when loaded). The views of ``splits`` are replaced by views
+    without the bad files, so everything that uses ``splits`` afterwards (loaders, class weights, test evaluation)
+    sees the same cleaned data.
+
+    Raises:
+        TooManyBadFilesError: more than ``max_bad_fraction`` of the checked files are bad.
+    """
+    views = {name: getattr(splits, name) for name in ("train", "val", "test")}
+    by_source: dict[int, tuple[FileSource, set[int]]] = {}
+    for view in views.values():
+        if view is not None and isinstance(view.source, FileSource):
+            by_source.setdefault(id(view.source), (view.source, set()))[1].update(int(i) for i in view.indices)
+    if not by_source:
+        return []
+    log.info("checking %d image files", sum(len(used) for _, used in by_source.values()))
+    bad: dict[str, str] = {}
+    total = 0
+    for source, used in by_source.values():
+        paths = [source.paths[i] for i in sorted(used)]
+        total += len(paths)
+        found = find_bad_files(paths, num_threads=num_threads)
+        source.bad_files = sorted(found)
+        bad.update(found)
+    if not bad:
+        return []
+    for path, reason in bad.items():
+        log.warning("skipping undecodable image %s (%s)", path, reason)
+    fraction = len(bad) / total
+    if fraction > max_bad_fraction:
+        shown = "\n  ".join(f"{p} ({r})" for p, r in list(bad.items())[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise TooManyBadFilesError(
+            f"{len(bad)} of {total} image files ({fraction:.1%}) cannot be decoded, more than "
+            f"data.max_bad_fraction={max_bad_fraction:g}. Fix or remove them, or raise data.max_bad_fraction:\n  "
+            f"{shown}{more}"
+        )
+    for name, view in views.items():
+        if view is not None and isinstance(view.source, FileSource):
+            keep = np.array([view.source.paths[int(i)] not in bad for i in view.indices], dtype=bool)
+            setattr(splits, name, SplitView(view.source, view.indices[keep]))
+    log.warning("%d of %d image files could not be decoded and are skipped (see bad_files in the run summary)",
+                len(bad), total)  # fmt: skip
+    return sorted(bad)
+
+
 def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device,
                   dist_info: DistInfo | None = None) -> Loaders:  # fmt: skip
-    """Train loader (shuffled per epoch from the seed), val/test loaders, and the batch mixing transform."""
+    """Train loader (shuffled per epoch from the seed), val/test loaders, and the batch mixing transform.
+
+    File-backed splits are checked first (:func:`drop_bad_files`; ``splits`` is cleaned in place) and the skipped
+    paths land in ``Loaders.bad_files``.
+
+    Raises:
+        TooManyBadFilesError: more than ``data.max_bad_fraction`` of the image files cannot be decoded.
+        ConfigError: ``data.loader=device`` with a file-backed dataset or an augmentation it cannot apply.
+    """
     dist_info = dist_info or DistInfo()
+    bad_files = drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
     common = dict(image_size=preprocess.image_size, resize=preprocess.resize, in_chans=preprocess.in_chans,
                   mean=preprocess.mean, std=preprocess.std, interpolation=preprocess.interpolation)  # fmt: skip
     eval_tf = build_eval_transform(**common)
@@ -82,8 +185,10 @@ def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, de
     if cfg.data.loader == "device":
         from imgcls.data.device_loader import build_device_loaders
 
-        return build_device_loaders(cfg, splits, preprocess, device=device, dist_info=dist_info,
-                                    eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes))  # fmt: skip
+        loaders = build_device_loaders(cfg, splits, preprocess, device=device, dist_info=dist_info,
+                                       eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes))  # fmt: skip
+        loaders.bad_files = bad_files
+        return loaders
     train_tf = build_train_transform(cfg.augmentation.train, **common)
     train_ds = TransformDataset(splits.train, train_tf)
     drop_last = len(train_ds) // dist_info.world_size > cfg.data.batch_size  # avoid a 1-sample BatchNorm batch
@@ -110,6 +215,4 @@ def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, de
         test = build_eval_loader(splits.test, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers,
                                  dist_info=dist_info)  # fmt: skip
     return Loaders(train=train, val=val, test=test, eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes),
-                   mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs)  # fmt: skip
-
-
+                   mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs, bad_files=bad_files)  # fmt: skip

@@ -25,7 +25,8 @@ from imgcls.registry import Registry
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# the same extensions as torchvision.datasets.ImageFolder (no .gif: animated/placeholder files are not photos)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -417,7 +418,10 @@ def channel_stats(view: SplitView, max_samples: int = 2000, seed: int = 0) -> tu
     sq = torch.zeros_like(total)
     count = 0
     for i in idx[:200]:  # file datasets: a few hundred images pin the statistics well enough
-        img = view.get(int(i))[0].double() / 255.0
+        try:
+            img = view.get(int(i))[0].double() / 255.0
+        except BadImageError:
+            continue  # reported (and counted against data.max_bad_fraction) when the loaders are built
         total += img.sum((1, 2))
         sq += (img**2).sum((1, 2))
         count += img.shape[1] * img.shape[2]
