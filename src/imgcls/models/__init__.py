@@ -1,6 +1,6 @@
 """Model registry and the in-house architectures. Importing this package registers every model."""
 
-from imgcls.models import efficientnet, hybrid, resnet, simple_cnn, timm_models, vit  # noqa: F401  (registration)
+from imgcls.models import airbench, efficientnet, hybrid, resnet, simple_cnn, timm_models, vit  # noqa: F401
 from imgcls.models.base import ImageClassifier
 from imgcls.models.registry import MODELS, create_model, list_models, register_model
 
