@@ -19,6 +19,7 @@ TINY = [
     "training.optimizer.lr=0.05",
     "run.progress=false",
     "run.tracker=none",
+    "run.report=false",
 ]
 
 

@@ -1,40 +1,50 @@
-"""``imgcls eval``: evaluate a checkpoint on a split of the data it was trained on, through the shared
-``evaluate()``, and print accuracy, top-k, per-class accuracy and the confusion matrix."""
+"""``imgcls eval``: evaluate a checkpoint on a split of the data it was trained on, through the shared ``evaluate()``.
+
+Plain, TTA (``tta`` views: identity, flip, shifted crops; probabilities averaged) and ensembles all run through
+:func:`imgcls.engine.loop.evaluate`. Ensembles come in two kinds:
+
+- ``ensemble_mode="probs"``: the checkpoints' class probabilities are averaged (any architectures, same classes);
+- ``ensemble_mode="weights"``: the checkpoints' weights are averaged into one model (same architecture, e.g. best and
+  last of one run, or several epochs: a cheap "model soup" / SWA). With a single checkpoint, the run's ``best.pt``
+  and ``last.pt`` are averaged. BatchNorm statistics are averaged too (not re-estimated).
+
+The metrics of :mod:`imgcls.evaluate.metrics` go to ``eval/metrics.json`` and, unless ``report=False``, the
+self-contained ``eval/report.html`` of :mod:`imgcls.evaluate.report`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from imgcls.config import ConfigError, from_dict, parse_override, set_value
 from imgcls.data.build import build_eval_loader
+from imgcls.data.datasets import SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import build_eval_transform
+from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import EvalResult, evaluate
 from imgcls.evaluate.infer import load_model
+from imgcls.evaluate.metrics import compute_metrics
+
+ENSEMBLE_MODES = ("probs", "weights")
 
 
-def run_eval(
-    checkpoint: str | Path,
-    *,
-    split: str = "test",
-    overrides: Sequence[str] = (),
-    tta: int = 1,
-    ensemble: Sequence[str] = (),
-    batch_size: int | None = None,
-    out_dir: str | Path | None = None,
-    report: bool = True,
-    device: str = "cpu",
-    quiet: bool = False,
-) -> tuple[EvalResult, dict[str, Any]]:
-    """Evaluate ``checkpoint`` (plus ``ensemble`` members) on ``split``; write ``eval/metrics.json``.
+def load_split(
+    checkpoint: str | Path, *, split: str = "test", overrides: Sequence[str] = (), device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], SplitView, Callable[[torch.Tensor], torch.Tensor]]:
+    """The model of ``checkpoint`` with the split it was trained with and its eval transform.
 
     Overrides may only touch ``data.*`` (e.g. a new ``data.root``): the model and preprocessing come from the
-    checkpoint. Returns the result and the metrics dict written.
+    checkpoint.
+
+    Returns:
+        (model in eval mode, checkpoint dict, split view, eval transform uint8 image -> model input).
     """
     from imgcls.engine.train import build_splits
 
@@ -46,37 +56,201 @@ def run_eval(
             raise ConfigError(f"eval only takes data.* overrides (the model comes from the checkpoint), got '{key}'")
         set_value(cfg, key, value)
     splits = build_splits(cfg)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, got '{split}'")
     view = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if view is None or len(view) == 0:
         raise ConfigError(f"the dataset has no '{split}' split for this config; try --split val")
     pre = PreprocessInfo(**ckpt["preprocess"])
     tf = build_eval_transform(image_size=pre.image_size, resize=pre.resize, in_chans=pre.in_chans, mean=pre.mean,
                               std=pre.std, interpolation=pre.interpolation)  # fmt: skip
-    loader = build_eval_loader(view, tf, batch_size=batch_size or 2 * cfg.data.batch_size)
-    models: Any = model
+    return model, ckpt, view, tf
+
+
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors (integer buffers such as BN's step counter: the first's).
+
+    Raises:
+        ConfigError: if the state dicts do not have the same keys and shapes (different architectures).
+    """
+    if not states:
+        raise ConfigError("no state dicts to average")
+    first = states[0]
+    for i, s in enumerate(states[1:], start=1):
+        if s.keys() != first.keys() or any(s[k].shape != v.shape for k, v in first.items()):
+            raise ConfigError(f"checkpoint {i} has other weights than the first: weight averaging needs one "
+                              "architecture (use --ensemble-mode probs)")  # fmt: skip
+    out = {}
+    for k, v in first.items():
+        if v.is_floating_point():
+            out[k] = (sum(s[k].double() for s in states) / len(states)).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def weight_average_paths(checkpoint: str | Path, ensemble: Sequence[str | Path]) -> list[Path]:
+    """The checkpoints to weight-average: ``checkpoint`` and ``ensemble``, or (no ensemble) the run's best and last."""
+    first = Path(load_checkpoint(checkpoint)["path"])
     if ensemble:
-        members = [load_model(p, device)[0] for p in ensemble]
-        models = [model, *members]
-    result = evaluate(models, loader, device=torch.device(device), num_classes=len(ckpt["classes"]), tta=tta,
-                      return_outputs=True)  # fmt: skip
+        return [first, *(Path(load_checkpoint(p)["path"]) for p in ensemble)]
+    folder = first.parent
+    paths = [p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()]
+    if len(paths) < 2:
+        raise ConfigError(f"--ensemble-mode weights with one checkpoint averages best.pt and last.pt of its run, "
+                          f"but {folder} does not have both; list the checkpoints with --ensemble")  # fmt: skip
+    return paths
+
+
+def build_ensemble(model: nn.Module, ckpt: dict[str, Any], ensemble: Sequence[str | Path], mode: str,
+                   device: str | torch.device) -> tuple[nn.Module | list[nn.Module], list[str]]:  # fmt: skip
+    """``model`` plus ``ensemble`` as ``evaluate()`` takes them: a list (probability averaging) or one averaged model.
+
+    Returns:
+        (model or list of models, paths of the members).
+    """
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"ensemble mode must be one of {', '.join(ENSEMBLE_MODES)}, got '{mode}'")
     classes = list(ckpt["classes"])
-    metrics: dict[str, Any] = {
-        "checkpoint": ckpt["path"], "split": split, "num_samples": result.num_samples, "accuracy": result.acc,
-        **{f"top{k}": v for k, v in result.topk.items()}, "nll": result.loss, "tta": tta,
-        "ensemble": [str(p) for p in ensemble],
-        "per_class_accuracy": dict(zip(classes, result.per_class_acc, strict=True)),
-        "confusion_matrix": result.confusion.tolist(), "classes": classes,
-    }  # fmt: skip
-    out = Path(out_dir) if out_dir else Path(ckpt["path"]).parent.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if not quiet:
-        print_eval(result, classes, split)
-        print(f"metrics written to {out / 'metrics.json'}")
+    if mode == "weights":
+        paths = weight_average_paths(ckpt["path"], ensemble)
+        members = [load_checkpoint(p) for p in paths]
+        for p, m in zip(paths, members, strict=True):
+            if list(m["classes"]) != classes:
+                raise ConfigError(f"{p} was trained on other classes than {ckpt['path']}")
+        model.load_state_dict(average_state_dicts([m["model"] for m in members]))
+        return model.eval(), [str(p) for p in paths]
+    if not ensemble:
+        return model, [ckpt["path"]]
+    models = [model]
+    for p in ensemble:
+        member, member_ckpt = load_model(p, device)
+        if list(member_ckpt["classes"]) != classes:
+            raise ConfigError(f"{p} was trained on other classes than {ckpt['path']}: cannot average probabilities")
+        models.append(member)
+    return models, [ckpt["path"], *(load_checkpoint(p)["path"] for p in ensemble)]
+
+
+def evaluate_split(
+    models: nn.Module | list[nn.Module],
+    view: SplitView,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    classes: Sequence[str],
+    device: str | torch.device = "cpu",
+    tta: int = 1,
+    batch_size: int = 256,
+    out_dir: str | Path | None = None,
+    report: bool = True,
+    run_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    title: str = "Evaluation report",
+) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
+
+    Shared by ``imgcls eval`` and the report at the end of training.
+
+    Args:
+        models: a model or a list (probabilities averaged).
+        view: the split; outputs stay in its order so that gallery images can be looked up.
+        transform: uint8 image -> model input.
+        classes: class names.
+        device: where to run.
+        tta: number of test-time views (1 = off).
+        batch_size: evaluation batch size.
+        out_dir: where to write (None: write nothing).
+        report: also write the HTML report.
+        run_dir: the run folder (for training curves in the report), if known.
+        meta: extra fields for metrics.json and the report header (checkpoint, split, ...).
+        title: the report's title.
+
+    Returns:
+        (the EvalResult with outputs, the metrics dict).
+    """
+    device = torch.device(device)
+    loader = build_eval_loader(view, transform, batch_size=batch_size)
+    result = evaluate(models, loader, device=device, num_classes=len(classes), tta=tta, return_outputs=True)
+    assert result.log_probs is not None and result.targets is not None
+    probs = result.log_probs.double().exp()
+    metrics: dict[str, Any] = {**(meta or {}), "tta": tta}
+    metrics.update(compute_metrics(probs, result.targets, classes))
+    metrics["nll"] = result.loss  # the evaluate() path's own number (the same up to float rounding)
+    metrics["per_class_accuracy"] = {name: v["recall"] for name, v in metrics["per_class"].items()}
+    metrics["eval_seconds"] = result.seconds
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if report:
+            from imgcls.evaluate.report import write_report
+
+            first = models[0] if isinstance(models, list) else models
+            write_report(out / "report.html", metrics=metrics, probs=probs, targets=result.targets, view=view,
+                         transform=transform, model=first, run_dir=run_dir, device=device, title=title)  # fmt: skip
     return result, metrics
 
 
-def print_eval(result: EvalResult, classes: list[str], split: str) -> None:
+def run_eval(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    overrides: Sequence[str] = (),
+    tta: int = 1,
+    ensemble: Sequence[str] = (),
+    ensemble_mode: str = "probs",
+    batch_size: int | None = None,
+    out_dir: str | Path | None = None,
+    report: bool = True,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate ``checkpoint`` (plus ``ensemble`` members) on ``split``; write ``eval/metrics.json`` and the report.
+
+    Args:
+        checkpoint: a checkpoint file or a run folder (its best.pt).
+        split: train, val or test (as split at training time).
+        overrides: ``data.*`` overrides (e.g. ``data.root=...`` when the data moved).
+        tta: test-time augmentation views (1 = off).
+        ensemble: more checkpoints.
+        ensemble_mode: "probs" (average probabilities) or "weights" (average weights; with no ``ensemble``: the
+            run's best and last).
+        batch_size: default twice the training batch size.
+        out_dir: default ``<run>/eval``.
+        report: write ``report.html`` too.
+        device: where to run.
+        quiet: no console output.
+
+    Returns:
+        The EvalResult (with ``log_probs``/``targets``) and the metrics dict written.
+    """
+    model, ckpt, view, tf = load_split(checkpoint, split=split, overrides=overrides, device=device)
+    cfg = ckpt["config"]
+    models, members = build_ensemble(model, ckpt, ensemble, ensemble_mode, device)
+    classes = list(ckpt["classes"])
+    run_dir = Path(ckpt["path"]).parent.parent
+    is_ensemble = bool(ensemble) or ensemble_mode == "weights"
+    meta = {
+        "checkpoint": ckpt["path"], "split": split, "model": cfg["model"]["name"], "dataset": cfg["data"]["name"],
+        "ensemble": [str(p) for p in ensemble], "ensemble_mode": ensemble_mode if is_ensemble else None,
+        "members": members,
+    }  # fmt: skip
+    out = Path(out_dir) if out_dir else run_dir / "eval"
+    result, metrics = evaluate_split(
+        models, view, tf, classes=classes, device=device, tta=tta,
+        batch_size=batch_size or 2 * int(cfg["data"]["batch_size"]), out_dir=out, report=report,
+        run_dir=run_dir if (run_dir / "metrics.csv").is_file() else None, meta=meta,
+        title=f"{cfg['model']['name']} on {cfg['data']['name']} ({split})",
+    )  # fmt: skip
+    if not quiet:
+        print_eval(result, classes, split, metrics)
+        print(f"metrics written to {out / 'metrics.json'}")
+        if report:
+            print(f"report written to {out / 'report.html'}")
+    return result, metrics
+
+
+def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict[str, Any] | None = None) -> None:
+    """Summary line, per-class table (precision/recall/F1/AUC when ``metrics`` is given) and confusion matrix."""
     from rich.console import Console
     from rich.table import Table
 
@@ -84,13 +258,25 @@ def print_eval(result: EvalResult, classes: list[str], split: str) -> None:
     tops = "  ".join(f"top-{k} {v:.4f}" for k, v in result.topk.items())
     console.print(f"[bold]{split}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  "
                   f"NLL {result.loss:.4f}")  # fmt: skip
-    per_class = Table(title="per-class accuracy")
+    if metrics is not None:
+        auc = metrics.get("roc_auc_macro")
+        console.print(f"macro F1 {metrics['f1_macro']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
+                      f"ROC-AUC (ovr, macro) {auc if auc is None else f'{auc:.4f}'}  ECE {metrics['ece']:.4f} "
+                      f"({metrics['calibration_verdict']})  Brier {metrics['brier']:.4f}")  # fmt: skip
+    per_class = Table(title="per-class metrics")
     per_class.add_column("class")
-    per_class.add_column("accuracy", justify="right")
+    cols = ["precision", "recall", "f1", "roc_auc"] if metrics is not None else ["accuracy"]
+    for c in cols:
+        per_class.add_column(c, justify="right")
     per_class.add_column("support", justify="right")
     support = result.confusion.sum(1).tolist()
-    for name, acc, n in zip(classes, result.per_class_acc, support, strict=True):
-        per_class.add_row(name, f"{acc:.4f}", str(n))
+    for i, name in enumerate(classes):
+        if metrics is not None:
+            pc = metrics["per_class"][name]
+            values = [pc[c] for c in cols]
+        else:
+            values = [result.per_class_acc[i]]
+        per_class.add_row(name, *("-" if v is None else f"{v:.4f}" for v in values), str(support[i]))
     console.print(per_class)
     if len(classes) <= 20:
         cm = Table(title="confusion matrix (rows: true, columns: predicted)")

@@ -1,0 +1,1 @@
+"""Interpretability: Grad-CAM, attention maps and rollout, feature embeddings (``imgcls explain ...``)."""
