@@ -1,0 +1,248 @@
+"""Inference latency and throughput of one model on several runtimes: PyTorch eager, ``torch.compile``, onnxruntime
+FP32 and onnxruntime INT8, for several batch sizes, in one table with ratios against eager.
+
+Every backend gets the same number of intra-op threads (``torch.get_num_threads()`` unless told) so that the ratios
+compare runtimes, not thread counts. Inputs are random tensors of the model's input shape: latency does not depend
+on pixel values. Each measurement warms up first (which also triggers ``torch.compile``'s compilation), then times
+single calls until ``min_seconds`` have passed; p50/p95 are over those calls and throughput is images per second of
+the mean call.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BACKENDS = ("eager", "compile", "onnx-fp32", "onnx-int8")
+
+
+def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str | None = "quickstart") -> Path:
+    """Save a randomly initialised model in the checkpoint format (no training): for speed measurements and tests.
+
+    The config comes from ``preset`` and ``overrides`` like ``imgcls train``'s; the dataset is loaded only to learn
+    classes, channels and normalisation, exactly as training would.
+
+    Example:
+        >>> init_checkpoint("r18.pt", ["model.name=resnet18", "data.image_size=32", "data.in_chans=3"])
+    """
+    from imgcls.config import build_config, to_dict
+    from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save
+    from imgcls.engine.train import build_model_for, build_splits, resolve_preprocess, seed_everything
+
+    cfg = build_config(preset, [*overrides])
+    cfg.model.pretrained = False
+    seed_everything(cfg.run.seed)
+    splits = build_splits(cfg)
+    in_chans = cfg.data.in_chans or splits.in_chans
+    model = build_model_for(cfg, splits.num_classes, in_chans, cfg.data.image_size)
+    pre = resolve_preprocess(cfg, splits, model)
+    state = {"format": FORMAT_VERSION, "model": model.state_dict(), "config": to_dict(cfg), "classes": splits.classes,
+             "preprocess": pre.to_dict(), "epoch": 0, "step": 0, "weights": "random-init"}  # fmt: skip
+    atomic_save(state, path)
+    return Path(path)
+
+
+def measure(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, warmup: int = 3, min_iters: int = 5,
+            max_iters: int = 10_000, min_seconds: float = 1.0) -> list[float]:  # fmt: skip
+    """Seconds per call of ``fn(x)``: ``warmup`` untimed calls, then at least ``min_iters`` timed calls and at least
+    ``min_seconds`` in total (at most ``max_iters``)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    images_per_s: float
+    iters: int
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    notes: list[str] = field(default_factory=list)
+    threads: int = 1
+    input_shape: tuple[int, ...] = ()
+    model: str = ""
+
+    def row(self, backend: str, batch_size: int) -> BenchRow | None:
+        return next((r for r in self.rows if r.backend == backend and r.batch_size == batch_size), None)
+
+    @property
+    def baseline(self) -> str:
+        """The backend ratios are taken against: eager when it ran, else onnx-fp32."""
+        names = {r.backend for r in self.rows}
+        return "eager" if "eager" in names else "onnx-fp32"
+
+    def speedup(self, backend: str, batch_size: int, over: str | None = None) -> float | None:
+        """Throughput of ``backend`` / throughput of ``over`` (default: the baseline) at one batch size."""
+        a, b = self.row(backend, batch_size), self.row(over or self.baseline, batch_size)
+        if a is None or b is None:
+            return None
+        return a.images_per_s / max(b.images_per_s, 1e-12)
+
+    def table(self, title: str | None = None) -> Any:
+        """A rich Table of the rows."""
+        from rich.table import Table
+
+        base = self.baseline
+        table = Table(title=title or f"{self.model} {tuple(self.input_shape)}, {self.threads} thread(s)")
+        for col in ("backend", "batch", "p50 ms", "p95 ms", "img/s", f"x {base}"):
+            table.add_column(col, justify="left" if col == "backend" else "right")
+        for r in sorted(self.rows, key=lambda r: (r.batch_size, BACKENDS.index(r.backend))):
+            ratio = self.speedup(r.backend, r.batch_size)
+            table.add_row(r.backend, str(r.batch_size), f"{r.p50_ms:.3f}", f"{r.p95_ms:.3f}", f"{r.images_per_s:,.0f}",
+                          f"{ratio:.2f}x" if ratio is not None else "-")  # fmt: skip
+        return table
+
+
+def _row(backend: str, bs: int, times: list[float]) -> BenchRow:
+    t = np.asarray(times)
+    p50, p95 = (1e3 * float(np.percentile(t, q)) for q in (50, 95))
+    return BenchRow(backend=backend, batch_size=bs, p50_ms=p50, p95_ms=p95, images_per_s=bs / float(t.mean()),
+                    iters=len(t))  # fmt: skip
+
+
+def bench(
+    model_path: str | Path,
+    *,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    backends: Sequence[str] = BACKENDS,
+    onnx_path: str | Path | None = None,
+    int8_path: str | Path | None = None,
+    min_seconds: float = 1.0,
+    warmup: int = 3,
+    threads: int | None = None,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Benchmark a checkpoint or an ONNX model on the requested backends.
+
+    Args:
+        model_path: a checkpoint / run folder, or an imgcls ``.onnx`` file (FP32 or INT8). For an ONNX file the
+            eager/compile rows come from the checkpoint recorded in its metadata when that file still exists.
+        batch_sizes: batch sizes to measure.
+        backends: any of ``eager``, ``compile``, ``onnx-fp32``, ``onnx-int8``.
+        onnx_path, int8_path: reuse these ONNX files instead of exporting / quantizing into ``workdir``.
+        min_seconds: timed seconds per (backend, batch size).
+        warmup: untimed calls first.
+        threads: intra-op threads for every backend (default: torch's current setting).
+        workdir: where temporary exports go (default: a temporary folder, removed afterwards).
+        log: progress messages (e.g. ``print``).
+
+    Returns:
+        A :class:`BenchResult`; backends that could not run are left out and explained in ``notes``.
+    """
+    from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
+
+    say = log or (lambda _msg: None)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    model_path = Path(model_path)
+    old_threads = torch.get_num_threads()
+    threads = int(threads or old_threads)
+    torch.set_num_threads(threads)
+    notes: list[str] = []
+    runners: dict[str, Callable[[torch.Tensor], Any]] = {}
+    checkpoint: Path | None = None
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="imgcls-bench-") if workdir is None else None
+    work = Path(tmp_ctx.name) if tmp_ctx is not None else Path(workdir)  # type: ignore[arg-type]
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if model_path.suffix == ".onnx":
+            meta = read_metadata(model_path)
+            if "quantization" in meta:
+                int8_path = int8_path or model_path
+                onnx_path = onnx_path or (meta["quantization"].get("source") or None)
+            else:
+                onnx_path = onnx_path or model_path
+            src = meta.get("source_checkpoint")
+            if src and Path(src).is_file():
+                checkpoint = Path(src)
+            elif {"eager", "compile"} & set(backends):
+                notes.append("eager/compile skipped: the ONNX file's source checkpoint is not available")
+        else:
+            checkpoint = model_path
+            meta = None
+        pre: dict[str, Any]
+        model_name = ""
+        if checkpoint is not None:
+            from imgcls.evaluate.infer import load_model
+
+            model, ckpt = load_model(checkpoint, "cpu")
+            pre, model_name = ckpt["preprocess"], ckpt["config"]["model"]["name"]
+            if "eager" in backends:
+                runners["eager"] = model
+            if "compile" in backends:
+                try:
+                    runners["compile"] = torch.compile(model)
+                except Exception as e:  # noqa: BLE001 - compile support varies by platform; report and go on
+                    notes.append(f"compile skipped: {type(e).__name__}: {e}")
+        else:
+            pre, model_name = meta["preprocess"], meta["model"]  # type: ignore[index]
+        if "onnx-fp32" in backends or ("onnx-int8" in backends and int8_path is None):
+            if onnx_path is None or not Path(onnx_path).is_file():
+                if checkpoint is None:
+                    notes.append("onnx-fp32 skipped: no FP32 ONNX model and no checkpoint to export")
+                else:
+                    say("exporting to ONNX (dynamic batch, verified) ...")
+                    onnx_path = export_checkpoint(checkpoint, fmt="onnx", dynamic_batch=True,
+                                                  out=work / "model.onnx").path  # fmt: skip
+        if "onnx-fp32" in backends and onnx_path is not None and Path(onnx_path).is_file():
+            runners["onnx-fp32"] = OnnxClassifier(onnx_path, threads)
+        if "onnx-int8" in backends:
+            if int8_path is None and onnx_path is not None:
+                from imgcls.export.quantize import quantize_onnx
+
+                say("quantizing to INT8 (static, QDQ, per-channel) ...")
+                try:
+                    int8_path = quantize_onnx(onnx_path, work / "model.int8.onnx")
+                except Exception as e:  # noqa: BLE001 - e.g. calibration data missing; the other rows still count
+                    notes.append(f"onnx-int8 skipped: quantization failed: {type(e).__name__}: {e}")
+            if int8_path is not None:
+                runners["onnx-int8"] = OnnxClassifier(int8_path, threads)
+        static = {name: getattr(r, "static_batch", None) for name, r in runners.items()}
+        shape = (pre["in_chans"], pre["image_size"], pre["image_size"])
+        rows: list[BenchRow] = []
+        g = torch.Generator().manual_seed(0)
+        for bs in batch_sizes:
+            x = torch.randn(bs, *shape, generator=g)
+            for name in BACKENDS:
+                if name not in runners:
+                    continue
+                if static[name] is not None and static[name] != bs:
+                    notes.append(f"{name} at batch {bs}: run as chunks of its static batch size {static[name]}")
+                say(f"timing {name} at batch {bs} ...")
+                try:
+                    times = measure(runners[name], x, warmup=warmup, min_seconds=min_seconds)
+                except Exception as e:  # noqa: BLE001 - torch.compile errors surface at the first call
+                    if name != "compile":
+                        raise
+                    notes.append(f"compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    del runners[name]
+                    continue
+                rows.append(_row(name, bs, times))
+        return BenchResult(rows=rows, notes=notes, threads=threads, input_shape=shape, model=model_name)
+    finally:
+        torch.set_num_threads(old_threads)
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()

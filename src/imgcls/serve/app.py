@@ -1,0 +1,564 @@
+"""The inference server: ``create_app(model_path)`` -> a FastAPI app serving a checkpoint or an exported ONNX model.
+
+Endpoints:
+
+- ``POST /predict`` (multipart field ``file``): top-k classes with probabilities;
+- ``POST /predict/batch`` (multipart fields ``files``): the same for several images;
+- ``POST /gradcam`` (``file``): top-k plus a Grad-CAM overlay as a PNG data URL (checkpoint models only);
+- ``GET /health``, ``GET /metadata``; ``GET /`` a page where a person drops an image and sees bars and the overlay.
+
+Concurrent requests are micro-batched: each decoded image joins a bounded queue; one worker task takes up to
+``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill after the first one arrives, runs the
+model once in a worker thread (never on the event loop) and hands each request its row. A full queue answers 503.
+
+Input limits, each answered with a clear status: a body over ``max_body_bytes`` -> 413 (checked from
+Content-Length and while streaming); an empty file -> 400; a missing field -> 422; a file that is not an image -> 415;
+a truncated or corrupt image -> 422; more than ``max_pixels`` pixels -> 413 (read from the header, before decoding;
+Pillow's own decompression-bomb limit stays on). Requests only ever carry images: nothing from a request is
+unpickled, and the model file is fixed when the app is created (checkpoints load with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+
+from imgcls.data.loaders import PreprocessInfo
+from imgcls.data.transforms import FixChannels
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MAX_BODY_BYTES = 10 * 2**20  # 10 MiB
+DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 MP; Pillow's bomb limit (about 89 MP) stays on above that
+#: images up to this many pixels are decoded on the event loop (well under a millisecond); a thread hop costs more
+INLINE_DECODE_PIXELS = 128 * 128
+#: upload content types accepted besides image/*: browsers and curl send these for unknown or missing types
+_GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRunner:
+    """What the server needs of a model: a batch callable, class names, preprocessing, and its kind.
+
+    ``module`` is the PyTorch model for checkpoints (Grad-CAM needs it) and None for ONNX models.
+    """
+
+    forward: Any  # float [B, C, S, S] -> logits [B, K]
+    classes: list[str]
+    preprocess: PreprocessInfo
+    kind: str  # "checkpoint" or "onnx"
+    name: str
+    module: torch.nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | None = None) -> ModelRunner:
+    """A checkpoint / run folder (PyTorch) or an imgcls ``.onnx`` file (onnxruntime) as a :class:`ModelRunner`.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or unreadable.
+        ValueError: the ONNX file has no imgcls metadata.
+    """
+    path = Path(model_path)
+    if path.suffix == ".onnx":
+        from imgcls.export.onnx import OnnxClassifier
+
+        clf = OnnxClassifier(path, threads)
+        pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
+        return ModelRunner(forward=clf, classes=clf.classes, preprocess=pre, kind="onnx", name=clf.metadata["model"],
+                           info={"quantized": clf.quantized, "path": str(path)})  # fmt: skip
+    from imgcls.evaluate.infer import Predictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    pred = Predictor.from_checkpoint(path, device=device)
+    model = pred.model.eval()
+    dev = pred.device
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x.to(dev)).float().cpu()
+
+    return ModelRunner(forward=forward, classes=pred.classes, preprocess=pred.preprocess, kind="checkpoint",
+                       name=pred.checkpoint["config"]["model"]["name"], module=model,
+                       info={"quantized": False, "path": pred.checkpoint.get("path", str(path))})  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding uploads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from an image header without decoding the pixels (0 when it is not a readable image)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width * im.height
+    except Exception:  # noqa: BLE001 - anything unreadable is reported by decode_upload with the right status
+        return 0
+
+
+def decode_upload(data: bytes, *, in_chans: int, max_pixels: int, content_type: str | None = None,
+                  filename: str = "file") -> torch.Tensor:  # fmt: skip
+    """Bytes of an uploaded image -> uint8 [C, H, W], or an ``HTTPException`` with the right status.
+
+    400 empty, 415 not an image, 413 too many pixels (header check before decoding) or over Pillow's bomb limit,
+    422 truncated or corrupt.
+    """
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype and ctype not in _GENERIC_TYPES and not ctype.startswith("image/"):
+        raise HTTPException(415, f"{filename}: content type {ctype} is not an image")
+    if not data:
+        raise HTTPException(400, f"{filename}: empty file")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, f"{filename}: image too large ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise HTTPException(415, f"{filename}: not a supported image file") from e
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise HTTPException(413, f"{filename}: image has {w}x{h} = {w * h:,} pixels, more than {max_pixels:,}")
+        try:
+            im.load()
+            im = im.convert("L" if in_chans == 1 else "RGB")
+        except Image.DecompressionBombError as e:
+            raise HTTPException(413, f"{filename}: image too large ({e})") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise HTTPException(422, f"{filename}: cannot decode the image (truncated or corrupt: {e})") from e
+        arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Micro-batching
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class QueueFullError(RuntimeError):
+    """The request queue is full: the server answers 503."""
+
+
+class MicroBatcher:
+    """Collects concurrent single-image requests into batches for one model call.
+
+    Args:
+        fn: batch function, images [B, ...] -> outputs [B, ...]; called in ``executor``, one call at a time.
+        max_batch: largest batch.
+        max_wait_ms: after the first waiting image, how long to wait for the batch to fill.
+        max_queue: images waiting (not counting the batch being computed); more -> :class:`QueueFullError`.
+        executor: where ``fn`` runs (a one-thread pool keeps model calls serial and off the event loop).
+    """
+
+    def __init__(self, fn: Any, *, max_batch: int, max_wait_ms: float, max_queue: int,
+                 executor: ThreadPoolExecutor) -> None:  # fmt: skip
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
+        self.fn = fn
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max(0.0, max_wait_ms) / 1e3, max_queue
+        self.executor = executor
+        # (image, future, arrival time on the loop's clock)
+        self.pending: collections.deque[tuple[torch.Tensor, asyncio.Future, float]] = collections.deque()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.batches = 0  # model calls made
+        self.items = 0  # images answered
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    def free_slots(self) -> int:
+        return self.max_queue - len(self.pending)
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is not None and self.loop is loop and not self.task.done():
+            return
+        self.loop = loop
+        self.has_items = asyncio.Event()
+        self.batch_full = asyncio.Event()
+        self.task = loop.create_task(self._worker())
+
+    def start(self) -> None:
+        """Start the worker on the running loop (also done lazily by the first submit)."""
+        self._ensure_worker()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+            self.task = None
+        while self.pending:
+            _, fut, _ = self.pending.popleft()
+            if not fut.done():
+                fut.set_exception(RuntimeError("server shutting down"))
+
+    async def submit_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Queue images (all or none) and wait for their outputs, in order. Raises :class:`QueueFullError`."""
+        self._ensure_worker()
+        if len(images) > self.free_slots():
+            raise QueueFullError(f"request queue full ({len(self.pending)} waiting, limit {self.max_queue})")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in images]
+        now = loop.time()
+        self.pending.extend((x, f, now) for x, f in zip(images, futures, strict=True))
+        self.has_items.set()
+        if len(self.pending) >= self.max_batch:
+            self.batch_full.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        except asyncio.CancelledError:
+            for f in futures:
+                f.cancel()  # the client went away: the worker drops cancelled items
+            raise
+
+    async def submit(self, image: torch.Tensor) -> torch.Tensor:
+        return (await self.submit_many([image]))[0]
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                self.has_items.clear()
+                await self.has_items.wait()
+                continue
+            # wait for the batch to fill, at most until the oldest waiting image has waited max_wait
+            remaining = self.pending[0][2] + self.max_wait - loop.time()
+            if len(self.pending) < self.max_batch and remaining > 0:
+                self.batch_full.clear()
+                try:
+                    await asyncio.wait_for(self.batch_full.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
+            n = min(self.max_batch, len(self.pending))
+            items = [self.pending.popleft()[:2] for _ in range(n)]
+            if len(self.pending) >= self.max_batch:
+                self.batch_full.set()
+            items = [(x, f) for x, f in items if not f.done()]
+            if not items:
+                continue
+            batch = torch.stack([x for x, _ in items])
+            try:
+                out = await loop.run_in_executor(self.executor, self.fn, batch)
+            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            self.batches += 1
+            self.items += len(items)
+            self.batch_sizes[len(items)] += 1
+            for i, (_, f) in enumerate(items):
+                if not f.done():
+                    f.set_result(out[i])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The service and the app
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit:,} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to bodies over ``max_bytes``: at once from Content-Length, or while the body streams in."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)  # FastAPI re-raises HTTPExceptions from body parsing
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.max_bytes:,} bytes"}, status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+class InferenceService:
+    """The model, its preprocessing, the micro-batcher and Grad-CAM, shared by the endpoints (``app.state.service``).
+
+    ``forward`` (normalised float batch -> logits) is an attribute so tests can wrap it (count calls, slow it down).
+    """
+
+    def __init__(self, runner: ModelRunner, *, max_batch: int, max_wait_ms: float, max_queue: int,
+                 max_pixels: int) -> None:  # fmt: skip
+        self.runner = runner
+        self.forward = runner.forward
+        self.max_pixels = max_pixels
+        p = runner.preprocess
+        # The eval transform split in two: channels and size per image on uint8 (requests differ in size), then
+        # float conversion and normalisation once per batch in the model thread (a tenth of the per-image cost).
+        # Same operations in the same order as imgcls.data.transforms.build_eval_transform.
+        from torchvision.transforms import InterpolationMode, v2
+
+        self.size = p.image_size
+        self.fix_channels = FixChannels(p.in_chans)
+        self.resize = v2.Resize((p.image_size, p.image_size), interpolation=InterpolationMode(p.interpolation),
+                                antialias=True)  # fmt: skip
+        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(p.std, dtype=torch.float32).view(-1, 1, 1)
+        # one thread runs the model: calls stay serial (Grad-CAM hooks and batches never interleave) and torch's
+        # intra-op threads do the parallel work
+        self.model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgcls-model")
+        self.batcher = MicroBatcher(self._probs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                    executor=self.model_executor)  # fmt: skip
+        self.requests = 0
+        self._gradcam = None
+        self._gradcam_lock = threading.Lock()
+
+    @property
+    def gradcam_available(self) -> bool:
+        if self.runner.module is None:
+            return False
+        try:
+            import imgcls.explain.gradcam  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, S, S] -> normalised float32 model input."""
+        return images.float().div_(255.0).sub_(self.mean).div_(self.std)
+
+    def _probs(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.forward(self.normalize(batch))
+        logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        return torch.softmax(logits.float(), dim=1)
+
+    def decode(self, data: bytes, content_type: str | None, filename: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (uint8 image [C, H, W] as uploaded, uint8 model-size image [C, S, S])."""
+        img = decode_upload(data, in_chans=self.runner.preprocess.in_chans, max_pixels=self.max_pixels,
+                            content_type=content_type, filename=filename)  # fmt: skip
+        x = self.fix_channels(img)
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = self.resize(x)
+        return img, x
+
+    def topk(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        k = max(1, min(k, probs.shape[-1]))
+        values, indices = probs.topk(k)
+        return [{"label": self.runner.classes[i], "index": i, "probability": round(float(v), 6)}
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)]  # fmt: skip
+
+    def gradcam(self, image: torch.Tensor, x: torch.Tensor, class_index: int | None) -> dict[str, Any]:
+        """Grad-CAM of one image (runs in the model thread): probabilities, the explained class, a PNG overlay."""
+        from imgcls.explain.gradcam import GradCAM, overlay_heatmap
+
+        with self._gradcam_lock:
+            if self._gradcam is None:
+                self._gradcam = GradCAM(self.runner.module)
+            cams, logits = self._gradcam(self.normalize(x[None]), class_index)
+        probs = torch.softmax(logits.float(), dim=1)[0]
+        target = int(class_index) if class_index is not None else int(probs.argmax())
+        display = _display_image(image)
+        overlay = overlay_heatmap(display, cams[0].numpy())
+        buf = io.BytesIO()
+        Image.fromarray(overlay).save(buf, format="PNG")
+        return {"probs": probs, "class_index": target, "label": self.runner.classes[target],
+                "overlay": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}  # fmt: skip
+
+
+def _display_image(image: torch.Tensor, *, small: int = 192, large: int = 384) -> np.ndarray:
+    """uint8 [C, H, W] -> uint8 [H', W', 3] for display: tiny images enlarged (nearest), big ones shrunk."""
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy().squeeze(-1) if image.shape[0] == 1
+                          else image.permute(1, 2, 0).numpy())  # fmt: skip
+    pil = pil.convert("RGB")
+    side = max(pil.size)
+    if side < small:
+        f = -(-small // side)
+        pil = pil.resize((pil.width * f, pil.height * f), Image.NEAREST)
+    elif side > large:
+        s = large / side
+        pil = pil.resize((max(1, round(pil.width * s)), max(1, round(pil.height * s))), Image.BILINEAR)
+    return np.asarray(pil)
+
+
+def create_app(
+    model_path: str | Path,
+    max_batch: int = 32,
+    max_wait_ms: float = 5,
+    max_queue: int = 256,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    max_files: int = 64,
+    topk: int = 5,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> FastAPI:
+    """The FastAPI app serving one model.
+
+    Args:
+        model_path: a checkpoint / run folder, or an imgcls ``.onnx`` file (FP32 or INT8).
+        max_batch: largest micro-batch per model call.
+        max_wait_ms: how long the batcher waits for a batch to fill after the first image.
+        max_queue: images allowed to wait; beyond -> 503.
+        max_body_bytes: largest request body; beyond -> 413.
+        max_pixels: largest image (width x height); beyond -> 413.
+        max_files: most files in one ``/predict/batch`` request; beyond -> 413.
+        topk: default number of classes returned.
+        device: torch device for checkpoint models.
+        threads: intra-op threads for the model.
+    """
+    from contextlib import asynccontextmanager
+
+    runner = load_runner(model_path, device=device, threads=threads)
+    service = InferenceService(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                               max_pixels=max_pixels)  # fmt: skip
+    default_k = max(1, min(topk, len(runner.classes)))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # noqa: ANN202
+        service.batcher.start()
+        try:
+            yield
+        finally:
+            await service.batcher.stop()
+            service.model_executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="imgcls", description=f"{runner.name}: {len(runner.classes)} classes", lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+
+    def busy() -> HTTPException:
+        return HTTPException(503, "server busy: the request queue is full, retry shortly", headers={"Retry-After": "1"})
+
+    async def read_and_decode(upload: UploadFile) -> tuple[torch.Tensor, torch.Tensor]:
+        data = await upload.read()
+        name = upload.filename or "file"
+        if header_pixels(data) <= INLINE_DECODE_PIXELS:  # tiny images (and errors): cheaper than a thread hop
+            return service.decode(data, upload.content_type, name)
+        loop = asyncio.get_running_loop()
+        # decoding a large image takes milliseconds to a second: keep it off the event loop
+        return await loop.run_in_executor(None, service.decode, data, upload.content_type, name)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        b = service.batcher
+        return {"status": "ok", "model": runner.name, "queued": b.queued, "batches": b.batches, "images": b.items,
+                "requests": service.requests}  # fmt: skip
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        b = service.batcher
+        return {
+            "model": runner.name, "kind": runner.kind, "quantized": bool(runner.info.get("quantized")),
+            "classes": runner.classes, "num_classes": len(runner.classes), "preprocess": runner.preprocess.to_dict(),
+            "gradcam": service.gradcam_available, "topk": default_k,
+            "limits": {"max_body_bytes": max_body_bytes, "max_pixels": max_pixels, "max_files": max_files,
+                       "max_batch": b.max_batch, "max_wait_ms": b.max_wait * 1e3, "max_queue": b.max_queue},
+        }  # fmt: skip
+
+    @app.post("/predict")
+    async def predict(file: UploadFile = File(...), topk: int = Query(default_k, ge=1)) -> dict[str, Any]:
+        service.requests += 1
+        if service.batcher.free_slots() < 1:
+            raise busy()  # before decoding: a busy server should not spend time on the image
+        _, x = await read_and_decode(file)
+        try:
+            probs = await service.batcher.submit(x)
+        except QueueFullError as e:
+            raise busy() from e
+        return {"filename": file.filename, "predictions": service.topk(probs, topk)}
+
+    @app.post("/predict/batch")
+    async def predict_batch(files: list[UploadFile] = File(...), topk: int = Query(default_k, ge=1)
+                            ) -> dict[str, Any]:  # fmt: skip
+        service.requests += 1
+        if len(files) > max_files:
+            raise HTTPException(413, f"{len(files)} files in one request, more than {max_files}")
+        if service.batcher.free_slots() < len(files):
+            raise busy()
+        decoded = [await read_and_decode(f) for f in files]
+        try:
+            outs = await service.batcher.submit_many([x for _, x in decoded])
+        except QueueFullError as e:
+            raise busy() from e
+        return {"results": [{"filename": f.filename, "predictions": service.topk(p, topk)}
+                            for f, p in zip(files, outs, strict=True)]}  # fmt: skip
+
+    @app.post("/gradcam")
+    async def gradcam(file: UploadFile = File(...), class_index: int | None = Query(None, ge=0),
+                      topk: int = Query(default_k, ge=1)) -> dict[str, Any]:  # fmt: skip
+        service.requests += 1
+        if runner.module is None:
+            raise HTTPException(501, "Grad-CAM needs a PyTorch checkpoint; this server runs an ONNX model")
+        if not service.gradcam_available:
+            raise HTTPException(501, "Grad-CAM is not available (imgcls.explain.gradcam cannot be imported)")
+        if class_index is not None and class_index >= len(runner.classes):
+            raise HTTPException(422, f"class_index must be < {len(runner.classes)}")
+        image, x = await read_and_decode(file)
+        loop = asyncio.get_running_loop()
+        try:
+            res = await loop.run_in_executor(service.model_executor, service.gradcam, image, x, class_index)
+        except ValueError as e:  # e.g. a model without a conv layer
+            raise HTTPException(501, f"Grad-CAM is not possible for this model: {e}") from e
+        return {"filename": file.filename, "predictions": service.topk(res["probs"], topk),
+                "class_index": res["class_index"], "label": res["label"], "overlay": res["overlay"]}  # fmt: skip
+
+    return app

@@ -1,0 +1,47 @@
+"""CLI wiring for ``imgcls serve`` (FastAPI + uvicorn; imported only when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: the serve extra is not installed: pip install 'imgcls[serve]' (missing: {', '.join(missing)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    import uvicorn
+
+    from imgcls.serve.app import create_app
+
+    try:
+        app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, topk=args.topk,
+                         device=args.device, threads=args.threads)  # fmt: skip
+    except ValueError as e:  # e.g. an ONNX file without imgcls metadata
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``imgcls serve`` on the ``imgcls`` parser."""
+    p = sub.add_parser("serve", help="HTTP inference server with micro-batching and a drop-an-image web page")
+    p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch per model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill")
+    p.add_argument("--max-queue", type=int, default=256, help="images allowed to wait; beyond -> 503")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB; beyond -> 413")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image in pixels; beyond -> 413")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,323 @@
+"""The inference server: endpoints, input limits, micro-batching, the bounded queue, and the web page."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from imgcls.export.bench import init_checkpoint  # noqa: E402
+from imgcls.serve.app import create_app  # noqa: E402
+
+CLASSES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A randomly initialised simple_cnn_tiny on digits (1x16x16, 10 classes) in the checkpoint format: the server
+    does not care whether the weights are trained."""
+    return init_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", ["model.name=simple_cnn_tiny"])
+
+
+def png_bytes(size: tuple[int, int] = (24, 24), mode: str = "L", seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(ckpt):
+    app = create_app(ckpt, max_batch=8, max_wait_ms=2, max_body_bytes=200_000, max_pixels=512 * 512)
+    with TestClient(app) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Endpoints
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_health_and_metadata(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    meta = client.get("/metadata").json()
+    assert meta["classes"] == CLASSES and meta["kind"] == "checkpoint" and meta["num_classes"] == 10
+    assert meta["preprocess"]["image_size"] == 16 and meta["preprocess"]["in_chans"] == 1
+    assert meta["limits"]["max_batch"] == 8 and meta["limits"]["max_pixels"] == 512 * 512
+
+
+def test_predict_top_k(client, ckpt, tmp_path):
+    from imgcls.evaluate.infer import Predictor
+
+    r = client.post("/predict", files={"file": ("digit.png", png_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 5 and all(p["label"] in CLASSES for p in preds)
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    # the server's split preprocessing (uint8 resize per image, normalisation per batch) equals `imgcls predict`'s
+    (tmp_path / "d.png").write_bytes(png_bytes())
+    pred = Predictor.from_checkpoint(ckpt)
+    ref = pred.topk(pred.predict_proba(pred.load_image(tmp_path / "d.png")[None]), 5)[0]
+    assert [p["label"] for p in preds] == [label for label, _ in ref]
+    assert np.allclose(probs, [p for _, p in ref], atol=1e-5)
+    r = client.post("/predict?topk=3", files={"file": ("rgb.jpg", _jpeg(), "image/jpeg")})  # RGB -> 1 channel
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+
+
+def _jpeg(size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_predict_batch_matches_single(client):
+    images = [png_bytes(seed=s) for s in range(3)]
+    r = client.post("/predict/batch", files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == ["0.png", "1.png", "2.png"]
+    for b, res in zip(images, results, strict=True):
+        single = client.post("/predict", files={"file": ("x.png", b, "image/png")}).json()["predictions"]
+        assert [p["label"] for p in single] == [p["label"] for p in res["predictions"]]
+        assert np.allclose([p["probability"] for p in single], [p["probability"] for p in res["predictions"]],
+                           atol=1e-5)  # fmt: skip
+
+
+def test_gradcam_overlay(client):
+    pytest.importorskip("imgcls.explain.gradcam")
+    assert client.get("/metadata").json()["gradcam"] is True
+    r = client.post("/gradcam", files={"file": ("digit.png", png_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in CLASSES and body["label"] == body["predictions"][0]["label"]
+    assert body["overlay"].startswith("data:image/png;base64,")
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"].split(",", 1)[1])))
+    assert overlay.mode == "RGB" and min(overlay.size) >= 16
+    r = client.post("/gradcam?class_index=3", files={"file": ("digit.png", png_bytes(), "image/png")})
+    assert r.status_code == 200 and r.json()["label"] == "3"
+
+
+def test_index_page(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert 'id="file"' in r.text and "/predict" in r.text
+    assert "<script src" not in r.text and "https://" not in r.text  # self-contained: no CDN, works offline
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Limits and errors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_oversize_body_413(client):
+    big = b"\0" * 300_000
+    r = client.post("/predict", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413
+    # without Content-Length (chunked upload): the limit is enforced while the body streams in
+    boundary = "imgclsboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()  # fmt: skip
+
+    def chunks():
+        yield head
+        for _ in range(30):
+            yield b"\0" * 20_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413
+
+
+def test_too_many_pixels_413(client):
+    r = client.post("/predict", files={"file": ("huge.png", _flat_png(1024, 600), "image/png")})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+def _flat_png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (w, h)).save(buf, format="PNG")  # compresses to a few hundred bytes
+    return buf.getvalue()
+
+
+def test_wrong_type_415(client):
+    r = client.post("/predict", files={"file": ("notes.txt", b"hello, not an image", "text/plain")})
+    assert r.status_code == 415
+    # claims to be an image, is not (e.g. a pickle): never unpickled, just not decodable as an image
+    buf = io.BytesIO()
+    torch.save({"a": 1}, buf)
+    r = client.post("/predict", files={"file": ("model.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 415
+
+
+def test_truncated_image_422(client):
+    data = _jpeg((64, 64))
+    r = client.post("/predict", files={"file": ("cut.jpg", data[: len(data) // 2], "image/jpeg")})
+    assert r.status_code == 422 and "truncated" in r.json()["detail"]
+    png = png_bytes((64, 64), seed=3)
+    r = client.post("/predict", files={"file": ("cut.png", png[: len(png) // 2], "image/png")})
+    assert r.status_code == 422
+
+
+def test_empty_400_and_missing_field_422(client):
+    r = client.post("/predict", files={"file": ("empty.png", b"", "image/png")})
+    assert r.status_code == 400
+    assert client.post("/predict").status_code == 422
+    assert client.post("/predict", files={"other": ("x.png", png_bytes(), "image/png")}).status_code == 422
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Micro-batching and the bounded queue
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _counting(service, delay: float = 0.0):
+    calls: list[int] = []
+    inner = service.forward
+
+    def forward(batch):
+        calls.append(batch.shape[0])
+        if delay:
+            time.sleep(delay)
+        return inner(batch)
+
+    service.forward = forward
+    return calls
+
+
+async def _post_many(app, n: int) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        files = [{"file": (f"{i}.png", png_bytes(seed=i), "image/png")} for i in range(n)]
+        try:
+            return await asyncio.gather(*(ac.post("/predict", files=f) for f in files))
+        finally:
+            await app.state.service.batcher.stop()
+
+
+def test_micro_batching_batches_concurrent_requests(ckpt):
+    app = create_app(ckpt, max_batch=16, max_wait_ms=200)
+    calls = _counting(app.state.service)
+    responses = asyncio.run(_post_many(app, 12))
+    assert all(r.status_code == 200 for r in responses)
+    assert sum(calls) == 12 and len(calls) <= 3 and max(calls) >= 6, calls  # 12 requests, a few model calls
+
+    app = create_app(ckpt, max_batch=1, max_wait_ms=0)
+    calls = _counting(app.state.service)
+    responses = asyncio.run(_post_many(app, 6))
+    assert all(r.status_code == 200 for r in responses) and calls == [1] * 6
+
+
+def test_queue_full_503(ckpt):
+    app = create_app(ckpt, max_batch=1, max_wait_ms=0, max_queue=2)
+    calls = _counting(app.state.service, delay=0.3)
+    responses = asyncio.run(_post_many(app, 8))
+    codes = [r.status_code for r in responses]
+    assert codes.count(503) >= 3 and codes.count(200) >= 2, codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers.get("retry-after") == "1" and "queue" in busy.json()["detail"]
+    assert len(calls) == codes.count(200)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ONNX models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_serve_onnx_model(ckpt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from imgcls.export.onnx import export_checkpoint
+
+    onnx_path = export_checkpoint(ckpt, fmt="onnx", dynamic_batch=True, out=tmp_path / "tiny.onnx").path
+    with TestClient(create_app(onnx_path)) as c:
+        meta = c.get("/metadata").json()
+        assert meta["kind"] == "onnx" and meta["classes"] == CLASSES and meta["gradcam"] is False
+        r = c.post("/predict", files={"file": ("d.png", png_bytes(), "image/png")})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 5
+        with TestClient(create_app(ckpt)) as torch_client:
+            ref = torch_client.post("/predict", files={"file": ("d.png", png_bytes(), "image/png")}).json()
+        assert [p["label"] for p in r.json()["predictions"]] == [p["label"] for p in ref["predictions"]]
+        assert c.post("/gradcam", files={"file": ("d.png", png_bytes(), "image/png")}).status_code == 501
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The web page in a real browser
+# --------------------------------------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(ckpt):
+    uvicorn = pytest.importorskip("uvicorn")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ckpt), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_web_page_in_headless_chromium(live_server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes((32, 32), seed=5))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(live_server + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('simple_cnn_tiny')")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#predictions .prediction", timeout=30_000)
+            labels = page.locator("#predictions .label").all_text_contents()
+            assert len(labels) == 5 and all(label in CLASSES for label in labels)
+            # the Grad-CAM overlay arrives after the bars
+            page.wait_for_function("document.getElementById('overlay').src.startsWith('data:image/png')",
+                                   timeout=30_000)  # fmt: skip
+            assert page.locator("#error").text_content() == ""
+        finally:
+            browser.close()
