@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from imgcls.config import ConfigError, build_config, list_presets, to_yaml
 
 #: modules that contribute subcommands through ``add_cli(subparsers)``
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "imgcls.data.preview", "imgcls.engine.lr_tools", "imgcls.explain.cli", "imgcls.export.cli", "imgcls.serve.cli",
+    "imgcls.tune.cli", "imgcls.studies.cli",
+]  # fmt: skip
 
 
 def split_preset_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -48,9 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, _, overrides = config_from_args(args.args)
     cfg, resume_path = resume_config(cfg, overrides)
     result = train(cfg, resume_path=resume_path)
-    if result.test is not None:
-        print(f"TEST ACCURACY {result.test.acc:.4f}")
-    print(f"RUN FOLDER {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        if result.test is not None:
+            print(f"TEST ACCURACY {result.test.acc:.4f}")
+        print(f"RUN FOLDER {result.run_dir}")
     return 0
 
 
@@ -75,7 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imgcls.evaluate.run_eval import run_eval
 
     run_eval(args.checkpoint, split=args.split, overrides=args.overrides, tta=args.tta, ensemble=args.ensemble,
-             batch_size=args.batch_size, out_dir=args.out, report=not args.no_report)  # fmt: skip
+             ensemble_mode=args.ensemble_mode, batch_size=args.batch_size, out_dir=args.out,
+             report=not args.no_report)  # fmt: skip
     return 0
 
 
@@ -185,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
     p.add_argument("--ensemble", nargs="*", default=[], metavar="CKPT", help="more checkpoints to average with")
+    p.add_argument("--ensemble-mode", default="probs", choices=["probs", "weights"],
+                   help="average probabilities, or weights (alone: the run's best and last)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")

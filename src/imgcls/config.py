@@ -184,6 +184,7 @@ class RunConfig:
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
     log_interval: int = 50  # steps between progress updates
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    test_tta: int = 1  # test-time augmentation views for that final evaluation (1: off, 2: + flip, 3+: + shifts)
     progress: bool = True  # progress bars (only when attached to a terminal)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
 

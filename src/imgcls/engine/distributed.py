@@ -72,6 +72,21 @@ def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
         dist.broadcast(buffer.data, src)
 
 
+def all_reduce_means(means: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+    """Combine per-rank means over ``count`` samples into means over every rank's samples (and the total count).
+
+    One small all-reduce: used once per epoch for the training loss/accuracy, which each rank measures on its shard.
+    A no-op without a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(means), count
+    keys = sorted(means)
+    t = torch.tensor([means[k] * count for k in keys] + [float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    total = float(t[-1])
+    return {k: float(v) / max(total, 1.0) for k, v in zip(keys, t[:-1].tolist(), strict=True)}, int(total)
+
+
 def select_device(name: str, info: DistInfo | None = None) -> torch.device:
     """``auto`` -> cuda (the local rank's GPU under torchrun) if available, else cpu."""
     if name == "auto":

@@ -140,7 +140,10 @@ class PlateauState:
     """State of reduce-on-plateau: multiply the lr by ``gamma`` once more than ``patience`` epochs in a row brought no
     improvement (the rule of ``torch.optim.lr_scheduler.ReduceLROnPlateau``), then start counting again.
 
-    ``mode`` is ``max`` for accuracy, ``min`` for a loss. Call :meth:`update` once per epoch with the validation value.
+    ``mode`` is ``max`` for accuracy, ``min`` for a loss. Call :meth:`update` once per epoch with the validation value;
+    the runner passes the metric early stopping monitors (``training.early_stopping.monitor``, measured on the EMA
+    weights when ``training.ema.use_for_best``), and the lr decays by ``training.scheduler.gamma`` after
+    ``training.scheduler.patience`` + 1 epochs without improvement.
     """
 
     gamma: float = 0.1

@@ -5,6 +5,7 @@ whose pieces (``build_data``, ``build_model_for``, ``train_one_epoch``, ``evalua
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import logging
@@ -37,6 +38,7 @@ from imgcls.data.loaders import PreprocessInfo, set_epoch
 from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
 from imgcls.engine.distributed import (
     DistInfo,
+    all_reduce_means,
     barrier,
     broadcast_object,
     cleanup_distributed,
@@ -337,7 +339,10 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
     splits = build_splits(cfg)
     in_chans = cfg.data.in_chans or splits.in_chans
     native = splits.train.source.image_size
-    model = build_model_for(cfg, splits.num_classes, in_chans, cfg.data.image_size or (native[0] if native else None))
+    # the input size the model is built for: explicit, else the data's own; file datasets default to 224 px unless
+    # pretrained weights bring their own size (resolve_preprocess then reads it from the model)
+    size_hint = cfg.data.image_size or (native[0] if native else (None if cfg.model.pretrained else 224))
+    model = build_model_for(cfg, splits.num_classes, in_chans, size_hint)
     preprocess = resolve_preprocess(cfg, splits, model)
     apply_freezing(model, freeze_backbone=cfg.model.freeze_backbone, freeze_layers=cfg.model.freeze_layers)
     model.to(device)
@@ -472,6 +477,9 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
             step += stats.steps
             if dist_info.enabled:
                 sync_buffers(model)  # BatchNorm statistics differ per rank after the last step: take rank 0's
+                # each rank measured its own shard: log the loss/accuracy (and throughput) of the whole epoch
+                means, images = all_reduce_means({"loss": stats.loss, "acc": stats.acc}, stats.images)
+                stats = dataclasses.replace(stats, loss=means["loss"], acc=means["acc"], images=images)
             assert_finite_state(model)  # on every rank (the models are equal), so they all stop together
             if ema is not None:
                 assert_finite_state(ema.module, "EMA model")
@@ -528,6 +536,10 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
                                 f"{patience} epochs (best at epoch {best_epoch})")  # fmt: skip
                 stopped_early = True
                 break
+    except BaseException:
+        if tracker is not None:
+            tracker.close()  # flush what was logged before the failure (a crash or a pruned Optuna trial)
+        raise
     finally:
         progress.stop()
 
@@ -537,7 +549,8 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
         model.load_state_dict(best["model"])
         test_result = evaluate(model, loaders.test, device=device, num_classes=splits.num_classes, amp=cfg.training.amp,
-                               amp_dtype=cfg.training.amp_dtype, distributed=dist_info.enabled)  # fmt: skip
+                               amp_dtype=cfg.training.amp_dtype, distributed=dist_info.enabled,
+                               tta=cfg.run.test_tta)  # fmt: skip
         _say(dist_info, f"test accuracy: {test_result.acc:.4f} (top-5 {test_result.topk.get(5, float('nan')):.4f}, "
                         f"loss {test_result.loss:.4f}) from the best checkpoint (epoch {best['epoch']})")  # fmt: skip
     seconds = time.perf_counter() - t_start
@@ -558,6 +571,11 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         if tracker is not None:
             tracker.close()
         _say(dist_info, f"done in {seconds:.1f}s; run folder: {run_dir}")
+        if cfg.run.report and (splits.test is not None or splits.val is not None):
+            from imgcls.evaluate.report import write_run_report
+
+            write_run_report(run_dir, model=model, splits=splits, eval_transform=loaders.eval_transform, device=device,
+                             tta=cfg.run.test_tta)
     return RunResult(run_dir=run_dir, best_val_acc=best_score if monitor_max else None, test=test_result,
                      epochs_run=epoch + 1, seconds=seconds, summary=summary)  # fmt: skip
 

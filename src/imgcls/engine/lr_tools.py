@@ -1,0 +1,358 @@
+"""Learning-rate tools: draw the configured schedule (``imgcls lr-plot``) and run an LR range test (``imgcls lr-find``).
+
+``lr-plot`` needs no training: the schedule is a pure function of the step (:mod:`imgcls.engine.schedules`), so the
+curve is exactly what :func:`imgcls.engine.train.train` will apply.
+
+``lr-find`` is Smith's LR range test as popularised by fastai: train for ``num_steps`` optimizer steps while the lr
+grows exponentially from ``start_lr`` to ``end_lr``, record the loss, smooth it with a bias-corrected exponential
+moving average, stop once it diverges, and suggest the lr where the smoothed loss falls fastest (the most negative
+slope against log lr). The model's weights, buffers and optimizer state are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.config import Config, validate_config
+from imgcls.engine.schedules import lr_curve, warmup_steps_for
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lr-plot
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def default_steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps per epoch as the runner computes them: train-split size, batch size, accumulation.
+
+    Builds the dataset's splits (cheap for in-memory datasets) to learn the train size. Mirrors the loader's
+    ``drop_last`` rule (full batches only when there is more than one batch) in a single process.
+    """
+    from imgcls.engine.train import build_splits
+
+    n = len(build_splits(cfg).train)
+    bs = cfg.data.batch_size
+    batches = n // bs if n > bs else 1
+    return max(1, -(-batches // cfg.training.accum_steps))
+
+
+def schedule_lrs(cfg: Config, steps_per_epoch: int) -> list[float]:
+    """The lr of the first parameter group at every optimizer step of the run (``plateau``: as if never reduced)."""
+    total = steps_per_epoch * cfg.training.epochs
+    base = cfg.training.optimizer.lr
+    return [base * m for m in lr_curve(cfg.training.scheduler, total_steps=total, steps_per_epoch=steps_per_epoch)]
+
+
+def lr_plot(cfg: Config, out: str | Path, steps_per_epoch: int | None = None) -> Path:
+    """Write a PNG of the learning rate against the epoch for ``cfg``'s optimizer and schedule.
+
+    Args:
+        cfg: the resolved config (``training.optimizer.lr``, ``training.scheduler.*``, ``training.epochs``).
+        out: the PNG path to write (folders are created).
+        steps_per_epoch: optimizer steps per epoch (default: from the dataset size, batch size and accumulation,
+            see :func:`default_steps_per_epoch`).
+
+    Returns:
+        The path written.
+    """
+    validate_config(cfg)
+    spe = steps_per_epoch or default_steps_per_epoch(cfg)
+    lrs = schedule_lrs(cfg, spe)
+    sched = cfg.training.scheduler
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    epochs = np.arange(len(lrs)) / spe
+    ax.plot(epochs, lrs, lw=1.5)
+    warm = warmup_steps_for(sched, total_steps=len(lrs), steps_per_epoch=spe)
+    if warm > 0:
+        ax.axvline(warm / spe, color="grey", ls=":", lw=1, label=f"end of warmup ({warm / spe:g} epochs)")
+        ax.legend(loc="best")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    note = " (drawn without plateau reductions)" if sched.name == "plateau" else ""
+    ax.set_title(f"{sched.name} schedule, {cfg.training.optimizer.name} lr {cfg.training.optimizer.lr:g}, "
+                 f"{cfg.training.epochs} epochs x {spe} steps{note}", fontsize=9)  # fmt: skip
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lr-find
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LrFindResult:
+    """The sweep: lr and raw / smoothed loss per step, the suggestion, and the plot (if one was written)."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggested_lr: float | None
+    diverged: bool
+    plot: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("lr-find: the training loader is empty")
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 5, skip_end: int = 3) -> float | None:
+    """The lr at the steepest descent of the smoothed loss against log10(lr), ignoring the noisy ends.
+
+    Returns None when fewer than 3 points remain after skipping.
+    """
+    lo, hi = skip_start, len(smoothed) - skip_end
+    if hi - lo < 3:
+        lo, hi = 0, len(smoothed)
+    if hi - lo < 3:
+        return None
+    x = np.log10(np.asarray(lrs[lo:hi], dtype=np.float64))
+    y = np.asarray(smoothed[lo:hi], dtype=np.float64)
+    slope = np.gradient(y, x)
+    return float(lrs[lo + int(np.argmin(slope))])
+
+
+def lr_range_test(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    smooth_beta: float = 0.98,
+    diverge_factor: float = 4.0,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    autocast: Callable[[], Any] | None = None,
+) -> LrFindResult:
+    """Exponential LR sweep; the model's weights/buffers and the optimizer's state are restored afterwards.
+
+    Args:
+        model: the model to probe (left as it was on return).
+        loader: training batches (cycled if shorter than ``num_steps``).
+        optimizer: its groups' ``initial_lr`` (or ``lr``) ratios are kept, so per-group multipliers are honoured.
+        loss_fn: ``loss_fn(logits, targets)``.
+        device: where to compute.
+        start_lr, end_lr: the sweep's first and last lr (of the group with the largest base lr).
+        num_steps: optimizer steps in the sweep.
+        smooth_beta: EMA factor of the loss smoothing (bias-corrected).
+        diverge_factor: stop when the smoothed loss exceeds this multiple of its minimum (or is not finite).
+        batch_transform: optional batch-level augmentation (CutMix/MixUp) as in training.
+        autocast: a zero-argument factory of the autocast context (None: full precision).
+
+    Returns:
+        The sweep and the suggested lr.
+    """
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"lr-find needs 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    if num_steps < 2:
+        raise ValueError(f"lr-find needs num_steps >= 2, got {num_steps}")
+    model_state = copy.deepcopy(model.state_dict())
+    optim_state = copy.deepcopy(optimizer.state_dict())
+    base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    ratios = [b / max(base) for b in base]
+    lrs, losses, smoothed = [], [], []
+    avg, best, diverged = 0.0, math.inf, False
+    was_training = model.training
+    model.train()
+    batches = _cycle(loader)
+    try:
+        for i in range(num_steps):
+            lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                group["lr"] = lr * ratio
+            images, targets = next(batches)
+            images, targets = images.to(device), targets.to(device)
+            if batch_transform is not None:
+                images, targets = batch_transform(images, targets)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast() if autocast is not None else torch.enable_grad():
+                loss = loss_fn(model(images), targets)
+            value = float(loss.detach())  # one sync per step: the sweep is short and needs every value
+            if not math.isfinite(value):
+                diverged = True
+                break
+            loss.backward()
+            optimizer.step()
+            avg = smooth_beta * avg + (1 - smooth_beta) * value
+            s = avg / (1 - smooth_beta ** (i + 1))
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(s)
+            best = min(best, s)
+            if s > diverge_factor * best:
+                diverged = True
+                break
+    finally:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        for group, b in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = b
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return LrFindResult(lrs=lrs, losses=losses, smoothed=smoothed, suggested_lr=suggest_lr(lrs, smoothed),
+                        diverged=diverged)  # fmt: skip
+
+
+def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range test") -> Path:
+    """Loss against lr (log scale): raw, smoothed, and the suggestion."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(result.lrs, result.losses, color="lightgray", lw=1, label="loss")
+    ax.plot(result.lrs, result.smoothed, lw=1.8, label="smoothed loss")
+    if result.suggested_lr is not None:
+        ax.axvline(result.suggested_lr, color="tab:red", ls="--", lw=1,
+                   label=f"suggested lr {result.suggested_lr:.2g} (steepest descent)")  # fmt: skip
+    ax.set_xscale("log")
+    if result.smoothed:
+        lo = min(result.smoothed)
+        hi = max(result.smoothed[: max(1, len(result.smoothed) // 2)] + [lo])
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-8), hi + 0.5 * (hi - lo + 1e-8))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+            num_steps: int = 100) -> LrFindResult:  # fmt: skip
+    """Run the LR range test with the model, data, loss and optimizer that ``cfg`` describes.
+
+    Args:
+        cfg: the resolved config (its ``training.optimizer.lr`` is ignored: the sweep sets the lr).
+        out: where to write the loss-vs-lr PNG (None: no plot).
+        start_lr, end_lr, num_steps: the sweep (see :func:`lr_range_test`).
+
+    Returns:
+        The sweep, with ``suggested_lr`` and ``plot`` filled in.
+    """
+    from imgcls.data.build import build_loaders
+    from imgcls.engine.distributed import select_device
+    from imgcls.engine.loop import autocast_context
+    from imgcls.engine.losses import build_loss
+    from imgcls.engine.optim import build_optimizer
+    from imgcls.engine.train import (
+        build_model_for,
+        build_splits,
+        class_weights_for,
+        resolve_preprocess,
+        seed_everything,
+    )
+    from imgcls.models.transfer import apply_freezing
+
+    validate_config(cfg)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    device = select_device(cfg.run.device)
+    splits = build_splits(cfg)
+    in_chans = cfg.data.in_chans or splits.in_chans
+    native = splits.train.source.image_size
+    model = build_model_for(cfg, splits.num_classes, in_chans, cfg.data.image_size or (native[0] if native else None))
+    preprocess = resolve_preprocess(cfg, splits, model)
+    apply_freezing(model, freeze_backbone=cfg.model.freeze_backbone, freeze_layers=cfg.model.freeze_layers)
+    model.to(device)
+    if cfg.training.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loaders = build_loaders(cfg, splits, preprocess, device=device)
+    weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
+    loss_fn = build_loss(cfg.training.loss, weights).to(device)
+    optimizer = build_optimizer(model, cfg.training.optimizer)
+    result = lr_range_test(
+        model, loaders.train, optimizer, loss_fn, device=device, start_lr=start_lr, end_lr=end_lr,
+        num_steps=num_steps, batch_transform=loaders.batch_transform_for(0, cfg.training.epochs),
+        autocast=lambda: autocast_context(device, cfg.training.amp, cfg.training.amp_dtype),
+    )  # fmt: skip
+    if out is not None:
+        title = (f"LR range test: {cfg.model.name} on {cfg.data.name}, {cfg.training.optimizer.name}, "
+                 f"batch {cfg.data.batch_size}, {len(result.lrs)} steps")  # fmt: skip
+        result.plot = plot_lr_find(result, out, title=title)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cmd_lr_plot(args: argparse.Namespace) -> int:
+    from imgcls.cli import config_from_args
+
+    cfg, _, _ = config_from_args(args.args)
+    path = lr_plot(cfg, args.out, steps_per_epoch=args.steps_per_epoch)
+    print(f"LR PLOT {path}")
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from imgcls.cli import config_from_args
+
+    cfg, _, _ = config_from_args(args.args)
+    result = lr_find(cfg, args.out, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps)
+    stop = "stopped early: the loss diverged" if result.diverged else "full sweep"
+    last = result.lrs[-1] if result.lrs else args.start_lr
+    print(f"swept {len(result.lrs)} steps from {args.start_lr:g} to {last:.3g} ({stop})")
+    if result.suggested_lr is None:
+        print("SUGGESTED LR none (too few steps before divergence: lower --start-lr or raise --num-steps)")
+    else:
+        print(f"SUGGESTED LR {result.suggested_lr:.3g}  (set training.optimizer.lr={result.suggested_lr:.3g}; many "
+              "prefer a value a few times lower)")  # fmt: skip
+    print(f"LR FIND PLOT {result.plot}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``lr-plot`` and ``lr-find`` on the ``imgcls`` command line (each sets ``func``)."""
+    p = subparsers.add_parser("lr-plot", help="draw the learning-rate schedule a config would use (PNG)")
+    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
+    p.add_argument("--out", default="lr_schedule.png", help="PNG path (default: lr_schedule.png)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="optimizer steps per epoch (default: from the dataset size and batch size)")  # fmt: skip
+    p.set_defaults(func=_cmd_lr_plot)
+
+    p = subparsers.add_parser("lr-find", help="LR range test: loss-vs-lr plot and a suggested learning rate")
+    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
+    p.add_argument("--out", default="lr_find.png", help="PNG path (default: lr_find.png)")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--num-steps", type=int, default=100, help="optimizer steps in the sweep")
+    p.set_defaults(func=_cmd_lr_find)
