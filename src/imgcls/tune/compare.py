@@ -1,0 +1,402 @@
+"""``imgcls compare``: put run folders side by side.
+
+Each run folder holds ``config.yaml``, ``metrics.csv`` and ``summary.json`` (see :func:`imgcls.engine.train.train`).
+The comparison flattens every run's config to dotted keys and keeps only the keys whose values differ between the
+runs (the rest is shared and would hide the signal), adds the best and final metrics, time and parameter count, and
+overlays the training curves. Outputs: ``compare.md``, ``compare.csv``, ``curves.png`` and a self-contained
+``index.html`` (the PNG embedded) in the output folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
+#: are left out of the differences table unless ``keep_all`` is set
+INCIDENTAL_KEYS = ("run.dir", "run.resume", "run.progress", "run.log_interval", "run.tracker")
+
+#: curves drawn by :func:`plot_curves` (metrics.csv column, axis title); missing or empty columns are skipped
+CURVES: tuple[tuple[str, str], ...] = (
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("val_acc", "val accuracy"),
+    ("lr", "learning rate"),
+)
+
+
+class CompareError(ValueError):
+    """Nothing to compare, or a folder that is not a run folder."""
+
+
+@dataclass
+class RunRecord:
+    """One run folder, read back.
+
+    Attributes:
+        path: the run folder.
+        name: the folder name (used as the run's label).
+        config: the flattened config (dotted key -> value).
+        metrics: ``metrics.csv`` rows, numbers parsed (empty cells are None).
+        summary: ``summary.json`` (empty when the run did not finish).
+    """
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    metrics: list[dict[str, float | None]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, key: str) -> list[float]:
+        """The non-empty values of one metrics.csv column, in epoch order."""
+        return [r[key] for r in self.metrics if r.get(key) is not None]  # type: ignore[misc]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b.c": value}``. Lists stay values (a list is one setting, e.g. betas)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
+    """``metrics.csv`` as a list of rows with float values (None for empty cells); [] if missing."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder has a ``config.yaml`` and a ``metrics.csv``."""
+    return (path / "config.yaml").is_file() and (path / "metrics.csv").is_file()
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one run folder.
+
+    Raises:
+        CompareError: the folder has no ``config.yaml`` / ``metrics.csv``.
+    """
+    p = Path(path)
+    if not is_run_dir(p):
+        raise CompareError(f"{p} is not a run folder (no config.yaml and metrics.csv in it)")
+    config = flatten(yaml.safe_load((p / "config.yaml").read_text()) or {})
+    summary_path = p / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return RunRecord(path=p, name=p.name, config=config, metrics=read_metrics_csv(p / "metrics.csv"), summary=summary)
+
+
+def find_runs(runs_dir: str | Path) -> list[Path]:
+    """Every run folder under ``runs_dir`` (searched recursively, so study and tune folders are included), oldest
+    first by folder name."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise CompareError(f"runs folder {root} does not exist")
+    return sorted({p.parent for p in root.rglob("config.yaml") if is_run_dir(p.parent)}, key=lambda p: str(p))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def config_differences(configs: Sequence[dict[str, Any]], *, keep_all: bool = False) -> list[str]:
+    """Sorted dotted keys whose value is not the same in every config (a key missing from some config counts as
+    different). ``keep_all=False`` leaves out :data:`INCIDENTAL_KEYS`."""
+    keys = sorted(set().union(*(c.keys() for c in configs))) if configs else []
+    missing = object()
+    out = []
+    for key in keys:
+        if not keep_all and key in INCIDENTAL_KEYS:
+            continue
+        values = [c.get(key, missing) for c in configs]
+        if any(v != values[0] for v in values[1:]):
+            out.append(key)
+    return out
+
+
+def run_metrics(run: RunRecord) -> dict[str, Any]:
+    """Best and final metrics of a run: best/final val accuracy, val loss, test accuracy, epochs, time, params."""
+    val_acc = run.column("val_acc")
+    val_loss = run.column("val_loss")
+    epoch_seconds = run.column("seconds")
+    s = run.summary
+    return {
+        "best_val_acc": max(val_acc) if val_acc else None,
+        "final_val_acc": val_acc[-1] if val_acc else None,
+        "best_val_loss": min(val_loss) if val_loss else None,
+        "test_acc": s.get("test_acc"),
+        "epochs": len(run.metrics),
+        "train_s": sum(epoch_seconds) if epoch_seconds else None,
+        "total_s": s.get("seconds"),
+        "params": s.get("params"),
+        "status": "finished" if run.finished else "unfinished",
+    }
+
+
+METRIC_COLUMNS = ("best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "total_s", "params", "status")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+@dataclass
+class Comparison:
+    """The comparison table: one row per run, the differing config keys, then the metrics."""
+
+    runs: list[RunRecord]
+    diff_keys: list[str]
+    rows: list[dict[str, Any]]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["run", *self.diff_keys, *METRIC_COLUMNS]
+
+    def to_markdown(self) -> str:
+        header = "| " + " | ".join(self.columns) + " |"
+        sep = "|" + "|".join("---" if c == "run" or c in self.diff_keys else "---:" for c in self.columns) + "|"
+        body = ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in self.columns) + " |" for r in self.rows]
+        return "\n".join([header, sep, *body])
+
+
+def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comparison:
+    """Read the run folders and build the comparison (differences only).
+
+    Args:
+        paths: run folders (at least one).
+        keep_all: also show :data:`INCIDENTAL_KEYS` when they differ.
+
+    Raises:
+        CompareError: no run folders, or a folder that is not a run.
+    """
+    runs = [load_run(p) for p in paths]
+    if not runs:
+        raise CompareError("no runs to compare")
+    diff = config_differences([r.config for r in runs], keep_all=keep_all)
+    rows = [{"run": r.name, **{k: r.config.get(k) for k in diff}, **run_metrics(r)} for r in runs]
+    return Comparison(runs=runs, diff_keys=diff, rows=rows)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Curves and the HTML page
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only; never needs a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: Sequence[RunRecord], out: str | Path, *, labels: Sequence[str] | None = None,
+                curves: Sequence[tuple[str, str]] = CURVES, title: str | None = None) -> Path | None:  # fmt: skip
+    """Overlay per-epoch curves of several runs (one panel per metric) and save a PNG.
+
+    Args:
+        runs: the runs.
+        out: the PNG path.
+        labels: legend labels (default: run folder names).
+        curves: (metrics.csv column, panel title) pairs; columns no run has are skipped.
+        title: figure title.
+
+    Returns:
+        The PNG path, or None when no run has any of the curves.
+    """
+    labels = list(labels) if labels is not None else [r.name for r in runs]
+    present = [(k, t) for k, t in curves if any(r.column(k) for r in runs)]
+    if not present:
+        return None
+    plt = pyplot()
+    cols = min(2, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
+    for ax, (key, name) in zip(axes.flat, present, strict=False):
+        for run, label in zip(runs, labels, strict=True):
+            pts = [(r["epoch"], r[key]) for r in run.metrics if r.get(key) is not None and r.get("epoch") is not None]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        if key == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(present) :]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(names) - 1) // 4), 1, 1))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def png_data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:`` URI (for self-contained HTML)."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def markdown_table_to_html(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain HTML table (values formatted like the Markdown table)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 3px}"
+)
+
+
+def write_html(path: str | Path, *, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """A self-contained HTML page: ``sections`` are (heading, inner HTML) pairs."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for heading, inner in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{inner}")
+    parts.append("</body></html>")
+    p = Path(path)
+    p.write_text("\n".join(parts))
+    return p
+
+
+@dataclass
+class CompareOutputs:
+    """Files written by :func:`write_comparison`."""
+
+    out_dir: Path
+    markdown: Path
+    csv: Path
+    curves: Path | None
+    html: Path
+
+
+def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutputs:
+    """Write ``compare.md``, ``compare.csv``, ``curves.png`` and ``index.html`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "compare.md"
+    md.write_text(f"# Run comparison\n\n{len(comparison.runs)} runs; config keys shown only where they differ.\n\n"
+                  f"{comparison.to_markdown()}\n")  # fmt: skip
+    csv_path = out / "compare.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=comparison.columns, extrasaction="ignore")
+        w.writeheader()
+        for r in comparison.rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in comparison.columns})
+    curves = plot_curves(comparison.runs, out / "curves.png", title="training curves")
+    paths = "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in comparison.runs)
+    differing = (
+        f"<p>Config keys that differ: {', '.join(f'<code>{html.escape(k)}</code>' for k in comparison.diff_keys)}</p>"
+        if comparison.diff_keys else "<p>The runs have the same config.</p>"
+    )  # fmt: skip
+    sections = [("Table", differing + markdown_table_to_html(comparison.rows, comparison.columns))]
+    if curves is not None:
+        sections.append(("Training curves", f"<img src='{png_data_uri(curves)}' alt='training curves'>"))
+    sections.append(("Runs", f"<ul>{paths}</ul>"))
+    page = write_html(out / "index.html", title=f"imgcls: {len(comparison.runs)} runs compared", sections=sections)
+    return CompareOutputs(out_dir=out, markdown=md, csv=csv_path, curves=curves, html=page)
+
+
+def compare(
+    runs: Sequence[str | Path] = (),
+    *,
+    all_runs: bool = False,
+    runs_dir: str | Path = "runs",
+    out_dir: str | Path | None = None,
+    keep_all: bool = False,
+) -> tuple[Comparison, CompareOutputs]:
+    """Compare run folders and write the table, curves and HTML page.
+
+    Args:
+        runs: run folders.
+        all_runs: also take every run folder under ``runs_dir``.
+        runs_dir: where ``all_runs`` looks.
+        out_dir: where to write (default ``<runs_dir>/compare-<timestamp>``).
+        keep_all: also show incidental keys (run.dir, ...) when they differ.
+
+    Returns:
+        The comparison and the paths written.
+
+    Raises:
+        CompareError: fewer than one run found.
+    """
+    paths = [Path(p) for p in runs]
+    if all_runs:
+        paths += [p for p in find_runs(runs_dir) if p not in paths]
+    if not paths:
+        raise CompareError(f"no runs given and none found under {runs_dir}: pass run folders or --all")
+    comparison = compare_runs(paths, keep_all=keep_all)
+    out = Path(out_dir) if out_dir else Path(runs_dir) / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return comparison, write_comparison(comparison, out)
+
+
+def print_comparison(comparison: Comparison) -> None:
+    """The table on the console (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(comparison.runs)} runs (config: differences only)")
+    for c in comparison.columns:
+        table.add_column(c, justify="left" if c == "run" or c in comparison.diff_keys else "right", overflow="fold")
+    for r in comparison.rows:
+        table.add_row(*(_cell(r.get(c)) for c in comparison.columns))
+    Console(width=200).print(table)

@@ -1,0 +1,636 @@
+"""``imgcls tune``: hyperparameter search with Optuna over ordinary :func:`~imgcls.engine.train.train` runs.
+
+A search space is a list of ``--param KEY=SPEC`` strings, one per config key:
+
+- ``log:LOW:HIGH`` - float on a log scale (learning rates, weight decay);
+- ``float:LOW:HIGH[:STEP]`` - float, uniform;
+- ``int:LOW:HIGH[:STEP]`` - integer, uniform;
+- ``choice:A,B,C`` - one of the values (each parsed as YAML: ``true``, ``0.1``, ``sgd``).
+
+Each trial is a normal run in ``<run.dir>/tune-<study>/trials/`` (so ``imgcls compare`` works on them). The metric
+(``val_acc`` by default) is reported to Optuna after every epoch through the ``on_epoch_end`` hook of ``train``, and
+the median pruner stops trials that are below the median of earlier trials at the same epoch (the hook raises
+``optuna.TrialPruned``). A trial's value is the best value of the metric over its epochs.
+
+Storage and crashes. The study lives in ``<run.dir>/tune-<study>/study.db``, an SQLite database opened through
+``optuna.storages.RDBStorage`` with ``connect_args={"timeout": 60}`` (writers wait for SQLite's file lock instead of
+failing) and a heartbeat. Several ``imgcls tune --study-name X --resume`` processes can therefore share one study
+(parallel workers, on one machine or on machines sharing the file system where SQLite locking works). ``--resume``
+reopens the study: finished trials (complete or pruned) count towards ``--trials`` and are never repeated; trials
+a crash left RUNNING are marked FAIL (immediately when the crashed process was on this machine and is gone,
+otherwise once their heartbeat is older than the grace period) and, like trials that failed with an error, are
+queued again once with the same parameters. ``--trials N`` is the number of finished trials the study should reach.
+
+The best trial's full config is written to ``<run.dir>/tune-<study>/best.yaml``, a preset file:
+``imgcls train runs/tune-<study>/best.yaml`` trains it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from imgcls.config import Config, ConfigError, build_config, parse_override, set_value, to_dict, validate_config
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("imgcls")
+
+#: seconds between heartbeats of a running trial, and how old a heartbeat must be before another worker fails it
+HEARTBEAT_INTERVAL_S = 60
+GRACE_PERIOD_S = 300
+#: how often one failed trial is queued again (with the same parameters) by ``--resume``
+MAX_RETRIES = 2
+#: a RUNNING trial that never recorded its worker is orphaned once it is this old (seconds)
+NO_WORKER_GRACE_S = 60
+#: trial ids this process is running right now: a RUNNING trial recorded for this process but not in this set was
+#: left behind by an interrupted ``tune()`` call
+_ACTIVE_TRIALS: set[int] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+KINDS = ("log", "float", "int", "choice")
+
+
+class TuneError(ConfigError):
+    """A bad search space, or a study that exists (or not) against what was asked."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The search space
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One dimension of the search space: a config key and how to sample it.
+
+    Attributes:
+        key: the dotted config key (e.g. ``training.optimizer.lr``).
+        kind: log, float, int or choice.
+        low: lower bound (log/float/int).
+        high: upper bound, inclusive (log/float/int).
+        step: grid step (float/int), or None.
+        choices: the values (choice).
+    """
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Draw this parameter for ``trial``."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))  # type: ignore[arg-type]
+        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.kind == "log",  # type: ignore[arg-type]
+                                   step=self.step)  # fmt: skip
+
+    def to_text(self) -> str:
+        """Back to the ``KEY=SPEC`` form."""
+        if self.kind == "choice":
+            return f"{self.key}=choice:" + ",".join(yaml.safe_dump(c, default_flow_style=True).strip().removesuffix(
+                "\n...").strip() for c in self.choices)  # fmt: skip
+        parts = [self.kind, _num(self.low), _num(self.high)] + ([_num(self.step)] if self.step is not None else [])
+        return f"{self.key}=" + ":".join(parts)
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) >= 1 else repr(float(x))
+
+
+def _parse_number(text: str, what: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise TuneError(f"--param {spec}: {what} '{text}' is not a number") from None
+
+
+def parse_param(text: str) -> ParamSpec:
+    """Parse ``KEY=KIND:ARGS`` (see the module docstring) and check the key exists and takes the values.
+
+    Raises:
+        TuneError: malformed spec, unknown key, bounds out of order, or values of the wrong type for the key.
+    """
+    if "=" not in text:
+        raise TuneError(f"--param '{text}' is not of the form key=kind:args, e.g. training.optimizer.lr=log:1e-4:1e-1")
+    key, spec = (s.strip() for s in text.split("=", 1))
+    kind, _, args = spec.partition(":")
+    if kind not in KINDS:
+        raise TuneError(f"--param {text}: unknown kind '{kind}'. Valid: log:LOW:HIGH, float:LOW:HIGH[:STEP], "
+                        "int:LOW:HIGH[:STEP], choice:A,B,C")  # fmt: skip
+    if kind == "choice":
+        raw = [a for a in args.split(",") if a.strip() != ""]
+        if not raw:
+            raise TuneError(f"--param {text}: choice needs at least one value, e.g. choice:sgd,adamw")
+        choices = tuple(parse_override(f"x={a.strip()}")[1] for a in raw)
+        for c in choices:
+            if not (c is None or isinstance(c, bool | int | float | str)):
+                raise TuneError(f"--param {text}: choice values must be plain values, got {c!r}")
+        param = ParamSpec(key=key, kind=kind, choices=choices)
+        samples: list[Any] = list(choices)
+    else:
+        nums = args.split(":")
+        if len(nums) not in (2, 3):
+            raise TuneError(f"--param {text}: {kind} takes LOW:HIGH" + ("" if kind == "log" else "[:STEP]"))
+        if kind == "log" and len(nums) == 3:
+            raise TuneError(f"--param {text}: log takes LOW:HIGH (no step)")
+        low, high = (_parse_number(n, b, text) for n, b in zip(nums[:2], ("low", "high"), strict=True))
+        step = _parse_number(nums[2], "step", text) if len(nums) == 3 else None
+        if not low <= high:
+            raise TuneError(f"--param {text}: low {low} is above high {high}")
+        if kind == "log" and low <= 0:
+            raise TuneError(f"--param {text}: log bounds must be > 0")
+        if kind == "int" and not (low.is_integer() and high.is_integer() and (step is None or step.is_integer())):
+            raise TuneError(f"--param {text}: int bounds and step must be integers")
+        if step is not None and step <= 0:
+            raise TuneError(f"--param {text}: step must be > 0")
+        param = ParamSpec(key=key, kind=kind, low=low, high=high, step=step)
+        samples = [int(low), int(high)] if kind == "int" else [low, high]
+    probe = Config()
+    for value in samples:  # unknown keys and ill-typed values fail here, before any trial
+        set_value(probe, key, value)
+    return param
+
+
+def parse_params(texts: Sequence[str]) -> list[ParamSpec]:
+    """Parse several ``--param`` strings; the same key twice is an error."""
+    params = [parse_param(t) for t in texts]
+    keys = [p.key for p in params]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise TuneError(f"--param given twice for {', '.join(dup)}")
+    return params
+
+
+def metric_direction(metric: str) -> str:
+    """``minimize`` for losses and errors, ``maximize`` otherwise."""
+    return "minimize" if ("loss" in metric or "error" in metric) else "maximize"
+
+
+def trial_config(preset: str | None, overrides: Sequence[str], params: dict[str, Any]) -> Config:
+    """The config of one trial: preset, then the fixed overrides, then the sampled values."""
+    cfg = build_config(preset, overrides)
+    for key, value in params.items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Storage, crash recovery
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def study_dir(runs_dir: str | Path, study_name: str) -> Path:
+    """``<runs>/tune-<study>``."""
+    return Path(runs_dir) / f"tune-{study_name}"
+
+
+def open_storage(db_path: Path) -> optuna.storages.RDBStorage:
+    """The study's SQLite storage: writers wait up to 60 s for the file lock; trials send a heartbeat."""
+    import optuna
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_experimental():
+        return optuna.storages.RDBStorage(
+            url=f"sqlite:///{db_path.resolve()}",
+            engine_kwargs={"connect_args": {"timeout": 60}},
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+        )
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a RUNNING trial has no live worker that we can see.
+
+    A trial records ``worker = host:pid``. On this host it is orphaned when that process is gone, or when it is
+    this process but the trial is not one this process is running (an interrupted ``tune()`` call). A trial from
+    another host is left to the heartbeat (Optuna fails it once the heartbeat is older than the grace period). A
+    RUNNING trial without a worker that started more than :data:`NO_WORKER_GRACE_S` ago never reached the
+    objective, so it is orphaned too.
+    """
+    worker = trial.user_attrs.get("worker")
+    if not worker:
+        # between ask() and the objective's first line a live worker's trial has no worker yet: give it a minute
+        started = trial.datetime_start
+        return started is None or (datetime.now() - started).total_seconds() > NO_WORKER_GRACE_S
+    host, _, pid_text = str(worker).rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return trial._trial_id not in _ACTIVE_TRIALS
+    return not _pid_alive(pid)
+
+
+def recover_trials(study: optuna.Study, *, max_retries: int = MAX_RETRIES) -> dict[str, list[int]]:
+    """Mark orphaned RUNNING trials FAIL and queue failed trials again with the same parameters.
+
+    Each failed trial is queued at most once, and a chain of retries stops after ``max_retries`` attempts (the
+    retry records ``failed_trial`` (the first attempt) and ``retry_history`` in its system attributes, the same
+    convention as Optuna's retry callback).
+
+    Returns:
+        ``{"failed": [trial numbers marked FAIL], "requeued": [numbers of the failed trials queued again]}``.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of other hosts
+    failed: list[int] = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_orphaned(t):
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            failed.append(t.number)
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    requeued: list[int] = []
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried or not t.params:
+            continue
+        history = [*t.system_attrs.get("retry_history", []), t.number]
+        if len(history) > max_retries:
+            continue
+        system_attrs = {"failed_trial": history[0], "retry_history": history}
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("worker", "run_dir", "error")}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=t.params,
+                                                  distributions=t.distributions, user_attrs=user_attrs,
+                                                  system_attrs=system_attrs))  # fmt: skip
+        requeued.append(t.number)
+    return {"failed": failed, "requeued": requeued}
+
+
+class _quiet_experimental:  # noqa: N801 - used like a function
+    """Silence Optuna's ExperimentalWarning for the calls inside."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        try:
+            from optuna.exceptions import ExperimentalWarning
+
+            warnings.simplefilter("ignore", ExperimentalWarning)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` did.
+
+    Attributes:
+        study_name: the study.
+        study_dir: ``<runs>/tune-<study>`` (database, trials, best.yaml, trials.csv).
+        best_value: the best trial's value (None when no trial completed).
+        best_params: its sampled parameters.
+        best_config_path: ``best.yaml`` (None when no trial completed).
+        trials: one dict per trial (number, state, value, params, run_dir).
+        recovered: what ``--resume`` repaired (see :func:`recover_trials`).
+        ran: trials run by this call.
+    """
+
+    study_name: str
+    study_dir: Path
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_config_path: Path | None
+    trials: list[dict[str, Any]]
+    recovered: dict[str, list[int]] = field(default_factory=dict)
+    ran: int = 0
+
+
+def _finished_count(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _find_run_dir(trials_dir: Path, run_name: str) -> Path | None:
+    found = sorted(trials_dir.glob(f"{run_name}-*"))
+    return found[-1] if found else None
+
+
+def make_objective(
+    *,
+    preset: str | None,
+    overrides: Sequence[str],
+    params: Sequence[ParamSpec],
+    metric: str,
+    trials_dir: Path,
+    train_fn: Callable[..., Any] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective: sample, train with a pruning hook, return the best metric value over the epochs.
+
+    Args:
+        preset: the preset (or None for defaults).
+        overrides: fixed ``key=value`` overrides.
+        params: the search space.
+        metric: the metrics.csv column reported every epoch (e.g. ``val_acc``, ``val_loss``, ``ema_val_acc``).
+        trials_dir: where the trial runs go (``run.dir``).
+        train_fn: the training function (default :func:`imgcls.engine.train.train`; tests substitute it).
+    """
+    import optuna
+
+    maximize = metric_direction(metric) == "maximize"
+
+    def objective(trial: optuna.Trial) -> float:
+        from imgcls.engine.train import train
+
+        with _ACTIVE_LOCK:
+            _ACTIVE_TRIALS.add(trial._trial_id)
+        try:
+            trial.set_user_attr("worker", _worker_id())
+            sampled = {p.key: p.suggest(trial) for p in params}
+            cfg = trial_config(preset, overrides, sampled)
+            run_name = f"trial-{trial.number:04d}"
+            cfg.run.dir = str(trials_dir)
+            cfg.run.name = run_name
+            cfg.run.resume = None
+            validate_config(cfg)
+            best: list[float] = []
+
+            def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+                value = row.get(metric)
+                if value is None or value == "":
+                    have = ", ".join(k for k, v in row.items() if v != "")
+                    raise ConfigError(
+                        f"tune metric '{metric}' is not in the epoch metrics (have: {have}); check --metric"
+                    )
+                value = float(value)
+                best.append(value if not best else (max if maximize else min)(best[-1], value))
+                trial.report(value, step=epoch + 1)
+                if trial.should_prune():
+                    run_dir = _find_run_dir(trials_dir, run_name)
+                    if run_dir is not None:
+                        trial.set_user_attr("run_dir", str(run_dir))
+                    raise optuna.TrialPruned(f"{metric}={value:.4f} at epoch {epoch + 1} is below the median")
+
+            result = (train_fn or train)(cfg, hooks={"on_epoch_end": on_epoch_end})
+            trial.set_user_attr("run_dir", str(result.run_dir))
+            if result.test is not None:
+                trial.set_user_attr("test_acc", float(result.test.acc))
+            if not best:
+                raise ConfigError("the trial ran no epoch")
+            if not math.isfinite(best[-1]):
+                raise FloatingPointError(f"{metric} is not finite")
+            return best[-1]
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE_TRIALS.discard(trial._trial_id)
+
+    return objective
+
+
+def _base_of(study: optuna.Study, preset: str | None, overrides: Sequence[str], params: Sequence[str], metric: str
+             ) -> tuple[str | None, list[str], list[str], str]:  # fmt: skip
+    """Reconcile this command line with what the study recorded when it was created (empty pieces are taken from
+    the study; given pieces must match)."""
+    attrs = study.user_attrs
+    if not attrs:
+        return preset, list(overrides), list(params), metric
+    stored = (attrs.get("preset"), list(attrs.get("overrides", [])), list(attrs.get("params", [])),
+              attrs.get("metric", metric))  # fmt: skip
+    given_params = [parse_param(p).to_text() for p in params]
+    if given_params and given_params != stored[2]:
+        raise TuneError(f"study '{study.study_name}' searches {' '.join(stored[2])}; this command asks for "
+                        f"{' '.join(given_params)}. Use another --study-name for another search space.")  # fmt: skip
+    if (preset is not None or overrides) and (preset, list(overrides)) != (stored[0], stored[1]):
+        raise TuneError(f"study '{study.study_name}' was created with preset {stored[0]!r} and overrides "
+                        f"{stored[1]}; this command gives {preset!r} {list(overrides)}. Resume without them, or use "
+                        "another --study-name.")  # fmt: skip
+    return stored[0], stored[1], stored[2], stored[3]
+
+
+def tune(
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    params: Sequence[str] = (),
+    trials: int = 20,
+    study_name: str | None = None,
+    resume: bool = False,
+    metric: str = "val_acc",
+    runs_dir: str | Path | None = None,
+    prune: bool = True,
+    startup_trials: int = 3,
+    seed: int | None = None,
+    timeout_s: float | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    quiet: bool = False,
+) -> TuneResult:
+    """Run (or continue) an Optuna search and write ``best.yaml`` and ``trials.csv``.
+
+    Args:
+        preset: preset name or YAML path (default: quickstart for a new study).
+        overrides: fixed ``key=value`` overrides for every trial.
+        params: ``KEY=SPEC`` search space (see the module docstring); on ``resume`` may be omitted.
+        trials: number of finished (complete or pruned) trials the study should reach.
+        study_name: default: the preset's name.
+        resume: continue an existing study (required when it exists; see the module docstring for crash recovery).
+        metric: metrics.csv column to optimise (``*loss*`` is minimised, anything else maximised).
+        runs_dir: default: the config's ``run.dir``.
+        prune: use the median pruner.
+        startup_trials: trials that are never pruned and that set the first medians.
+        seed: sampler seed (TPE); None = random.
+        timeout_s: stop starting new trials after this many seconds.
+        train_fn: substitute for :func:`imgcls.engine.train.train` (tests).
+        quiet: no console table at the end.
+
+    Returns:
+        A :class:`TuneResult`.
+
+    Raises:
+        TuneError: bad search space; the study exists without ``resume``; no parameters for a new study.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base_cfg = build_config(preset or "quickstart", overrides)
+    runs_root = Path(runs_dir or base_cfg.run.dir)
+    name = study_name or (Path(preset).stem if preset else "quickstart")
+    sdir = study_dir(runs_root, name)
+    db = sdir / "study.db"
+    exists = db.is_file()
+    if exists and not resume:
+        raise TuneError(f"study '{name}' already exists in {sdir}: pass --resume to continue it, or choose another "
+                        "--study-name")  # fmt: skip
+    storage = open_storage(db)
+    # the sampler and pruner are not stored with the study: every process builds its own
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, interval_steps=1)
+              if prune else optuna.pruners.NopPruner())  # fmt: skip
+    if exists:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise TuneError(f"{db} holds no study named '{name}'") from None
+    else:
+        if not params:
+            raise TuneError("a new study needs at least one --param, e.g. --param training.optimizer.lr=log:1e-4:1e-1")
+        study = optuna.create_study(study_name=name, storage=storage, direction=metric_direction(metric),
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    preset_used, overrides_used, param_texts, metric_used = _base_of(
+        study, preset if exists else (preset or "quickstart"), overrides, params, metric)  # fmt: skip
+    specs = parse_params(param_texts)
+    if not study.user_attrs:  # a new study records its definition so that --resume needs no arguments
+        for k, v in {"preset": preset_used, "overrides": list(overrides_used),
+                     "params": [p.to_text() for p in specs], "metric": metric_used}.items():  # fmt: skip
+            study.set_user_attr(k, v)
+    # the fixed part must be valid before any trial starts
+    validate_config(trial_config(preset_used, overrides_used, {}))
+
+    recovered = recover_trials(study) if resume else {"failed": [], "requeued": []}
+    if recovered["failed"] or recovered["requeued"]:
+        if not quiet:
+            print(f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
+                  f"failed trials queued again: {recovered['requeued'] or 'none'}")  # fmt: skip
+    trials_dir = sdir / "trials"
+    objective = make_objective(preset=preset_used, overrides=overrides_used, params=specs, metric=metric_used,
+                               trials_dir=trials_dir, train_fn=train_fn)  # fmt: skip
+    remaining = trials - _finished_count(study)
+    started: list[int] = []
+
+    def counted(trial: optuna.Trial) -> float:
+        started.append(trial.number)
+        return objective(trial)
+
+    if remaining > 0:
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        with _quiet_experimental():
+            study.optimize(counted, n_trials=remaining, timeout=timeout_s, callbacks=[stop],
+                           catch=(ConfigError, ValueError, FloatingPointError, RuntimeError))  # fmt: skip
+    ran = len(started)
+    result = summarize(study, sdir, preset_used, overrides_used)
+    result.recovered, result.ran = recovered, ran
+    if not quiet:
+        print_trials(result)
+    return result
+
+
+def summarize(study: optuna.Study, sdir: Path, preset: str | None, overrides: Sequence[str]) -> TuneResult:
+    """Write ``trials.csv`` and (when a trial completed) ``best.yaml``; return the :class:`TuneResult`."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value if t.values else None,
+                     "epochs": len(t.intermediate_values), "retry_of": t.system_attrs.get("failed_trial"),
+                     **{f"param:{k}": v for k, v in t.params.items()},
+                     "test_acc": t.user_attrs.get("test_acc"), "run_dir": t.user_attrs.get("run_dir")})  # fmt: skip
+    sdir.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with (sdir / "trials.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in keys} for r in rows])
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return TuneResult(study.study_name, sdir, None, {}, None, rows)
+    best = study.best_trial
+    path = write_best_config(study, best, sdir / "best.yaml", preset, overrides)
+    return TuneResult(study.study_name, sdir, best.value, dict(best.params), path, rows)
+
+
+def write_best_config(study: optuna.Study, best: optuna.trial.FrozenTrial, path: Path, preset: str | None,
+                      overrides: Sequence[str]) -> Path:  # fmt: skip
+    """The best trial's resolved config as a preset file (``imgcls train <path>`` trains it).
+
+    ``run.dir`` points back at the runs folder and ``run.name`` is ``tune-<study>-best``; the header comment records
+    the study, the trial, its value and the sampled parameters.
+    """
+    cfg = trial_config(preset, overrides, dict(best.params))
+    cfg.run.dir = str(path.parent.parent)
+    cfg.run.name = f"tune-{study.study_name}-best"
+    cfg.run.resume = None
+    tree = to_dict(cfg)
+    tree.pop("preset", None)
+    metric = study.user_attrs.get("metric", "value")
+    header = [
+        f"# Best config of the Optuna study '{study.study_name}': trial {best.number}, {metric} = {best.value:.6g}",
+        f"# from preset {preset!r} with overrides {list(overrides)} and the sampled values:",
+        *(f"#   {k}: {v!r}" for k, v in best.params.items()),
+        f"# train it with: imgcls train {path}",
+    ]
+    path.write_text("\n".join(header) + "\n" + yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def print_trials(result: TuneResult) -> None:
+    """A rich table of the trials and the best one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    param_keys = sorted({k for r in result.trials for k in r if k.startswith("param:")})
+    table = Table(title=f"study '{result.study_name}' ({len(result.trials)} trials)")
+    for c in ("#", "state", "value", "epochs", *(k.removeprefix("param:") for k in param_keys)):
+        table.add_column(c, justify="right" if c != "state" else "left")
+    for r in result.trials:
+        value = "-" if r["value"] is None else f"{r['value']:.4f}"
+        table.add_row(str(r["number"]), r["state"], value, str(r["epochs"]),
+                      *(_fmt_param(r.get(k)) for k in param_keys))  # fmt: skip
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"study database: {result.study_dir / 'study.db'}; trial runs: {result.study_dir / 'trials'}; "
+                  f"continue or add workers with --study-name {result.study_name} --resume")  # fmt: skip
+    if result.best_config_path is not None:
+        console.print(f"best value {result.best_value:.4f} with {result.best_params}")
+        console.print(f"best config: {result.best_config_path}  (imgcls train {result.best_config_path})")
+    else:
+        console.print("no trial completed yet")
+
+
+def _fmt_param(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,152 @@
+"""Studies: every registered variant is a valid config; the reading's noise logic; tiny studies end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.config import ConfigError, parse_override, validate_config
+from imgcls.studies.definitions import DATASETS, STUDIES, StudyDefinition, Variant, get_study
+from imgcls.studies.runner import METRICS, aggregate, make_reading, run_study, variant_config, within_noise
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.subset=200"]
+
+STUDY_CASES = [(s, d) for s in STUDIES for d in DATASETS]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two spinning threads are many times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_registry_has_the_classic_studies():
+    expected = {"freeze-layers", "augmentation", "cutmix-alpha", "mixup-vs-cutmix", "randaugment", "optimizers",
+                "schedulers", "lr-sweep", "weight-decay", "batch-size", "amp", "grad-accumulation", "label-smoothing",
+                "early-stopping", "class-imbalance", "architectures", "distillation", "ensemble", "tta",
+                "activations", "ema"}  # fmt: skip
+    assert expected <= set(STUDIES)
+    with pytest.raises(KeyError, match="Did you mean"):
+        get_study("optimizer")
+
+
+@pytest.mark.parametrize("name, dataset", STUDY_CASES, ids=[f"{s}-{d}" for s, d in STUDY_CASES])
+def test_every_variant_is_a_valid_config(name, dataset):
+    study = STUDIES[name]
+    assert study.metric in METRICS and all(m in METRICS for m in study.also)
+    assert study.seeds >= 1 and len(study.variants) >= 2
+    assert set(study.ranked) <= set(study.names)
+    if study.plot == "line":
+        assert all(v.x is not None for v in study.variants), "a sweep needs Variant.x on every variant"
+    for v in study.variants:
+        for ref in v.references():
+            assert study.names.index(ref) < study.names.index(v.name), f"{v.name} uses {ref}, defined later"
+        for text in study.overrides_for(v, dataset):
+            parse_override(text)
+        cfg = variant_config(study, v, dataset)
+        validate_config(cfg)
+        if cfg.data.loader == "device":
+            from imgcls.data.device_loader import check_device_augmentations
+
+            check_device_augmentations(cfg.augmentation.train)
+        if name == "freeze-layers":
+            from imgcls.models import create_model
+
+            model = create_model(cfg.model.name, num_classes=10, in_chans=1, image_size=16)
+            assert len(model.stage_groups()) >= max(int(v.x) for v in study.variants)
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_every_study_has_a_concept_page(name):
+    page = REPO / "docs" / "concepts" / f"{STUDIES[name].concept}.md"
+    assert page.is_file(), f"missing {page}"
+
+
+def _rows(values: dict[str, list[float]]) -> list[dict]:
+    return [{"variant": n, "seed": i, "test_acc": v, "train_s": 1.0 + i, "test_n": 1000}
+            for n, vs in values.items() for i, v in enumerate(vs)]  # fmt: skip
+
+
+def test_within_noise_uses_two_seed_stds():
+    a = {"mean": 0.90, "std": 0.01, "n": 3}
+    b = {"mean": 0.91, "std": 0.01, "n": 3}
+    within, noise, _ = within_noise("test_acc", a, b)
+    assert within is True and noise == pytest.approx(0.02)
+    within, _, _ = within_noise("test_acc", a, {"mean": 0.95, "std": 0.01, "n": 3})
+    assert within is False
+    # one seed: the binomial standard error of the test set is the floor (2 * sqrt(0.9 * 0.1 / 1000) = 1.9 pts)
+    within, noise, source = within_noise("test_acc", {"mean": 0.90, "std": math.nan, "n": 1},
+                                         {"mean": 0.91, "std": math.nan, "n": 1}, 1000)  # fmt: skip
+    assert within is True and noise == pytest.approx(0.019, abs=1e-3) and "binomial" in source
+    assert within_noise("train_s", {"mean": 1.0, "std": math.nan, "n": 1}, {"mean": 2.0, "std": math.nan, "n": 1},
+                        1000)[0] is None  # fmt: skip
+
+
+def test_reading_names_winner_gap_and_noise():
+    study = StudyDefinition(name="t", title="t", shows="", concept="x", expect="Expect things.",
+                            variants=(Variant("a"), Variant("b"), Variant("c")))  # fmt: skip
+    rows = _rows({"a": [0.90, 0.92, 0.91], "b": [0.915, 0.925, 0.92], "c": [0.80, 0.81, 0.79]})
+    summary = aggregate(rows, study.names)
+    assert summary["a"]["test_acc"]["mean"] == pytest.approx(0.91) and summary["a"]["test_acc"]["n"] == 3
+    text = make_reading(study, summary, rows)
+    assert text.startswith("**b** has the best test accuracy")
+    assert "over 3 seeds" in text and "+1.0 pts" in text and "within noise" in text
+    assert "Last: **c**" in text and "c -11.0 pts (beyond noise)" in text and "Expect things." in text
+
+
+def test_study_bad_input():
+    with pytest.raises(ConfigError, match="unknown study"):
+        run_study("optimizer")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        run_study("optimizers", overrides=["training.epoch=1"])
+    with pytest.raises(ConfigError, match="dataset"):
+        run_study("optimizers", dataset="mnist")
+
+
+def test_optimizers_study_end_to_end(tmp_path, one_thread):
+    out = tmp_path / "optimizers"
+    result = run_study("optimizers", epochs=1, seeds=1, overrides=TINY, out_dir=out, quiet=True)
+    assert result.trained == 3 and result.reused == 0
+    rows = list(csv.DictReader((out / "study.csv").open()))
+    assert [r["variant"] for r in rows] == ["sgd", "adam", "adamw"]
+    assert all(0.0 <= float(r["test_acc"]) <= 1.0 and float(r["train_s"]) > 0 and r["ece"] != "" for r in rows)
+    md = (out / "study.md").read_text()
+    assert "| variant | seeds | test accuracy | vs baseline |" in md and "## Reading" in md
+    assert "has the best test accuracy" in md or " tie on " in md
+    for name in ("study.png", "curves.png", "study.json"):
+        assert (out / name).stat().st_size > 0
+    # a second call reuses the finished runs (resumable, nothing retrained)
+    again = run_study("optimizers", epochs=1, seeds=1, overrides=TINY, out_dir=out, quiet=True)
+    assert again.trained == 0 and again.reused == 3
+    assert [r["test_acc"] for r in again.rows] == [r["test_acc"] for r in result.rows]
+
+
+def test_tta_ensemble_and_teacher_reference(tmp_path, one_thread):
+    """Variants that differ only at test time share a run; ensemble members get their own initialisations; a
+    ``{ckpt:NAME}`` override gets the named variant's best checkpoint of the same seed."""
+    study = StudyDefinition(
+        name="mini", title="mini", shows="", concept="x", seeds=1, lr_curves=True,
+        variants=(Variant("base"), Variant("tta 2", tta=2), Variant("ens 2", ensemble=2),
+                  Variant("kd", ("training.distill.teacher={ckpt:base}",))),
+    )  # fmt: skip
+    result = run_study(study, epochs=1, overrides=TINY, out_dir=tmp_path / "mini", quiet=True)
+    # base = member 0 (shared with tta 2 and ens 2), ensemble member 1, the distilled student
+    assert result.trained == 3
+    by = {r["variant"]: r for r in result.rows}
+    assert by["tta 2"]["run_dir"] == by["base"]["run_dir"]
+    assert by["ens 2"]["params"] == 2 * by["base"]["params"]
+    import yaml
+
+    kd_cfg = yaml.safe_load((Path(by["kd"]["run_dir"]) / "config.yaml").read_text())
+    assert kd_cfg["training"]["distill"]["teacher"] == str(Path(by["base"]["run_dir"]) / "checkpoints" / "best.pt")
+    members = sorted((tmp_path / "mini" / "inits").glob("*.pt"))
+    assert len(members) == 2
+    assert (tmp_path / "mini" / "lr.png").is_file()
