@@ -1,0 +1,73 @@
+"""CIFAR-10 speedruns: the ``cpu_speedrun`` preset on CPU, the ``speedrun`` preset on one GPU.
+
+Reports test accuracy (with the preset's TTA) as mean ± std over seeds, and training time: the sum of the per-epoch
+training seconds from metrics.csv (the loop synchronises the device at the end of each epoch, so on a GPU these are
+device-complete times; evaluation and checkpointing are excluded, as the record trainers exclude them). With
+``training.compile=true`` the first epoch includes compilation; it is reported separately.
+
+Data: ../shared/data/cifar10_jpg.tar.gz (skips cleanly when absent).
+
+    python benchmarks/speedrun.py --device cpu --seeds 3           # cpu_speedrun, target >= 85% in <= 10 min
+    python benchmarks/speedrun.py --device cuda --seeds 3          # speedrun, target 94% (airbench94: ~3.8 s on A100)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from imgcls.config import build_config
+from imgcls.engine.train import train
+
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_jpg.tar.gz"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--data", default=str(CIFAR))
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides")
+    args = p.parse_args()
+    if not Path(args.data).is_file():
+        print(f"skipped: CIFAR-10 archive not found at {args.data}")
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("skipped: no CUDA device (the GPU speedrun needs one)")
+        return 0
+    preset = "speedrun" if args.device == "cuda" else "cpu_speedrun"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            cfg = build_config(
+                preset,
+                [f"data.root={args.data}", f"run.seed={seed}", f"run.device={args.device}", f"run.dir={tmp}",
+                 "run.progress=false", "run.tracker=none", *args.overrides],
+            )  # fmt: skip
+            result = train(cfg)
+            with (result.run_dir / "metrics.csv").open() as f:
+                epochs = list(csv.DictReader(f))
+            seconds = [float(r["seconds"]) for r in epochs]
+            rows.append({"seed": seed, "acc": result.test.acc, "train_s": sum(seconds), "first_epoch_s": seconds[0]})
+            print(f"seed {seed}: test acc {result.test.acc:.4f}, training {sum(seconds):.1f} s", flush=True)
+    accs = [r["acc"] * 100 for r in rows]
+    times = [r["train_s"] for r in rows]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{preset} on {device}, {len(rows)} seeds")
+    print(f"{'seed':>5}{'test acc %':>12}{'train s':>10}{'epoch 1 s':>11}")
+    for r in rows:
+        print(f"{r['seed']:>5}{r['acc'] * 100:>12.2f}{r['train_s']:>10.1f}{r['first_epoch_s']:>11.1f}")
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    mean_acc, mean_s = statistics.mean(accs), statistics.mean(times)
+    print(f"mean test accuracy {mean_acc:.2f} ± {std:.2f} %, mean training time {mean_s:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
