@@ -11,7 +11,16 @@ import torch
 
 from imgcls.config import ConfigError, parse_override, validate_config
 from imgcls.studies.definitions import DATASETS, STUDIES, StudyDefinition, Variant, get_study
-from imgcls.studies.runner import METRICS, aggregate, make_reading, run_study, variant_config, within_noise
+from imgcls.studies.runner import (
+    METRICS,
+    aggregate,
+    collect_markdown,
+    make_reading,
+    rewrite_report,
+    run_study,
+    variant_config,
+    within_noise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200"]
@@ -127,6 +136,11 @@ def test_optimizers_study_end_to_end(tmp_path, one_thread):
     again = run_study("optimizers", epochs=1, seeds=1, overrides=TINY, out_dir=out, quiet=True)
     assert again.trained == 0 and again.reused == 3
     assert [r["test_acc"] for r in again.rows] == [r["test_acc"] for r in result.rows]
+    # the report can be rebuilt from study.json alone, and collected as Markdown
+    (out / "study.md").unlink()
+    rebuilt = rewrite_report(out)
+    assert rebuilt.reading == again.reading and (out / "study.md").is_file()
+    assert collect_markdown([out]).startswith("## optimizers")
 
 
 def test_tta_ensemble_and_teacher_reference(tmp_path, one_thread):

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from imgcls.config import Config, ConfigError, build_config, to_dict, validate_config
+from imgcls.config import Config, ConfigError, build_config, from_dict, to_dict, validate_config
 from imgcls.studies.definitions import CKPT_REF, DATASETS, StudyDefinition, Variant, get_study
 from imgcls.tune.compare import RunRecord, load_run, plot_curves, pyplot
 
@@ -130,16 +130,17 @@ def _normalized(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_finished_run(runs_dir: Path, cfg: Config) -> Path | None:
-    """A finished run (``summary.json`` present) in ``runs_dir`` whose config equals ``cfg`` up to incidental keys."""
+    """A finished run (``summary.json`` present) in ``runs_dir`` whose config equals ``cfg`` up to incidental keys
+    (and up to keys added to the config tree since, which take their default values)."""
     if not runs_dir.is_dir():
         return None
     want = _normalized(to_dict(cfg))
     for d in sorted(runs_dir.iterdir()):
         if not ((d / "summary.json").is_file() and (d / "config.yaml").is_file()):
             continue
-        try:
-            have = _normalized(yaml.safe_load((d / "config.yaml").read_text()) or {})
-        except yaml.YAMLError:
+        try:  # through from_dict: keys added to the config tree since that run get their defaults
+            have = _normalized(to_dict(from_dict(yaml.safe_load((d / "config.yaml").read_text()) or {})))
+        except (yaml.YAMLError, ConfigError):
             continue
         if have == want:
             return d
@@ -437,38 +438,38 @@ def fmt_gap(metric: str, gap: float) -> str:
     return f"{gap:+.{digits}f}"
 
 
-def noise_level(metric: str, a: dict[str, float], b: dict[str, float]) -> tuple[float | None, str]:
-    """2 standard deviations for comparing two variants' means, and where the number comes from.
-
-    With at least two seeds each: 2 x the pooled seed standard deviation, sqrt((sd_a^2 + sd_b^2) / 2). With one
-    seed and an accuracy-like metric: 2 x the binomial standard error of one accuracy measured on the test set
-    (the floor that test-set sampling alone puts on any single-seed comparison). Otherwise: unknown (None).
-    """
-    if a["n"] >= 2 and b["n"] >= 2 and not (math.isnan(a["std"]) or math.isnan(b["std"])):
-        return 2 * math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2), "2 std of the seeds"
-    return None, ""
-
-
-def _binomial_noise(metric: str, p: float, n_test: float) -> float | None:
+def _binomial_floor(metric: str, p: float, n_test: float | None, n_seeds: int) -> float | None:
+    """2 binomial standard errors of a mean of ``n_seeds`` accuracies each measured on ``n_test`` images."""
     if metric not in ("test_acc", "min_class_acc", "f1_macro") or not n_test or math.isnan(n_test) or math.isnan(p):
         return None
     if metric == "min_class_acc":
         n_test = n_test / 10  # roughly one class's share of a 10-class test set
-    return 2 * math.sqrt(max(p * (1 - p), 1e-4) / n_test)
+    return 2 * math.sqrt(max(p * (1 - p), 1e-4) / (n_test * max(1, n_seeds)))
 
 
 def within_noise(metric: str, a: dict[str, float], b: dict[str, float], n_test: float | None = None
                  ) -> tuple[bool | None, float | None, str]:  # fmt: skip
     """Whether the gap between two variants' means is below their noise level.
 
+    The noise level is 2 x the pooled standard deviation of the seeds, sqrt((sd_a^2 + sd_b^2) / 2), when both
+    variants have at least two seeds. Two or three seeds can agree by chance (an accuracy on 360 images moves in
+    steps of 0.28 points), so for accuracy-like metrics it is never taken below the test-set sampling floor: 2
+    binomial standard errors of a mean of n accuracies measured on ``n_test`` images each. With one seed that floor
+    is the only estimate; for other metrics with one seed the noise is unknown.
+
     Returns:
         (within noise? (None if unknown), the noise level, where it comes from).
     """
     gap = abs(a["mean"] - b["mean"])
-    noise, source = noise_level(metric, a, b)
-    if noise is None and n_test:
-        noise = _binomial_noise(metric, (a["mean"] + b["mean"]) / 2, n_test)
-        source = f"2 binomial standard errors on {int(n_test)} test images (one seed)"
+    n = int(min(a["n"], b["n"]))
+    floor = _binomial_floor(metric, (a["mean"] + b["mean"]) / 2, n_test, n)
+    noise, source = None, ""
+    if n >= 2 and not (math.isnan(a["std"]) or math.isnan(b["std"])):
+        noise, source = 2 * math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2), "2 std of the seeds"
+        if floor is not None and floor > noise:
+            noise, source = floor, f"test-set sampling floor, 2 binomial s.e. on {int(n_test)} images x {n} seeds"
+    elif floor is not None:
+        noise, source = floor, f"2 binomial standard errors on {int(n_test)} test images (one seed)"
     if noise is None:
         return None, None, ""
     return gap < noise, noise, source
@@ -600,8 +601,9 @@ def plot_results(study: StudyDefinition, summary: dict[str, dict[str, dict[str, 
     train time when the study reports it."""
     plt = pyplot()
     metric = study.metric
-    panels = [metric] + [m for m in ("train_s", "test_acc") if m != metric and m in study.also][:1]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    ranked_also = [m for m in study.also if m != metric and METRICS.get(m, MetricInfo(m, None)).higher is not None]
+    panels = [metric, *ranked_also[:1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
     names = [n for n in study.names if n in summary]
     for ax, m in zip(axes[0], panels, strict=True):
         info = METRICS.get(m, MetricInfo(m, None))
@@ -630,10 +632,11 @@ def plot_results(study: StudyDefinition, summary: dict[str, dict[str, dict[str, 
             finite = [v for v in means if not math.isnan(v)]
             if finite and info.percent and m != "ece":
                 lo = min(v - s for v, s in zip(means, stds, strict=True) if not math.isnan(v))
-                ax.set_ylim(max(0.0, lo - 0.15 * (max(finite) - lo + 1.0)), min(100.0, max(finite) + 2.0))
+                hi = max(v + s for v, s in zip(means, stds, strict=True) if not math.isnan(v))
+                ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1.0)), min(100.5, hi + 1.0))
         ax.set_ylabel(info.label + (" (%)" if info.percent else ""))
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{study.title} ({dataset}); mean ± std over seeds, dots = seeds")
+    fig.suptitle(f"{study.title} ({dataset})\nmean ± std over seeds, dots = seeds", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -716,7 +719,7 @@ def write_outputs(result: StudyResult, *, extra: Sequence[str], n_seeds: int, se
     files["json"].write_text(json.dumps({
         "study": study.name, "dataset": result.dataset, "seeds": n_seeds, "overrides": list(extra),
         "metric": study.metric, "summary": result.summary, "rows": result.rows, "reading": result.reading,
-        "seconds": seconds,
+        "seconds": seconds, "trained": result.trained, "reused": result.reused,
     }, indent=2, default=str))  # fmt: skip
     return files
 
@@ -728,6 +731,20 @@ def print_result(result: StudyResult, file: Any = None) -> None:
     print(results_table(result.study, result.summary, result.rows), file=out)
     print("\n" + result.reading + "\n", file=out)
     print(f"files: {', '.join(str(p) for p in result.files.values())}", file=out)
+
+
+def rewrite_report(out_dir: str | Path) -> StudyResult:
+    """Recompute the summary and reading of a finished study from its ``study.json`` (no training, no evaluation)
+    and rewrite ``study.md``, the plots and ``study.json`` - after a change to the report code."""
+    out = Path(out_dir)
+    j = json.loads((out / "study.json").read_text())
+    study = get_study(j["study"])
+    summary = aggregate(j["rows"], study.names)
+    result = StudyResult(study=study, dataset=j["dataset"], out_dir=out, rows=j["rows"], summary=summary,
+                         reading=make_reading(study, summary, j["rows"]), trained=j.get("trained", 0),
+                         reused=j.get("reused", 0))  # fmt: skip
+    result.files = write_outputs(result, extra=j.get("overrides", []), n_seeds=j["seeds"], seconds=j["seconds"])
+    return result
 
 
 def collect_markdown(study_dirs: Sequence[str | Path], *, heading_level: int = 2) -> str:
@@ -747,6 +764,7 @@ def collect_markdown(study_dirs: Sequence[str | Path], *, heading_level: int = 2
     for j in loaded:
         study = get_study(j["study"])
         n_seeds = j["seeds"]
+        summary = aggregate(j["rows"], study.names)  # recomputed: the report code may be newer than the results
         flags = " ".join(j.get("overrides", []))
         parts.append(
             f"{h} {study.name}" + ("" if j["dataset"] == "digits" else f" ({j['dataset']})") + "\n\n"
@@ -759,6 +777,6 @@ def collect_markdown(study_dirs: Sequence[str | Path], *, heading_level: int = 2
             )
             + f". Command: `imgcls study {study.name} {(flags + ' ') if flags else ''}--dataset {j['dataset']} "
             f"--seeds {n_seeds}` ({j['seconds'] / 60:.1f} min).\n\n"
-            f"{results_table(study, j['summary'], j['rows'])}\n\n{j['reading']}\n"
+            f"{results_table(study, summary, j['rows'])}\n\n{make_reading(study, summary, j['rows'])}\n"
         )
     return "\n".join(parts)
