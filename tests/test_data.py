@@ -94,3 +94,10 @@ def test_cli_data_command(capsys):
     assert main(["data", "digits"]) == 0
     out = capsys.readouterr().out
     assert "10 classes" in out and "total" in out and "1293" in out
+
+
+def test_split_seed_fixes_the_split_independently_of_the_run_seed():
+    a = build_splits(build_config(None, ["run.seed=1", "data.split_seed=7"]))
+    b = build_splits(build_config(None, ["run.seed=2", "data.split_seed=7"]))
+    c = build_splits(build_config(None, ["run.seed=7"]))
+    assert np.array_equal(a.test.indices, b.test.indices) and np.array_equal(a.test.indices, c.test.indices)

@@ -39,6 +39,7 @@ class DataConfig:
     val_fraction: float = 0.1  # fraction of train held out for validation when the dataset has no val split
     test_fraction: float = 0.2  # fraction held out for test when the dataset has no test split (digits, imagefolder)
     subset: int | None = None  # cap the train split to this many samples (quick experiments)
+    split_seed: int | None = None  # seed of the train/val/test split (None: run.seed); fix it to vary only the init
     batch_size: int = 64
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 0
@@ -346,6 +347,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b.c": value}`` (dotted keys, as overrides spell them). Lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def all_keys(cfg: Config | None = None) -> list[str]:

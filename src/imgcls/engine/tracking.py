@@ -21,6 +21,8 @@ import numbers
 from pathlib import Path
 from typing import Any, Protocol
 
+from imgcls.config import flatten
+
 log = logging.getLogger("imgcls")
 
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
@@ -46,18 +48,6 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             continue
         if math.isfinite(float(v)):
             out[k] = float(v)
-    return out
-
-
-def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and None as strings: what tracker params accept)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten_config(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, str | int | float | bool) else str(v)
     return out
 
 
@@ -130,7 +120,8 @@ class MlflowTracker:
         else:
             experiment_id = found.experiment_id
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-        params = flatten_config(config)
+        # tracker params accept scalars only: lists and None become strings
+        params = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in flatten(config).items()}
         from mlflow.entities import Param
 
         # MLflow caps a parameter value at a few hundred characters: long values (model kwargs) are truncated

@@ -83,7 +83,8 @@ def build_splits(cfg: Config) -> Splits:
     """Load the configured dataset and derive its deterministic splits."""
     raw = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, in_chans=cfg.data.in_chans)
     return make_splits(
-        raw, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed,
+        raw, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        seed=cfg.run.seed if cfg.data.split_seed is None else cfg.data.split_seed,
         subset=cfg.data.subset, imbalance=cfg.data.imbalance, mean=cfg.data.mean, std=cfg.data.std,
     )  # fmt: skip
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from imgcls.config import flatten
+
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
 INCIDENTAL_KEYS = ("run.dir", "run.resume", "run.progress", "run.log_interval", "run.tracker")
@@ -69,18 +71,6 @@ class RunRecord:
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a.b.c": value}``. Lists stay values (a list is one setting, e.g. betas)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _number(text: str | None) -> float | None:
