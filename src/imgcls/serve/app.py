@@ -446,6 +446,7 @@ def create_app(
     topk: int = 5,
     device: str = "cpu",
     threads: int | None = None,
+    gradio_ui: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -460,6 +461,10 @@ def create_app(
         topk: default number of classes returned.
         device: torch device for checkpoint models.
         threads: intra-op threads for the model.
+        gradio_ui: also serve a Gradio UI at ``/ui`` (needs ``pip install 'imgcls[gradio]'``).
+
+    Raises:
+        RuntimeError: ``gradio_ui`` is set and gradio is not installed.
     """
     from contextlib import asynccontextmanager
 
@@ -561,4 +566,18 @@ def create_app(
         return {"filename": file.filename, "predictions": service.topk(res["probs"], topk),
                 "class_index": res["class_index"], "label": res["label"], "overlay": res["overlay"]}  # fmt: skip
 
+    if gradio_ui:
+        from imgcls.serve.gradio_ui import mount_gradio
+
+        def gradio_probs(image: Image.Image) -> list[float]:
+            # the /predict path: same decoding and resizing, the model in the one model thread (gradio calls this
+            # in its own worker thread, so waiting here never blocks the event loop)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            _, x = service.decode(buf.getvalue(), "image/png", "image")
+            return service.model_executor.submit(service._probs, x[None]).result()[0].tolist()
+
+        app = mount_gradio(
+            app, gradio_probs, runner.classes, path="/ui", topk=default_k, title=f"imgcls: {runner.name}"
+        )
     return app

@@ -13,6 +13,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: the serve extra is not installed: pip install 'imgcls[serve]' (missing: {', '.join(missing)})",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.gradio and importlib.util.find_spec("gradio") is None:
+        print("error: --gradio needs gradio: pip install 'imgcls[gradio]'", file=sys.stderr)
+        return 2
     import uvicorn
 
     from imgcls.serve.app import create_app
@@ -20,11 +23,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, topk=args.topk,
-                         device=args.device, threads=args.threads)  # fmt: skip
+                         device=args.device, threads=args.threads, gradio_ui=args.gradio)  # fmt: skip
     except ValueError as e:  # e.g. an ONNX file without imgcls metadata
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    if args.gradio:
+        print(f"Gradio UI on http://{args.host}:{args.port}/ui/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -43,5 +48,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
+    p.add_argument("--gradio", action="store_true", help="also serve a Gradio UI at /ui (pip install 'imgcls[gradio]')")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
