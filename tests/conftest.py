@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-# Two cores: keep intra-op threads fixed so timings and results are stable across machines.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread for the whole suite: the models here are tiny, several tests start subprocesses (DDP, SIGKILL,
+# torchrun), and on a busy 2-core machine two spin-waiting OpenMP threads per process were measured 5-50x slower.
+torch.set_num_threads(1)
 
 TINY = [
     "data.name=digits",

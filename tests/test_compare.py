@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from imgcls.cli import main
 from imgcls.config import build_config
@@ -14,15 +13,12 @@ from imgcls.tune.compare import CompareError, compare, compare_runs, config_diff
 def two_runs(tmp_path_factory):
     from imgcls.engine.train import train
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     runs = tmp_path_factory.mktemp("compare") / "runs"
     common = ["data.subset=200", "model.name=simple_cnn_tiny", "training.epochs=2", "data.loader=device",
               "run.progress=false", "run.tracker=none", "run.report=false", f"run.dir={runs}"]  # fmt: skip
     a = train(build_config("quickstart", [*common, "run.name=a"])).run_dir
     b = train(build_config("quickstart", [*common, "run.name=b", "training.optimizer.lr=0.1",
                                           "training.optimizer.name=adamw"])).run_dir  # fmt: skip
-    torch.set_num_threads(old)
     return runs, a, b
 
 

@@ -30,14 +30,6 @@ TARGETS = [0, 0, 1, 1, 2, 2]
 PREDS = [0, 1, 1, 1, 2, 0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_confusion_and_precision_recall_f1_by_hand():
     cm = confusion_matrix(PREDS, TARGETS, 3)
     assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]

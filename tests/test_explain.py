@@ -23,15 +23,6 @@ TINY = ["data.name=digits", "data.subset=300", "data.batch_size=32", "model.name
         "run.progress=false", "run.tracker=none"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # on a shared 2-core machine one intra-op thread is much faster than two under load
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Grad-CAM on a synthetic dataset whose class is decided by an object at a known place
 # --------------------------------------------------------------------------------------------------------------------

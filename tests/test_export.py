@@ -32,16 +32,6 @@ from imgcls.export.onnx import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine's two cores are shared, and two spinning threads per process make every
-    small op orders of magnitude slower under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """simple_cnn on digits (16x16) for 3 epochs: about 98% test accuracy in a few seconds on a quiet machine."""

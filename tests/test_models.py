@@ -16,15 +16,6 @@ TIMM_MODELS = ["timm:resnet10t", "timm:test_vit"]
 ALL_MODELS = list_models() + TIMM_MODELS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, OpenMP with 2 threads under load is 10-50x slower than a single thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _params(names: list[str]) -> list:
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in names]
 

@@ -23,14 +23,6 @@ TINY = ["data.name=digits", "data.subset=300", "data.batch_size=32", "model.name
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One tiny training run shared by the tests of this module (its end writes eval/report.html)."""

@@ -28,14 +28,6 @@ from imgcls.serve.app import create_app  # noqa: E402
 CLASSES = [str(i) for i in range(10)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A randomly initialised simple_cnn_tiny on digits (1x16x16, 10 classes) in the checkpoint format: the server

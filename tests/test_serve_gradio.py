@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -19,14 +18,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from imgcls.export.bench import init_checkpoint  # noqa: E402
 from imgcls.serve.app import create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from imgcls.config import ConfigError, parse_override, validate_config
 from imgcls.studies.definitions import DATASETS, STUDIES, StudyDefinition, Variant, get_study
@@ -26,15 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200"]
 
 STUDY_CASES = [(s, d) for s in STUDIES for d in DATASETS]
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads are many times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_registry_has_the_classic_studies():
@@ -120,7 +110,7 @@ def test_study_bad_input():
         run_study("optimizers", dataset="mnist")
 
 
-def test_optimizers_study_end_to_end(tmp_path, one_thread):
+def test_optimizers_study_end_to_end(tmp_path):
     out = tmp_path / "optimizers"
     result = run_study("optimizers", epochs=1, seeds=1, overrides=TINY, out_dir=out, quiet=True)
     assert result.trained == 3 and result.reused == 0
@@ -143,7 +133,7 @@ def test_optimizers_study_end_to_end(tmp_path, one_thread):
     assert collect_markdown([out]).startswith("## optimizers")
 
 
-def test_tta_ensemble_and_teacher_reference(tmp_path, one_thread):
+def test_tta_ensemble_and_teacher_reference(tmp_path):
     """Variants that differ only at test time share a run; ensemble members get their own initialisations; a
     ``{ckpt:NAME}`` override gets the named variant's best checkpoint of the same seed."""
     study = StudyDefinition(

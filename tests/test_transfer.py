@@ -18,15 +18,6 @@ from imgcls.models.transfer import apply_freezing, num_frozen_groups, param_grou
 CAT_CLASSES = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, OpenMP with 2 threads under load is 10-50x slower than a single thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _bn_stats(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 pytest.importorskip("optuna")
 
@@ -15,15 +14,6 @@ from imgcls.tune.search import TuneError, parse_param, parse_params, tune  # noq
 
 TINY = ["data.subset=200", "model.name=simple_cnn_tiny", "training.epochs=2", "data.loader=device",
         "run.progress=false", "run.tracker=none", "run.report=false"]  # fmt: skip
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads are many times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_parse_param_kinds():
@@ -96,7 +86,7 @@ def test_median_pruning_and_best_value(tmp_path):
              resume=True, train_fn=_fake_train(values), quiet=True)  # fmt: skip
 
 
-def test_tune_resumes_after_crash(tmp_path, one_thread):
+def test_tune_resumes_after_crash(tmp_path):
     """3 real trials on digits; the process 'dies' (SystemExit escapes Optuna, leaving the trial RUNNING) when the
     third trial starts. --resume marks it FAIL, re-runs it with the same parameters and repeats nothing else."""
     from imgcls.engine.train import train
