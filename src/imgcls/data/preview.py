@@ -17,6 +17,7 @@ import torch
 
 from imgcls.config import Config
 from imgcls.data.datasets import BadImageError, Splits, SplitView, load_dataset, make_splits
+from imgcls.plotting import save_figure
 
 
 def _splits_for(cfg: Config) -> Splits:
@@ -150,10 +151,7 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
     fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return save_figure(fig, out_path)
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from torch import nn
 
 from imgcls.config import Config, validate_config
 from imgcls.engine.schedules import lr_curve, warmup_steps_for
+from imgcls.plotting import save_figure
 
 
 def _pyplot() -> Any:
@@ -93,11 +94,7 @@ def lr_plot(cfg: Config, out: str | Path, steps_per_epoch: int | None = None) ->
                  f"{cfg.training.epochs} epochs x {spe} steps{note}", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -248,11 +245,7 @@ def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range t
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,

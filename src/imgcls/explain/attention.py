@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls.plotting import save_figure
+
 
 def _require_attention(model: nn.Module) -> None:
     if not hasattr(model, "get_attention_maps"):
@@ -161,7 +163,4 @@ def save_head_grid(image: torch.Tensor | np.ndarray, head_maps: torch.Tensor, pa
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.plotting import save_figure
+
 METHODS = ("tsne", "umap", "pca")
 
 
@@ -151,7 +153,7 @@ def write_embeddings(
     out.mkdir(parents=True, exist_ok=True)
     png, csv_path = out / f"embeddings_{method}.png", out / f"embeddings_{method}.csv"
     fig = plot_embedding(xy, targets, classes, title=f"{method} of penultimate features ({split}, {len(xy)} images)")
-    fig.savefig(png, dpi=120)
+    save_figure(fig, png, dpi=120)
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "label", "class", "predicted", "x", "y"])

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from imgcls.config import Config, ConfigError, build_config, from_dict, to_dict, validate_config
+from imgcls.plotting import save_figure
 from imgcls.studies.definitions import CKPT_REF, DATASETS, StudyDefinition, Variant, get_study
 from imgcls.tune.compare import RunRecord, load_run, plot_curves, pyplot
 
@@ -638,9 +639,7 @@ def plot_results(study: StudyDefinition, summary: dict[str, dict[str, dict[str, 
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{study.title} ({dataset})\nmean ± std over seeds, dots = seeds", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_lr_curves(study: StudyDefinition, dataset: str, extra: Sequence[str], path: Path) -> Path | None:
@@ -662,9 +661,7 @@ def plot_lr_curves(study: StudyDefinition, dataset: str, extra: Sequence[str], p
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_outputs(result: StudyResult, *, extra: Sequence[str], n_seeds: int, seconds: float) -> dict[str, Path]:

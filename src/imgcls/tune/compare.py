@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from imgcls.config import flatten
+from imgcls.plotting import save_figure
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
@@ -268,11 +269,7 @@ def plot_curves(runs: Sequence[RunRecord], out: str | Path, *, labels: Sequence[
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(names) - 1) // 4), 1, 1))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, dpi=110)
 
 
 def png_data_uri(path: str | Path) -> str:
