@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ class Predictor:
         return cls(model=model, classes=list(ckpt["classes"]), preprocess=PreprocessInfo(**pre),
                    device=torch.device(device), checkpoint=ckpt)  # fmt: skip
 
-    @property
+    @cached_property
     def transform(self):  # noqa: ANN201
+        """The eval pipeline (uint8 image -> model input), built once and reused for every image."""
         p = self.preprocess
         return build_eval_transform(image_size=p.image_size, resize=True, in_chans=p.in_chans, mean=p.mean, std=p.std,
                                     interpolation=p.interpolation)  # fmt: skip
