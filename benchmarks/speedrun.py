@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,20 @@ from imgcls.config import build_config
 from imgcls.engine.train import train
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_jpg.tar.gz"
+
+
+def cpu_description() -> str:
+    """CPU model, threads and whether bf16 runs natively (what decides the speed of the bf16 CPU recipe)."""
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return f"{model}, {torch.get_num_threads()} threads, bf16 {'native' if native else 'emulated'}"
 
 
 def main() -> int:
@@ -54,15 +69,19 @@ def main() -> int:
             with (result.run_dir / "metrics.csv").open() as f:
                 epochs = list(csv.DictReader(f))
             seconds = [float(r["seconds"]) for r in epochs]
-            rows.append({"seed": seed, "acc": result.test.acc, "train_s": sum(seconds), "first_epoch_s": seconds[0]})
+            images = sum(float(r["images_per_s"]) * float(r["seconds"]) for r in epochs)
+            rows.append({"seed": seed, "acc": result.test.acc, "train_s": sum(seconds), "first_epoch_s": seconds[0],
+                         "img_s": images / sum(seconds), "epochs": len(epochs)})  # fmt: skip
             print(f"seed {seed}: test acc {result.test.acc:.4f}, training {sum(seconds):.1f} s", flush=True)
     accs = [r["acc"] * 100 for r in rows]
     times = [r["train_s"] for r in rows]
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{preset} on {device}, {len(rows)} seeds")
-    print(f"{'seed':>5}{'test acc %':>12}{'train s':>10}{'epoch 1 s':>11}")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_description()
+    print(f"\n{preset} on {device}, {len(rows)} seeds, {rows[0]['epochs']} epochs, torch {torch.__version__}")
+    print(f"{'seed':>5}{'test acc %':>12}{'train s':>10}{'epoch 1 s':>11}{'img/s':>8}")
     for r in rows:
-        print(f"{r['seed']:>5}{r['acc'] * 100:>12.2f}{r['train_s']:>10.1f}{r['first_epoch_s']:>11.1f}")
+        print(
+            f"{r['seed']:>5}{r['acc'] * 100:>12.2f}{r['train_s']:>10.1f}{r['first_epoch_s']:>11.1f}{r['img_s']:>8.0f}"
+        )
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     mean_acc, mean_s = statistics.mean(accs), statistics.mean(times)
     print(f"mean test accuracy {mean_acc:.2f} ± {std:.2f} %, mean training time {mean_s:.1f} s")

@@ -56,8 +56,18 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_is_exact(tiny_overrides):
-    overrides = [*tiny_overrides, "training.epochs=3", "training.ema.enabled=true"]
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        # the speedrun recipe's state: a data-initialised (whitening) stem, and Lookahead's slow weights and step count
+        ["model.name=airbench_small", "data.image_size=16", "training.optimizer.lookahead=true",
+         "training.optimizer.lookahead_k=3", "training.scheduler.name=linear"],
+    ],
+    ids=["ema", "whitening+lookahead"],
+)  # fmt: skip
+def test_resume_is_exact(tiny_overrides, extra):
+    overrides = [*tiny_overrides, "training.epochs=3", "training.ema.enabled=true", *extra]
     full = train(build_config("quickstart", overrides))
 
     def crash_after_epoch_2(epoch, row):

@@ -73,14 +73,17 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4  # not applied to norms and biases
     backbone_lr_mult: float = 1.0  # lr multiplier for backbone parameters (transfer learning)
+    lookahead: bool = False  # wrap the optimizer in Lookahead (Zhang et al. 2019; timm's implementation)
+    lookahead_k: int = 6  # fast steps between slow-weight updates
+    lookahead_alpha: float = 0.5  # slow weights move this fraction of the way to the fast weights
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine, cosine_warmup, onecycle, step, multistep, plateau, constant
+    name: str = "cosine"  # cosine, cosine_warmup, linear, onecycle, step, multistep, plateau, constant
     warmup_epochs: float = 0.0  # linear warmup length, in epochs (fractions allowed)
     warmup_lr: float = 0.0  # lr multiplier at the start of warmup
-    eta_min: float = 0.0  # final lr multiplier for cosine
+    eta_min: float = 0.0  # final lr multiplier for cosine and linear
     step_size: int = 30  # step: epochs between decays
     milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # multistep: epochs
     gamma: float = 0.1  # step / multistep / plateau decay factor
@@ -185,7 +188,7 @@ class RunConfig:
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
     log_interval: int = 50  # steps between progress updates
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
-    test_tta: int = 1  # test-time augmentation views for that final evaluation (1: off, 2: + flip, 3+: + shifts)
+    test_tta: int = 1  # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors)
     progress: bool = True  # progress bars (only when attached to a terminal)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
 
@@ -467,6 +470,7 @@ def validate_config(cfg: Config) -> None:
         "training.epochs": cfg.training.epochs,
         "data.batch_size": cfg.data.batch_size,
         "training.accum_steps": cfg.training.accum_steps,
+        "training.optimizer.lookahead_k": cfg.training.optimizer.lookahead_k,
     }
     for key, value in positive.items():
         if value < 1:
@@ -482,6 +486,7 @@ def validate_config(cfg: Config) -> None:
         "augmentation.mix.switch_prob": cfg.augmentation.mix.switch_prob,
         "augmentation.train.hflip": cfg.augmentation.train.hflip,
         "augmentation.train.random_erasing": cfg.augmentation.train.random_erasing,
+        "training.optimizer.lookahead_alpha": cfg.training.optimizer.lookahead_alpha,
     }  # fmt: skip
     for key, value in probabilities.items():
         if not 0.0 <= value <= 1.0:

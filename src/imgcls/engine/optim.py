@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import timm.optim
 import torch
 from torch import nn
 
@@ -30,8 +31,35 @@ def adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
+class Lookahead(timm.optim.Lookahead):
+    """timm's Lookahead, plus parameter groups added later (gradual unfreezing) getting the lookahead settings.
+
+    As in timm, the slow weights start as a copy of the fast weights at the first slow update (step k), not at step 0.
+
+    Its ``state_dict`` is the base optimizer's, with the slow weights in the per-parameter state and the step count in
+    the groups, so a resumed run continues exactly. ``sync_lookahead()`` (called at the end of every epoch, as timm's
+    train script does) moves the slow weights and copies them into the model before evaluation and checkpoints.
+    """
+
+    @torch.no_grad()
+    def sync_lookahead(self) -> None:
+        """One slow-weight update now, copied into the model. timm's version skips parameters whose ``.grad`` is
+        None, which after ``zero_grad(set_to_none=True)`` would be all of them."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                slow = self._base_optimizer.state[p].get("lookahead_slow_buff")
+                if slow is not None:
+                    slow.add_(p - slow, alpha=group["lookahead_alpha"])
+                    p.copy_(slow)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._base_optimizer.add_param_group(param_group)  # the group lists are shared: this adds it here too
+        for key in ("lookahead_alpha", "lookahead_k", "lookahead_step"):
+            param_group.setdefault(key, self.defaults[key])
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over the model's trainable parameters.
+    """The configured optimizer over the model's trainable parameters (wrapped in :class:`Lookahead` if asked).
 
     Each group records ``initial_lr`` (the lr the schedule multiplies), so per-group multipliers such as
     ``backbone_lr_mult`` survive scheduling.
@@ -40,6 +68,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 
     groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult)
     optimizer = OPTIMIZERS.get(cfg.name)(groups, cfg)
+    if cfg.lookahead:
+        optimizer = Lookahead(optimizer, alpha=cfg.lookahead_alpha, k=cfg.lookahead_k)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer

@@ -46,6 +46,16 @@ def cosine_warmup(step: int, total_steps: int, steps_per_epoch: int, eta_min: fl
     return cosine(step, total_steps, steps_per_epoch, eta_min=eta_min)
 
 
+@SCHEDULES.register("linear")
+def linear(step: int, total_steps: int, steps_per_epoch: int, eta_min: float = 0.0, **_: float) -> float:
+    """Straight line from 1 down to ``eta_min`` over the run (after the warmup, like ``cosine``).
+
+    With ``warmup_epochs`` this is the triangular schedule of the CIFAR-10 speed records (airbench, Page's ResNet).
+    """
+    t = min(max(step / max(1, total_steps), 0.0), 1.0)
+    return 1.0 - (1.0 - eta_min) * t
+
+
 @SCHEDULES.register("onecycle")
 def onecycle(
     step: int, total_steps: int, steps_per_epoch: int, max_lr_mult: float = 1.0, pct_start: float = 0.25, **_: float
@@ -107,13 +117,13 @@ def lr_multiplier(step: int, *, total_steps: int, steps_per_epoch: int, cfg: Sch
     - the multiplier at ``step == total_steps`` (the end of the run) is the schedule's final value, e.g. ``eta_min``
       for cosine; the last optimizer step, ``total_steps - 1``, is one step before it;
     - warmup rises linearly from ``warmup_lr`` at step 0 to 1 at step ``warmup_steps`` and multiplies the schedule;
-    - ``cosine`` / ``cosine_warmup`` start their decay after the warmup, so they still end at ``eta_min``;
+    - ``cosine`` / ``cosine_warmup`` / ``linear`` start their decay after the warmup, so they still end at ``eta_min``;
     - ``step`` / ``multistep`` count epochs from the start of the run (warmup included), ``onecycle`` has its own
       rise and the warmup (if any) multiplies it, ``plateau`` uses ``plateau_mult`` from :class:`PlateauState`.
     """
     warmup_steps = warmup_steps_for(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     fn = SCHEDULES.get(cfg.name)
-    if cfg.name in ("cosine", "cosine_warmup"):
+    if cfg.name in ("cosine", "cosine_warmup", "linear"):
         # decay over the steps after the warmup so the curve still reaches eta_min at the end
         mult = fn(max(0.0, step - warmup_steps), max(1.0, total_steps - warmup_steps), steps_per_epoch,
                   eta_min=cfg.eta_min)  # fmt: skip

@@ -157,6 +157,20 @@ def resolve_preprocess(cfg: Config, splits: Splits, model: nn.Module) -> Preproc
     )  # fmt: skip
 
 
+def data_init_sample(splits: Splits, eval_transform: Callable[[torch.Tensor], torch.Tensor], *, max_images: int = 5000,
+                     max_files: int = 1000) -> torch.Tensor:  # fmt: skip
+    """The first training images, preprocessed as for evaluation (no augmentation): float [N, C, S, S].
+
+    Used by data-dependent initialisation (``model.init_from_data``, e.g. airbench's whitening stem). Taken from the
+    split itself rather than the train loader, so it is the same on every DDP rank and consumes no random numbers.
+    File datasets are decoded per image, so fewer of them are used.
+    """
+    view = splits.train
+    if view.in_memory:
+        return eval_transform(view.images()[:max_images])  # the v2 ops work on a batch [N, C, H, W]
+    return torch.stack([eval_transform(view.get(i)[0]) for i in range(min(max_files, len(view)))])
+
+
 def class_weights_for(splits: Splits) -> torch.Tensor:
     """Inverse-frequency class weights of the train split, normalised to mean 1 ("balanced")."""
     from imgcls.data.samplers import get_class_weights
@@ -351,6 +365,10 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         model.to(memory_format=torch.channels_last)
     loaders = build_loaders(cfg, splits, preprocess, device=device, dist_info=dist_info)
     steps_per_epoch = max(1, -(-len(loaders.train) // cfg.training.accum_steps))
+    if hasattr(model, "init_from_data") and not cfg.model.pretrained:
+        # data-dependent init before the optimizer sees the parameters (it may freeze some); on resume the
+        # checkpoint's weights then replace the values, and the frozen set matches the one the run started with
+        model.init_from_data(data_init_sample(splits, loaders.eval_transform).to(device))
     total_steps = steps_per_epoch * cfg.training.epochs
 
     class_weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
@@ -476,6 +494,8 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
                 after_train_mode=freeze_bn_eval,
             )  # fmt: skip
             step += stats.steps
+            if hasattr(optimizer, "sync_lookahead"):
+                optimizer.sync_lookahead()  # evaluate and save the slow (lookahead) weights, as timm does
             if dist_info.enabled:
                 sync_buffers(model)  # BatchNorm statistics differ per rank after the last step: take rank 0's
                 # each rank measured its own shard: log the loss/accuracy (and throughput) of the whole epoch
@@ -551,7 +571,7 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
         model.load_state_dict(best["model"])
         test_result = evaluate(model, loaders.test, device=device, num_classes=splits.num_classes, amp=cfg.training.amp,
                                amp_dtype=cfg.training.amp_dtype, distributed=dist_info.enabled,
-                               tta=cfg.run.test_tta)  # fmt: skip
+                               tta=cfg.run.test_tta, channels_last=cfg.training.channels_last)  # fmt: skip
         _say(dist_info, f"test accuracy: {test_result.acc:.4f} (top-5 {test_result.topk.get(5, float('nan')):.4f}, "
                         f"loss {test_result.loss:.4f}) from the best checkpoint (epoch {best['epoch']})")  # fmt: skip
     seconds = time.perf_counter() - t_start
