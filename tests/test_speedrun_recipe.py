@@ -158,3 +158,21 @@ def test_tta_views_translate_with_reflection_and_mirror() -> None:
     assert [len(tta_views(x, n)) for n in range(1, 11)] == list(range(1, 11))
     with pytest.raises(ValueError, match="between 1 and 10"):
         tta_views(x, 11)
+
+
+def test_bias_lr_mult_puts_biases_and_norms_in_a_faster_group() -> None:
+    model = create_model("airbench_small", num_classes=10, bn_scale=False)
+    opt = build_optimizer(model, OptimizerConfig(lr=0.5, weight_decay=0.01, bias_lr_mult=64))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"head", "backbone", "backbone_bias"}
+    bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert bn_shifts <= {id(p) for p in groups["backbone_bias"]["params"]}
+    assert all(p.ndim == 1 for p in groups["backbone_bias"]["params"])
+    assert groups["backbone_bias"]["lr"] == groups["backbone_bias"]["initial_lr"] == 32.0
+    assert groups["backbone_bias"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] == 0.01
+    # fixed BatchNorm scales (bn_scale=False) are left out of the optimizer altogether
+    bn_scales = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert not bn_scales & {id(p) for g in opt.param_groups for p in g["params"]}
+    # without the multiplier the grouping is the usual one
+    plain = build_optimizer(model, OptimizerConfig(lr=0.5))
+    assert [g["name"] for g in plain.param_groups] == ["head", "backbone", "backbone_no_decay"]

@@ -73,6 +73,7 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4  # not applied to norms and biases
     backbone_lr_mult: float = 1.0  # lr multiplier for backbone parameters (transfer learning)
+    bias_lr_mult: float = 1.0  # lr multiplier for biases and norm parameters (airbench: 64 for BN biases)
     lookahead: bool = False  # wrap the optimizer in Lookahead (Zhang et al. 2019; timm's implementation)
     lookahead_k: int = 6  # fast steps between slow-weight updates
     lookahead_alpha: float = 0.5  # slow weights move this fraction of the way to the fast weights

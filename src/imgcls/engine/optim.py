@@ -66,7 +66,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     """
     from imgcls.models.transfer import param_groups
 
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult)
+    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
+                          bias_lr_mult=cfg.bias_lr_mult)  # fmt: skip
     optimizer = OPTIMIZERS.get(cfg.name)(groups, cfg)
     if cfg.lookahead:
         optimizer = Lookahead(optimizer, alpha=cfg.lookahead_alpha, k=cfg.lookahead_k)

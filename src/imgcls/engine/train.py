@@ -401,7 +401,8 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
             if e < ckpt["epoch"]:
                 unfreeze_next_group(model, optimizer, lr=cfg.training.optimizer.lr,
                                     weight_decay=cfg.training.optimizer.weight_decay,
-                                    backbone_lr_mult=cfg.training.optimizer.backbone_lr_mult)  # fmt: skip
+                                    backbone_lr_mult=cfg.training.optimizer.backbone_lr_mult,
+                                    bias_lr_mult=cfg.training.optimizer.bias_lr_mult)  # fmt: skip
                 unfrozen += 1
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -475,7 +476,8 @@ def _train(cfg: Config, dist_info: DistInfo, resume_path: Path | None, hooks: di
             if epoch in cfg.training.unfreeze_epochs and unfrozen < len(cfg.training.unfreeze_epochs):
                 opt_cfg = cfg.training.optimizer
                 if unfreeze_next_group(model, optimizer, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay,
-                                       backbone_lr_mult=opt_cfg.backbone_lr_mult):  # fmt: skip
+                                       backbone_lr_mult=opt_cfg.backbone_lr_mult,
+                                       bias_lr_mult=opt_cfg.bias_lr_mult):  # fmt: skip
                     for group in optimizer.param_groups:
                         group.setdefault("initial_lr", group["lr"])
                     _say(dist_info, f"epoch {epoch + 1}: unfroze one more layer group")

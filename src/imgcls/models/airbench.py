@@ -32,15 +32,23 @@ def dirac_init_(conv: nn.Conv2d) -> None:
     nn.init.dirac_(w[: min(w.shape[0], w.shape[1])])
 
 
+def batch_norm(channels: int, momentum: float, scale: bool) -> nn.BatchNorm2d:
+    """BatchNorm whose scale may be fixed at 1 (airbench trains only the shift, with a raised lr)."""
+    bn = nn.BatchNorm2d(channels, momentum=momentum)
+    bn.weight.requires_grad_(scale)
+    return bn
+
+
 class ConvGroup(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, activation: str, dirac: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, activation: str, dirac: bool = False, bn_momentum: float = 0.1,
+                 bn_scale: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = batch_norm(out_ch, bn_momentum, bn_scale)
         self.act1 = get_activation(activation)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding="same", bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = batch_norm(out_ch, bn_momentum, bn_scale)
         self.act2 = get_activation(activation)
         if dirac:
             dirac_init_(self.conv1)
@@ -64,6 +72,8 @@ class AirbenchNet(ImageClassifier):
         dropout_rate: dropout before the head.
         whiten: patch-whitening stem (see the module docstring and :meth:`init_from_data`).
         dirac: identity-initialise the first filters of each 3x3 conv.
+        bn_momentum: BatchNorm running-statistics momentum (torch convention; airbench uses 0.4).
+        bn_scale: train the BatchNorm scales (airbench fixes them at 1).
     """
 
     cam_layer = "groups.2"
@@ -78,6 +88,8 @@ class AirbenchNet(ImageClassifier):
         dropout_rate: float = 0.0,
         whiten: bool = True,
         dirac: bool = True,
+        bn_momentum: float = 0.1,
+        bn_scale: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, widths[-1]
@@ -93,7 +105,10 @@ class AirbenchNet(ImageClassifier):
             )
         group_widths = (stem_width, *widths[1:])
         self.groups = nn.Sequential(
-            *(ConvGroup(a, b, activation, dirac) for a, b in zip(group_widths[:-1], group_widths[1:], strict=True))
+            *(
+                ConvGroup(a, b, activation, dirac, bn_momentum, bn_scale)
+                for a, b in zip(group_widths[:-1], group_widths[1:], strict=True)
+            )
         )
         self.head_scale = head_scale
         self.head_drop = nn.Dropout(dropout_rate)

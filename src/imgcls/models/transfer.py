@@ -104,18 +104,24 @@ def _split_decay(
 
 
 def _groups(
-    prefix: str, named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_names: set[str]
-) -> list[dict[str, Any]]:
+    prefix: str, named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_names: set[str],
+    bias_lr_mult: float = 1.0,
+) -> list[dict[str, Any]]:  # fmt: skip
     decay, no_decay = _split_decay(named, no_decay_names)
-    out = [
-        {"name": prefix, "params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"name": f"{prefix}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
-    ]
+    out = [{"name": prefix, "params": decay, "lr": lr, "weight_decay": weight_decay}]
+    if bias_lr_mult == 1.0:
+        out.append({"name": f"{prefix}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    else:  # biases and norm parameters (1-D) in a group of their own at the higher rate; embeddings keep lr
+        one_d = [p for p in no_decay if p.ndim <= 1]
+        one_d_ids = {id(p) for p in one_d}
+        out.append({"name": f"{prefix}_bias", "params": one_d, "lr": lr * bias_lr_mult, "weight_decay": 0.0})
+        out.append({"name": f"{prefix}_no_decay", "params": [p for p in no_decay if id(p) not in one_d_ids],
+                    "lr": lr, "weight_decay": 0.0})  # fmt: skip
     return [g for g in out if g["params"]]
 
 
 def param_groups(
-    model: nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0
+    model: nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0, bias_lr_mult: float = 1.0
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups for the trainable parameters of ``model``.
 
@@ -129,10 +135,13 @@ def param_groups(
         lr: base learning rate (the head's).
         weight_decay: weight decay for the decayed groups.
         backbone_lr_mult: multiplier for the backbone's learning rate.
+        bias_lr_mult: multiplier for biases and norm parameters (1-D), on top of the above (airbench trains its
+            BatchNorm biases 64x faster); these then form groups of their own, ``<prefix>_bias``.
 
     Returns:
-        Up to four dicts named "head", "head_no_decay", "backbone", "backbone_no_decay", each with keys "params",
-        "lr", "weight_decay" and "name" (empty groups are omitted).
+        Up to four dicts named "head", "head_no_decay", "backbone", "backbone_no_decay" (plus "head_bias" and
+        "backbone_bias" with ``bias_lr_mult``), each with keys "params", "lr", "weight_decay" and "name" (empty
+        groups are omitted).
 
     Raises:
         ValueError: the model has no trainable parameter.
@@ -145,8 +154,8 @@ def param_groups(
     no_decay_names = _no_weight_decay_names(model)
     head_named = [(n, p) for n, p in trainable if id(p) in head_ids]
     backbone_named = [(n, p) for n, p in trainable if id(p) not in head_ids]
-    return _groups("head", head_named, lr, weight_decay, no_decay_names) + _groups(
-        "backbone", backbone_named, lr * backbone_lr_mult, weight_decay, no_decay_names
+    return _groups("head", head_named, lr, weight_decay, no_decay_names, bias_lr_mult) + _groups(
+        "backbone", backbone_named, lr * backbone_lr_mult, weight_decay, no_decay_names, bias_lr_mult
     )
 
 
@@ -156,6 +165,7 @@ def unfreeze_next_group(
     lr: float,
     weight_decay: float,
     backbone_lr_mult: float = 1.0,
+    bias_lr_mult: float = 1.0,
 ) -> bool:
     """Unfreeze the last still-frozen stage group (unfreezing runs from the head towards the stem) and optimise it.
 
@@ -174,6 +184,7 @@ def unfreeze_next_group(
         lr: base learning rate.
         weight_decay: weight decay for the decayed group.
         backbone_lr_mult: backbone learning-rate multiplier.
+        bias_lr_mult: multiplier for its biases and norm parameters (as in :func:`param_groups`).
 
     Returns:
         True if a group was unfrozen, False if nothing was frozen any more.
@@ -194,7 +205,7 @@ def unfreeze_next_group(
     scheduled = [g for g in optimizer.param_groups if g.get("initial_lr")]
     if scheduled:
         scale = scheduled[0]["lr"] / scheduled[0]["initial_lr"]
-    for new in _groups(f"backbone.{index}", named, base_lr, weight_decay, _no_weight_decay_names(model)):
-        new["initial_lr"], new["lr"] = base_lr, base_lr * scale
+    for new in _groups(f"backbone.{index}", named, base_lr, weight_decay, _no_weight_decay_names(model), bias_lr_mult):
+        new["initial_lr"], new["lr"] = new["lr"], new["lr"] * scale
         optimizer.add_param_group(new)
     return True
