@@ -6,9 +6,13 @@ through ``imgcls.engine.train.train`` (the real runner: config, ``data.loader=de
 images/s are read from the run's metrics.csv (training time only, as the hand loop's). The first epoch of each is a
 warm-up and is not counted. Target: imgcls >= 0.95x the hand-written loop.
 
+``--model airbench_small --amp --channels-last`` measures it on the CPU speedrun's network and precision (bf16
+autocast, NHWC), where steps are short and any per-step overhead shows most.
+
 Data: CIFAR-10 from ../shared/data/cifar10_jpg.tar.gz when present (a subset), else the bundled digits.
 
     python benchmarks/overhead.py [--epochs 4] [--subset 10000] [--repeats 2]
+    python benchmarks/overhead.py --model airbench_small --amp --channels-last --batch-size 1024 --subset 16384
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from imgcls.models import create_model
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_jpg.tar.gz"
 
 
-def recipe(subset: int, epochs: int, batch_size: int, tmp: str) -> tuple[list[str], str]:
+def recipe(subset: int, epochs: int, batch_size: int, tmp: str, model: str = "simple_cnn", amp: bool = False,
+           channels_last: bool = False) -> tuple[list[str], str]:  # fmt: skip
     if CIFAR.is_file():
         data = ["data.name=cifar10", f"data.root={CIFAR}", f"data.subset={subset}"]
         name = f"CIFAR-10 subset {subset}"
@@ -41,7 +46,8 @@ def recipe(subset: int, epochs: int, batch_size: int, tmp: str) -> tuple[list[st
         name = "digits (CIFAR-10 archive not found)"
     overrides = [
         *data, "data.loader=device", f"data.batch_size={batch_size}", "data.val_fraction=0", "data.test_fraction=0",
-        "model.name=simple_cnn", f"training.epochs={epochs}", "training.optimizer.name=sgd",
+        f"model.name={model}", f"training.epochs={epochs}", "training.optimizer.name=sgd",
+        f"training.amp={str(amp).lower()}", f"training.channels_last={str(channels_last).lower()}",
         "training.optimizer.lr=0.05", "training.loss.label_smoothing=0.1", "training.scheduler.name=cosine",
         "augmentation.train.random_crop=true", "augmentation.train.crop_padding=2", "augmentation.train.hflip=0.5",
         "run.progress=false", "run.eval_test=false", "run.tracker=none", f"run.dir={tmp}",
@@ -74,9 +80,14 @@ def run_hand(overrides: list[str], epochs: int, batch_size: int) -> float:
     mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
     std = torch.tensor(splits.std).view(1, -1, 1, 1)
     torch.manual_seed(0)
-    model = create_model("simple_cnn", num_classes=len(splits.classes), in_chans=images.shape[1])
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    model = create_model(cfg.model.name, num_classes=len(splits.classes), in_chans=images.shape[1])
+    if hasattr(model, "init_from_data"):  # airbench's whitening stem: set and frozen, as imgcls's runner does
+        model.init_from_data((images[:5000].float() / 255.0 - mean) / std)
+    channels_last, amp = cfg.training.channels_last, cfg.training.amp
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay = [p for p in model.parameters() if p.ndim > 1 and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 and p.requires_grad]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
                           lr=0.05, momentum=0.9, nesterov=True)  # fmt: skip
     n = len(labels)
@@ -103,9 +114,12 @@ def run_hand(overrides: list[str], epochs: int, batch_size: int) -> float:
             x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
                        ys[:, None, :, None], xs[:, None, None, :]]  # fmt: skip
             x = (x / 255.0 - mean) / std
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = 0.05 * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -120,16 +134,22 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--model", default="simple_cnn")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in both loops")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs in both loops")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        overrides, name = recipe(args.subset, args.epochs, args.batch_size, tmp)
+        overrides, name = recipe(args.subset, args.epochs, args.batch_size, tmp, args.model, args.amp,
+                                 args.channels_last)  # fmt: skip
         ours, hand = [], []
         for _ in range(args.repeats):  # interleave so drifting machine load hits both alike
             hand.append(run_hand(overrides, args.epochs, args.batch_size))
             ours.append(run_imgcls(overrides))
     h, o = statistics.median(hand), statistics.median(ours)
-    print(f"\nframework overhead on {name}, simple_cnn, batch {args.batch_size}, {torch.get_num_threads()} threads")
+    extras = "".join(f", {flag}" for flag, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on)
+    print(f"\nframework overhead on {name}, {args.model}{extras}, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'loop':<22}{'images/s (median)':>20}{'runs':>30}")
     print(f"{'hand-written PyTorch':<22}{h:>20.0f}{str([round(x) for x in hand]):>30}")
     print(f"{'imgcls':<22}{o:>20.0f}{str([round(x) for x in ours]):>30}")
