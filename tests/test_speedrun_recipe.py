@@ -176,3 +176,12 @@ def test_bias_lr_mult_puts_biases_and_norms_in_a_faster_group() -> None:
     # without the multiplier the grouping is the usual one
     plain = build_optimizer(model, OptimizerConfig(lr=0.5))
     assert [g["name"] for g in plain.param_groups] == ["head", "backbone", "backbone_no_decay"]
+
+
+def test_tta_view_count_is_validated_before_any_work(tmp_path) -> None:
+    from imgcls.cli import main
+    from imgcls.config import validate_config
+
+    with pytest.raises(ConfigError, match="run.test_tta"):
+        validate_config(build_config(None, ["run.test_tta=11"]))
+    assert main(["eval", str(tmp_path / "missing.pt"), "--tta", "0"]) == 2

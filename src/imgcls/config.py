@@ -492,6 +492,12 @@ def validate_config(cfg: Config) -> None:
     for key, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1]")
+    from imgcls.engine.loop import MAX_TTA_VIEWS
+
+    if not 1 <= cfg.run.test_tta <= MAX_TTA_VIEWS:
+        raise ConfigError(
+            f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}"
+        )
     if cfg.training.optimizer.lr <= 0:
         raise ConfigError(f"bad value {cfg.training.optimizer.lr} for 'training.optimizer.lr': must be > 0")
     if cfg.training.loss.class_weights not in (None, "balanced"):

@@ -275,6 +275,8 @@ class EvalResult:
 
 #: crop offsets (dy, dx) of the translated TTA views, in pixels of a 1-pixel reflect padding (airbench's TTA)
 TTA_SHIFTS = ((1, 1), (-1, -1), (1, -1), (-1, 1))
+#: identity + mirror + each translation and its mirror
+MAX_TTA_VIEWS = 2 + 2 * len(TTA_SHIFTS)
 
 
 def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -284,8 +286,8 @@ def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
     ``n`` = number of views, at most 10 (1 = identity only; 6 = airbench's "mirror + translate" TTA: the identity, two
     diagonal translations and their mirrors).
     """
-    if not 1 <= n <= 2 + 2 * len(TTA_SHIFTS):
-        raise ValueError(f"tta must be between 1 and {2 + 2 * len(TTA_SHIFTS)} views, got {n}")
+    if not 1 <= n <= MAX_TTA_VIEWS:
+        raise ValueError(f"tta must be between 1 and {MAX_TTA_VIEWS} views, got {n}")
     views = [images, images.flip(-1)]
     h, w = images.shape[-2:]
     padded = F.pad(images, (1, 1, 1, 1), mode="reflect") if n > 2 else None
