@@ -185,3 +185,18 @@ def test_tta_view_count_is_validated_before_any_work(tmp_path) -> None:
     with pytest.raises(ConfigError, match="run.test_tta"):
         validate_config(build_config(None, ["run.test_tta=11"]))
     assert main(["eval", str(tmp_path / "missing.pt"), "--tta", "0"]) == 2
+
+
+def test_airbench_trains_under_compile_and_cpu_bf16_autocast() -> None:
+    """Regression: with ``amax`` pooling, inductor's CPU bf16 backward gave NaN gradients (the GPU preset compiles)."""
+    torch.manual_seed(0)
+    model = create_model("airbench_small", num_classes=10)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8)
+    model.init_from_data(x)
+    compiled = torch.compile(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(compiled(x), y)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.groups[0].conv1.weight.grad.abs().sum() > 0

@@ -19,6 +19,7 @@ Two of airbench's initialisations are the defaults, because they are what makes 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgcls.models.base import ImageClassifier
@@ -145,7 +146,10 @@ class AirbenchNet(ImageClassifier):
         return self.groups(self.stem(x))
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
-        return features.amax(dim=(2, 3))
+        # Global max pooling through max_pool's indices, not ``amax``: amax's backward finds the maxima again by
+        # equality, and under torch.compile + bf16 autocast on CPU (torch 2.14) the recomputed GELU output no longer
+        # equals the stored bf16 max, which gave 0/0 = NaN gradients everywhere below the head.
+        return F.adaptive_max_pool2d(features, 1).flatten(1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = self.pool(features)
