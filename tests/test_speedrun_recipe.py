@@ -185,6 +185,10 @@ def test_tta_view_count_is_validated_before_any_work(tmp_path) -> None:
     with pytest.raises(ConfigError, match="run.test_tta"):
         validate_config(build_config(None, ["run.test_tta=11"]))
     assert main(["eval", str(tmp_path / "missing.pt"), "--tta", "0"]) == 2
+    from imgcls.evaluate.run_eval import run_eval
+
+    with pytest.raises(ConfigError, match="--tta 11"):  # before the (missing) checkpoint is even opened
+        run_eval(tmp_path / "missing.pt", tta=11)
 
 
 def test_airbench_trains_under_compile_and_cpu_bf16_autocast() -> None:

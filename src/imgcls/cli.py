@@ -77,11 +77,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from imgcls.engine.loop import MAX_TTA_VIEWS
     from imgcls.evaluate.run_eval import run_eval
-
-    if not 1 <= args.tta <= MAX_TTA_VIEWS:
-        raise ConfigError(f"--tta {args.tta}: must be between 1 (off) and {MAX_TTA_VIEWS} views")
 
     run_eval(args.checkpoint, split=args.split, overrides=args.overrides, tta=args.tta, ensemble=args.ensemble,
              ensemble_mode=args.ensemble_mode, batch_size=args.batch_size, out_dir=args.out,

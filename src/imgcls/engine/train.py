@@ -33,7 +33,7 @@ from imgcls.config import (
     to_dict,
     validate_config,
 )
-from imgcls.data.datasets import Splits, load_dataset, make_splits
+from imgcls.data.datasets import Splits, SplitView, load_dataset, make_splits
 from imgcls.data.loaders import PreprocessInfo, set_epoch
 from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
 from imgcls.engine.distributed import (
@@ -166,8 +166,8 @@ def data_init_sample(splits: Splits, eval_transform: Callable[[torch.Tensor], to
     File datasets are decoded per image, so fewer of them are used.
     """
     view = splits.train
-    if view.in_memory:
-        return eval_transform(view.images()[:max_images])  # the v2 ops work on a batch [N, C, H, W]
+    if view.in_memory:  # gather only the first rows, not a copy of the whole split; v2 ops work on a batch
+        return eval_transform(SplitView(view.source, view.indices[:max_images]).images())
     return torch.stack([eval_transform(view.get(i)[0]) for i in range(min(max_files, len(view)))])
 
 

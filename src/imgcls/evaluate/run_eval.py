@@ -28,7 +28,7 @@ from imgcls.data.datasets import SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import build_eval_transform
 from imgcls.engine.checkpoint import load_checkpoint
-from imgcls.engine.loop import EvalResult, evaluate
+from imgcls.engine.loop import MAX_TTA_VIEWS, EvalResult, evaluate
 from imgcls.evaluate.infer import load_model
 from imgcls.evaluate.metrics import compute_metrics
 
@@ -222,7 +222,12 @@ def run_eval(
 
     Returns:
         The EvalResult (with ``log_probs``/``targets``) and the metrics dict written.
+
+    Raises:
+        ConfigError: ``tta`` outside 1..MAX_TTA_VIEWS (checked before anything is loaded), bad overrides or split.
     """
+    if not 1 <= tta <= MAX_TTA_VIEWS:
+        raise ConfigError(f"--tta {tta}: must be between 1 (off) and {MAX_TTA_VIEWS} views")
     model, ckpt, view, tf = load_split(checkpoint, split=split, overrides=overrides, device=device)
     cfg = ckpt["config"]
     models, members = build_ensemble(model, ckpt, ensemble, ensemble_mode, device)

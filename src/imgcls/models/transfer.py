@@ -112,11 +112,10 @@ def _groups(
     if bias_lr_mult == 1.0:
         out.append({"name": f"{prefix}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
     else:  # biases and norm parameters (1-D) in a group of their own at the higher rate; embeddings keep lr
-        one_d = [p for p in no_decay if p.ndim <= 1]
-        one_d_ids = {id(p) for p in one_d}
-        out.append({"name": f"{prefix}_bias", "params": one_d, "lr": lr * bias_lr_mult, "weight_decay": 0.0})
-        out.append({"name": f"{prefix}_no_decay", "params": [p for p in no_decay if id(p) not in one_d_ids],
-                    "lr": lr, "weight_decay": 0.0})  # fmt: skip
+        biases = [p for p in no_decay if p.ndim <= 1]
+        embeddings = [p for p in no_decay if p.ndim > 1]
+        out.append({"name": f"{prefix}_bias", "params": biases, "lr": lr * bias_lr_mult, "weight_decay": 0.0})
+        out.append({"name": f"{prefix}_no_decay", "params": embeddings, "lr": lr, "weight_decay": 0.0})
     return [g for g in out if g["params"]]
 
 
