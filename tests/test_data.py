@@ -7,8 +7,8 @@ from PIL import Image
 
 from imgcls.cli import main
 from imgcls.config import build_config
+from imgcls.data.build import build_splits
 from imgcls.data.datasets import DatasetNotFoundError, load_dataset, make_splits
-from imgcls.engine.train import build_splits
 
 
 def _splits(seed: int):

@@ -14,7 +14,8 @@ from torchvision.transforms import v2
 
 from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data import BalancedBatchSampler, get_class_weights
-from imgcls.data.build import Loaders, TooManyBadFilesError, build_loaders, drop_bad_files
+from imgcls.data.build import TooManyBadFilesError, build_loaders, drop_bad_files
+from imgcls.data.loaders import Loaders
 from imgcls.data.datasets import RawDataset, TensorSource, imagefolder, make_splits
 from imgcls.data.device_loader import BatchAugment, BatchAugParams, DeviceLoader, prepare_images
 from imgcls.data.loaders import PreprocessInfo, set_epoch
@@ -92,7 +93,7 @@ def test_class_weights_inverse_frequency_mean_one() -> None:
 
 
 def test_runner_class_weights_use_get_class_weights() -> None:
-    from imgcls.engine.train import class_weights_for
+    from imgcls.engine.build import class_weights_for
 
     splits = make_splits(_raw([40, 20, 10]), val_fraction=0.0, test_fraction=0.0, seed=0)
     assert torch.allclose(class_weights_for(splits), get_class_weights(splits.train.targets, 3))
@@ -380,7 +381,8 @@ def test_device_loader_rejects_file_datasets(tmp_path: Path) -> None:
 
 def test_augment_preview_writes_png(tmp_path: Path) -> None:
     from imgcls.config import build_config
-    from imgcls.data.preview import add_cli, augment_preview
+    from imgcls.cli.preview import add_cli
+    from imgcls.data.preview import augment_preview
 
     cfg = build_config(None, ["data.name=digits", "augmentation.train.hflip=0.5", "augmentation.mix.cutmix_alpha=1",
                               "augmentation.mix.mixup_alpha=0.4", "data.loader=device"])  # fmt: skip

@@ -209,7 +209,8 @@ def test_umap_missing_gives_a_clear_error():
 
 
 def _fake_run(tmp_path: Path, model_name: str) -> Path:
-    from imgcls.engine.train import build_model_for, build_splits, resolve_preprocess
+    from imgcls.data.build import build_splits, resolve_preprocess
+    from imgcls.engine.build import build_model_for
 
     cfg = build_config("quickstart", [*TINY, f"model.name={model_name}", f"run.dir={tmp_path}"])
     splits = build_splits(cfg)

@@ -18,9 +18,9 @@ from onnx import numpy_helper  # noqa: E402
 
 from imgcls.cli import main  # noqa: E402
 from imgcls.config import build_config  # noqa: E402
+from imgcls.engine.build import load_model  # noqa: E402
 from imgcls.engine.checkpoint import load_checkpoint  # noqa: E402
 from imgcls.engine.train import train  # noqa: E402
-from imgcls.evaluate.infer import load_model  # noqa: E402
 from imgcls.export.bench import init_checkpoint  # noqa: E402
 from imgcls.export.onnx import (  # noqa: E402
     METADATA_KEY,

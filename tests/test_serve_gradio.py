@@ -66,7 +66,7 @@ def test_gradio_ui_without_gradio_raises_clear_error(ckpt, monkeypatch):
 def test_serve_cli_has_gradio_flag():
     import argparse
 
-    from imgcls.serve.cli import add_cli
+    from imgcls.cli.serve import add_cli
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())

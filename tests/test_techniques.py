@@ -16,7 +16,14 @@ from torch import nn
 
 from imgcls.config import OptimizerConfig, build_config
 from imgcls.engine.ema import ModelEma
-from imgcls.engine.loop import NonFiniteLossError, assert_finite_state, evaluate, train_one_epoch
+from imgcls.engine.loop import (
+    NonFiniteLossError,
+    OptimState,
+    TrainOptions,
+    assert_finite_state,
+    evaluate,
+    train_one_epoch,
+)
 from imgcls.engine.optim import build_optimizer
 
 CPU = torch.device("cpu")
@@ -65,8 +72,8 @@ def test_gradient_accumulation_4x32_equals_1x128() -> None:
     big = [(x[i : i + 128], y[i : i + 128]) for i in range(0, 256, 128)]  # 2 batches -> 2 steps of 128
     a, b = mlp(), mlp()
     loss = nn.CrossEntropyLoss()
-    sa = train_one_epoch(a, small, sgd(a, momentum=0.9), loss, device=CPU, accum_steps=4)
-    sb = train_one_epoch(b, big, sgd(b, momentum=0.9), loss, device=CPU, accum_steps=1)
+    sa = train_one_epoch(a, small, OptimState(sgd(a, momentum=0.9)), loss, TrainOptions(accum_steps=4))
+    sb = train_one_epoch(b, big, OptimState(sgd(b, momentum=0.9)), loss, TrainOptions(accum_steps=1))
     assert sa.steps == sb.steps == 2
     assert sa.loss == pytest.approx(sb.loss, rel=1e-6)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -81,8 +88,8 @@ def test_accumulation_tail_group_is_scaled_by_its_size() -> None:
     ref = [(x[:64], y[:64]), (x[64:], y[64:])]
     a, b = mlp(), mlp()
     loss = nn.CrossEntropyLoss()
-    assert train_one_epoch(a, small, sgd(a), loss, device=CPU, accum_steps=2).steps == 2
-    train_one_epoch(b, ref, sgd(b), loss, device=CPU, accum_steps=1)
+    assert train_one_epoch(a, small, OptimState(sgd(a)), loss, TrainOptions(accum_steps=2)).steps == 2
+    train_one_epoch(b, ref, OptimState(sgd(b)), loss, TrainOptions(accum_steps=1))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
@@ -97,7 +104,7 @@ def test_ema_matches_closed_form_for_linear_motion() -> None:
     lr, d, n = 0.01, 0.9, 25
     ema = ModelEma(model, decay=d, warmup=False)
     loader = [(x, torch.zeros(1, dtype=torch.long))] * n
-    train_one_epoch(model, loader, sgd(model, lr=lr), lambda logits, _: logits.sum(), device=CPU, ema=ema)
+    train_one_epoch(model, loader, OptimState(sgd(model, lr=lr), ema=ema), lambda logits, _: logits.sum())
     c = -lr * x
     torch.testing.assert_close(model.weight.detach(), w0 + n * c, rtol=1e-5, atol=1e-6)
     expected = w0 + c * (n - d * (1 - d**n) / (1 - d))
@@ -171,9 +178,9 @@ def _nan_batches(n: int, nan_at: set[int]) -> list[tuple[torch.Tensor, torch.Ten
 def test_nonfinite_step_is_skipped() -> None:
     batches = _nan_batches(4, nan_at={2})
     a, b = mlp(), mlp()
-    stats = train_one_epoch(a, batches, sgd(a), nn.CrossEntropyLoss(), device=CPU, max_nonfinite_steps=2)
+    stats = train_one_epoch(a, batches, OptimState(sgd(a)), nn.CrossEntropyLoss(), TrainOptions(max_nonfinite_steps=2))
     # the same run without the bad batch gives the same weights: the NaN step changed nothing
-    train_one_epoch(b, [batches[i] for i in (0, 1, 3)], sgd(b), nn.CrossEntropyLoss(), device=CPU)
+    train_one_epoch(b, [batches[i] for i in (0, 1, 3)], OptimState(sgd(b)), nn.CrossEntropyLoss())
     assert stats.skipped_steps == 1 and stats.steps == 4  # the schedule's clock still advanced
     assert math.isfinite(stats.loss)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -185,7 +192,9 @@ def test_nonfinite_in_accumulation_group_skips_whole_group() -> None:
     a = mlp()
     before = [p.detach().clone() for p in a.parameters()]
     ema = ModelEma(a, decay=0.5, warmup=False)
-    stats = train_one_epoch(a, batches[:2], sgd(a), nn.CrossEntropyLoss(), device=CPU, accum_steps=2, ema=ema)
+    stats = train_one_epoch(
+        a, batches[:2], OptimState(sgd(a), ema=ema), nn.CrossEntropyLoss(), TrainOptions(accum_steps=2)
+    )
     assert stats.skipped_steps == 1 and ema.num_updates == 0
     for p, q in zip(a.parameters(), before, strict=True):
         assert torch.equal(p, q)
@@ -195,8 +204,10 @@ def test_nonfinite_raises_after_k_in_a_row() -> None:
     a = mlp()
     before = [p.detach().clone() for p in a.parameters()]
     with pytest.raises(NonFiniteLossError, match="3 non-finite"):
-        train_one_epoch(a, _nan_batches(6, nan_at={1, 2, 3, 4}), sgd(a), nn.CrossEntropyLoss(), device=CPU,
-                        max_nonfinite_steps=3)  # fmt: skip
+        train_one_epoch(
+            a, _nan_batches(6, nan_at={1, 2, 3, 4}), OptimState(sgd(a)), nn.CrossEntropyLoss(),
+            TrainOptions(max_nonfinite_steps=3),
+        )
     assert all(torch.isfinite(p).all() for p in a.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), before, strict=True))  # batch 0 trained
     # an infinite gradient with a finite loss is caught through the gradient norm
@@ -207,8 +218,10 @@ def test_nonfinite_raises_after_k_in_a_row() -> None:
         return logits.sum() * 0 + torch.sqrt(w - w.detach()).sum()  # value 0, d sqrt(x)/dx at 0 = inf
 
     with pytest.raises(NonFiniteLossError):
-        train_one_epoch(b, _nan_batches(2, nan_at=set()), sgd(b), finite_loss_infinite_grad, device=CPU,
-                        max_nonfinite_steps=2)  # fmt: skip
+        train_one_epoch(
+            b, _nan_batches(2, nan_at=set()), OptimState(sgd(b)), finite_loss_infinite_grad,
+            TrainOptions(max_nonfinite_steps=2),
+        )
     assert all(torch.isfinite(p).all() for p in b.parameters())
 
 
@@ -241,10 +254,9 @@ def test_early_stopping_stops_at_the_right_epoch(tmp_path: Path) -> None:
 
 
 def test_ema_evaluated_and_used_for_best_checkpoint(tmp_path: Path) -> None:
-    from imgcls.data.build import build_loaders
+    from imgcls.data.build import build_loaders, build_splits
+    from imgcls.engine.build import load_model
     from imgcls.engine.checkpoint import load_checkpoint
-    from imgcls.engine.train import build_splits
-    from imgcls.evaluate.infer import load_model
 
     result = run_train(tmp_path, "training.epochs=3", "training.ema.enabled=true", "training.ema.decay=0.9",
                        "training.optimizer.lr=0.2", "data.image_size=16")  # fmt: skip
@@ -410,10 +422,9 @@ def test_wandb_tracker_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_lr_plot_and_default_steps_per_epoch(tmp_path: Path) -> None:
-    from imgcls.data.build import build_loaders
+    from imgcls.data.build import build_loaders, build_splits
     from imgcls.data.loaders import PreprocessInfo
     from imgcls.engine.lr_tools import default_steps_per_epoch, lr_plot, schedule_lrs
-    from imgcls.engine.train import build_splits
 
     cfg = build_config(None, tiny_overrides(tmp_path, "training.scheduler.warmup_epochs=1", "training.accum_steps=2"))
     splits = build_splits(cfg)
@@ -460,7 +471,7 @@ def test_lr_find_on_digits(tmp_path: Path) -> None:
 
 
 def test_cli_registration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imgcls.engine.lr_tools import add_cli
+    from imgcls.cli.lr import add_cli
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))

@@ -14,9 +14,10 @@ import torch
 
 from imgcls.cli import main
 from imgcls.config import build_config
+from imgcls.engine.build import load_model
 from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
-from imgcls.engine.train import resume_config, train
-from imgcls.evaluate.infer import load_model
+from imgcls.engine.runs import resume_config
+from imgcls.engine.train import train
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:

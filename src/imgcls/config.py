@@ -3,7 +3,8 @@
 A config is a tree of dataclasses. Presets are partial YAML trees (``src/imgcls/presets/*.yaml``) merged over the
 defaults; overrides are ``dotted.key=value`` strings whose value is parsed as YAML and checked against the field's
 type. Unknown keys and ill-typed values raise :class:`ConfigError` naming the key and listing the valid keys or values,
-before any work is done. Names that live in registries (models, datasets, ...) are checked by :func:`validate_config`.
+before any work is done. :func:`validate_config` checks ranges; names that live in registries (models, datasets,
+...) are checked where the registries are (:func:`imgcls.engine.build.check_config`).
 """
 
 from __future__ import annotations
@@ -450,23 +451,11 @@ def load_config(path: str | Path) -> Config:
 
 
 def validate_config(cfg: Config) -> None:
-    """Check the values that name registry entries and simple ranges. Raises :class:`ConfigError` before any work."""
-    from imgcls.data.datasets import DATASETS
-    from imgcls.engine.losses import LOSSES
-    from imgcls.engine.optim import OPTIMIZERS
-    from imgcls.engine.schedules import SCHEDULES
-    from imgcls.models import MODELS
+    """Check value ranges and cross-field rules. Raises :class:`ConfigError` before any work.
 
-    def check(key: str, value: str, registry: Any) -> None:
-        if value not in registry:
-            raise ConfigError(f"bad value for '{key}': {registry.unknown_message(value)}")
-
-    check("data.name", cfg.data.name, DATASETS)
-    if not cfg.model.name.startswith("timm:"):
-        check("model.name", cfg.model.name, MODELS)
-    check("training.optimizer.name", cfg.training.optimizer.name, OPTIMIZERS)
-    check("training.scheduler.name", cfg.training.scheduler.name, SCHEDULES)
-    check("training.loss.name", cfg.training.loss.name, LOSSES)
+    Names that live in registries (models, datasets, losses, ...) and the model's keyword arguments are checked one
+    layer up, where the registries are (:func:`imgcls.engine.build.check_config`, which calls this first).
+    """
     positive = {
         "training.epochs": cfg.training.epochs,
         "data.batch_size": cfg.data.batch_size,
@@ -492,12 +481,6 @@ def validate_config(cfg: Config) -> None:
     for key, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1]")
-    from imgcls.engine.loop import MAX_TTA_VIEWS
-
-    if not 1 <= cfg.run.test_tta <= MAX_TTA_VIEWS:
-        raise ConfigError(
-            f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}"
-        )
     if cfg.training.optimizer.lr <= 0:
         raise ConfigError(f"bad value {cfg.training.optimizer.lr} for 'training.optimizer.lr': must be > 0")
     if cfg.training.loss.class_weights not in (None, "balanced"):

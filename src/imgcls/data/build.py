@@ -1,4 +1,5 @@
-"""Config -> loaders: the one place that decides how batches are made for training and evaluation.
+"""Config -> splits, preprocessing and loaders: the one place that decides how batches are made for training and
+evaluation.
 
 Before any loader is built, image files of file-backed splits (ImageFolder) are checked once
 (:func:`drop_bad_files`): undecodable files are reported by path, dropped from the splits and listed in
@@ -13,7 +14,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,15 +21,14 @@ import torch
 from PIL import Image
 
 from imgcls.config import Config
-from imgcls.data.datasets import BadImageError, FileSource, Splits, SplitView
-from imgcls.data.loaders import PreprocessInfo, TransformDataset, epoch_sampler, make_loader
+from imgcls.data.batch import build_mixer
+from imgcls.data.datasets import BadImageError, FileSource, Splits, SplitView, load_dataset, make_splits
+from imgcls.data.device_loader import build_device_loaders
+from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo, TransformDataset, epoch_sampler, make_loader
+from imgcls.data.samplers import BalancedBatchSampler
 from imgcls.data.transforms import build_eval_transform, build_train_transform
-from imgcls.engine.distributed import DistInfo
 
 log = logging.getLogger(__name__)
-
-BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
 
 class TooManyBadFilesError(BadImageError):
     """More image files failed to decode than ``data.max_bad_fraction`` allows. The message names some of them.
@@ -38,23 +37,47 @@ class TooManyBadFilesError(BadImageError):
     """
 
 
-@dataclass
-class Loaders:
-    """Train/val/test loaders plus the batch-level transform (CutMix/MixUp) schedule."""
+def build_splits(cfg: Config) -> Splits:
+    """Load the configured dataset and derive its deterministic splits (``data.split_seed``, else ``run.seed``)."""
+    raw = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, in_chans=cfg.data.in_chans)
+    return make_splits(
+        raw, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        seed=cfg.run.seed if cfg.data.split_seed is None else cfg.data.split_seed,
+        subset=cfg.data.subset, imbalance=cfg.data.imbalance, mean=cfg.data.mean, std=cfg.data.std,
+    )  # fmt: skip
 
-    train: Any
-    val: Any | None
-    test: Any | None
-    eval_transform: Callable[[torch.Tensor], torch.Tensor]
-    mix: BatchTransform | None = None
-    mix_off_last_epochs: int = 0
-    bad_files: list[str] = field(default_factory=list)
 
-    def batch_transform_for(self, epoch: int, total_epochs: int) -> BatchTransform | None:
-        """The batch transform for ``epoch`` (0-based): mixing is switched off for the last N epochs."""
-        if self.mix is None or epoch >= total_epochs - self.mix_off_last_epochs:
-            return None
-        return self.mix
+def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> PreprocessInfo:
+    """Input size, channels and normalisation: explicit config first, then pretrained weights, then the data.
+
+    Args:
+        cfg: the config (``data.image_size``, ``data.in_chans``, ``data.mean``/``std``, ``model.pretrained``).
+        splits: the data (native size, channels, train statistics).
+        model: the built model, whose ``data_cfg`` (timm's input size, mean, std, interpolation) counts when
+            pretrained weights are loaded; None to decide from the config and the data alone.
+    """
+    data_cfg: dict[str, Any] = getattr(model, "data_cfg", {}) or {}
+    from_weights = bool(cfg.model.pretrained)
+    native = splits.train.source.image_size
+    if cfg.data.image_size is not None:
+        size = cfg.data.image_size
+    elif from_weights and data_cfg.get("input_size"):
+        size = int(data_cfg["input_size"][-1])
+    elif native is not None:
+        size = int(native[0])
+    else:
+        size = 224
+    mean, std = splits.mean, splits.std
+    if cfg.data.mean is None and from_weights and data_cfg.get("mean") is not None:
+        mean, std = list(data_cfg["mean"]), list(data_cfg["std"])
+    in_chans = cfg.data.in_chans or splits.in_chans
+    if len(mean) != in_chans:  # e.g. grayscale data fed to an RGB model: repeat the statistics
+        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
+    return PreprocessInfo(
+        image_size=size, in_chans=in_chans, mean=[float(m) for m in mean], std=[float(s) for s in std],
+        interpolation=str(data_cfg.get("interpolation", "bilinear")) if from_weights else "bilinear",
+        resize=native is None or tuple(native) != (size, size),
+    )  # fmt: skip
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -71,12 +94,10 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def build_eval_loader(view: SplitView, transform: Callable, *, batch_size: int, num_workers: int = 0,
-                      dist_info: DistInfo | None = None) -> Any:  # fmt: skip
-    """A deterministic loader over a split (sharded without padding under DDP)."""
-    sampler = None
-    if dist_info is not None and dist_info.enabled:
-        sampler = ShardSampler(len(view), dist_info.rank, dist_info.world_size)
+def build_eval_loader(view: SplitView, transform: Callable, *, batch_size: int, num_workers: int = 0, rank: int = 0,
+                      world_size: int = 1) -> Any:  # fmt: skip
+    """A deterministic loader over a split (sharded without padding when ``world_size`` > 1, for DDP)."""
+    sampler = ShardSampler(len(view), rank, world_size) if world_size > 1 else None
     return make_loader(TransformDataset(view, transform), batch_size=batch_size, sampler=sampler,
                        num_workers=num_workers)  # fmt: skip
 
@@ -86,8 +107,6 @@ def build_mix(cfg: Config, num_classes: int) -> BatchTransform | None:
     mix = cfg.augmentation.mix
     if mix.cutmix_alpha <= 0 and mix.mixup_alpha <= 0:
         return None
-    from imgcls.data.batch import build_mixer
-
     return build_mixer(mix, num_classes)
 
 
@@ -165,10 +184,11 @@ def drop_bad_files(splits: Splits, *, max_bad_fraction: float, num_threads: int 
     return sorted(bad)
 
 
-def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device,
-                  dist_info: DistInfo | None = None) -> Loaders:  # fmt: skip
+def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device, rank: int = 0,
+                  world_size: int = 1) -> Loaders:  # fmt: skip
     """Train loader (shuffled per epoch from the seed), val/test loaders, and the batch mixing transform.
 
+    ``rank`` / ``world_size``: this process's shard under DDP (the train sampler and the eval loaders split the data).
     File-backed splits are checked first (:func:`drop_bad_files`; ``splits`` is cleaned in place) and the skipped
     paths land in ``Loaders.bad_files``.
 
@@ -176,43 +196,38 @@ def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, de
         TooManyBadFilesError: more than ``data.max_bad_fraction`` of the image files cannot be decoded.
         ConfigError: ``data.loader=device`` with a file-backed dataset or an augmentation it cannot apply.
     """
-    dist_info = dist_info or DistInfo()
     bad_files = drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
     common = dict(image_size=preprocess.image_size, resize=preprocess.resize, in_chans=preprocess.in_chans,
                   mean=preprocess.mean, std=preprocess.std, interpolation=preprocess.interpolation)  # fmt: skip
     eval_tf = build_eval_transform(**common)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     if cfg.data.loader == "device":
-        from imgcls.data.device_loader import build_device_loaders
-
-        loaders = build_device_loaders(cfg, splits, preprocess, device=device, dist_info=dist_info,
+        loaders = build_device_loaders(cfg, splits, preprocess, device=device, rank=rank, world_size=world_size,
                                        eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes))  # fmt: skip
         loaders.bad_files = bad_files
         return loaders
     train_tf = build_train_transform(cfg.augmentation.train, **common)
     train_ds = TransformDataset(splits.train, train_tf)
-    drop_last = len(train_ds) // dist_info.world_size > cfg.data.batch_size  # avoid a 1-sample BatchNorm batch
+    drop_last = len(train_ds) // world_size > cfg.data.batch_size  # avoid a 1-sample BatchNorm batch
     pin = device.type == "cuda"
     if cfg.data.sampler == "balanced":
-        from imgcls.data.samplers import BalancedBatchSampler
-
         batch_sampler = BalancedBatchSampler(
             splits.train.targets.numpy(), cfg.data.batch_size, seed=cfg.run.seed,
-            num_replicas=dist_info.world_size, rank=dist_info.rank,
+            num_replicas=world_size, rank=rank,
         )  # fmt: skip
         train = make_loader(train_ds, batch_size=cfg.data.batch_size, batch_sampler=batch_sampler,
                             num_workers=cfg.data.num_workers, pin_memory=pin)  # fmt: skip
     else:
-        sampler = epoch_sampler(len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=dist_info.world_size,
-                                rank=dist_info.rank, drop_last=dist_info.enabled)  # fmt: skip
+        sampler = epoch_sampler(len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=world_size,
+                                rank=rank, drop_last=world_size > 1)  # fmt: skip
         train = make_loader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                             drop_last=drop_last, pin_memory=pin)  # fmt: skip
     val = test = None
     if splits.val is not None and len(splits.val):
         val = build_eval_loader(splits.val, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers,
-                                dist_info=dist_info)  # fmt: skip
+                                rank=rank, world_size=world_size)  # fmt: skip
     if splits.test is not None and len(splits.test):
         test = build_eval_loader(splits.test, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers,
-                                 dist_info=dist_info)  # fmt: skip
+                                 rank=rank, world_size=world_size)  # fmt: skip
     return Loaders(train=train, val=val, test=test, eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes),
                    mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs, bad_files=bad_files)  # fmt: skip

@@ -25,7 +25,8 @@ from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data.datasets import Splits, SplitView
-from imgcls.data.loaders import PreprocessInfo
+from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo
+from imgcls.data.samplers import BalancedBatchSampler
 from imgcls.data.transforms import FixChannels
 
 #: augmentation.train keys the device path cannot do, with the value that means "off"
@@ -339,13 +340,9 @@ class DeviceLoader:
 
 
 def build_device_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device,
-                         dist_info: Any = None, eval_transform: Callable[[torch.Tensor], torch.Tensor],
-                         mix: Any = None) -> Any:  # fmt: skip
+                         rank: int = 0, world_size: int = 1, eval_transform: Callable[[torch.Tensor], torch.Tensor],
+                         mix: BatchTransform | None = None) -> Loaders:  # fmt: skip
     """The ``data.loader=device`` counterpart of :func:`imgcls.data.build.build_loaders` (same :class:`Loaders`)."""
-    from imgcls.data.build import Loaders
-    from imgcls.engine.distributed import DistInfo
-
-    dist_info = dist_info or DistInfo()
     check_device_augmentations(cfg.augmentation.train)
     views = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
     for name, view in views:
@@ -363,20 +360,18 @@ def build_device_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo
     augment = BatchAugment.from_config(cfg.augmentation.train, preprocess.image_size)
     batch_sampler = None
     if cfg.data.sampler == "balanced":
-        from imgcls.data.samplers import BalancedBatchSampler
-
         batch_sampler = BalancedBatchSampler(train_labels.numpy(), cfg.data.batch_size, seed=cfg.run.seed,
-                                             num_replicas=dist_info.world_size, rank=dist_info.rank)  # fmt: skip
-    drop_last = len(splits.train) // dist_info.world_size > cfg.data.batch_size  # as the torch path
+                                             num_replicas=world_size, rank=rank)  # fmt: skip
+    drop_last = len(splits.train) // world_size > cfg.data.batch_size  # as the torch path
     train = DeviceLoader(train_images, train_labels, batch_size=cfg.data.batch_size, shuffle=True, drop_last=drop_last,
-                         seed=cfg.run.seed, augment=augment, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                         seed=cfg.run.seed, augment=augment, num_replicas=world_size, rank=rank,
                          batch_sampler=batch_sampler, **norm)  # fmt: skip
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     evals: dict[str, DeviceLoader | None] = {"val": None, "test": None}
     for name, view in views[1:]:
         if view is not None and len(view):
             evals[name] = DeviceLoader(prepare_images(view, **prep), view.targets, batch_size=eval_bs,
-                                       num_replicas=dist_info.world_size, rank=dist_info.rank, even_shards=False,
+                                       num_replicas=world_size, rank=rank, even_shards=False,
                                        **norm)  # fmt: skip
     return Loaders(train=train, val=evals["val"], test=evals["test"], eval_transform=eval_transform, mix=mix,
                    mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs)  # fmt: skip

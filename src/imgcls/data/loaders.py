@@ -7,13 +7,16 @@ order of epoch ``e`` depends only on (seed, e): a resumed run sees exactly the b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from imgcls.data.datasets import SplitView
+
+#: a batch-level op on the device: (images, labels) -> (images, soft targets), e.g. CutMix/MixUp
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TransformDataset(Dataset):
@@ -44,6 +47,25 @@ class PreprocessInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class Loaders:
+    """Train/val/test loaders plus the batch-level transform (CutMix/MixUp) schedule."""
+
+    train: Any
+    val: Any | None
+    test: Any | None
+    eval_transform: Callable[[torch.Tensor], torch.Tensor]
+    mix: BatchTransform | None = None
+    mix_off_last_epochs: int = 0
+    bad_files: list[str] = field(default_factory=list)
+
+    def batch_transform_for(self, epoch: int, total_epochs: int) -> BatchTransform | None:
+        """The batch transform for ``epoch`` (0-based): mixing is switched off for the last N epochs."""
+        if self.mix is None or epoch >= total_epochs - self.mix_off_last_epochs:
+            return None
+        return self.mix
 
 
 def epoch_sampler(

@@ -8,36 +8,22 @@ code as training, so what it shows is what the model gets.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.config import Config
-from imgcls.data.datasets import BadImageError, Splits, SplitView, load_dataset, make_splits
+from imgcls.data.batch import build_mixer
+from imgcls.data.build import build_splits, resolve_preprocess
+from imgcls.data.datasets import BadImageError, SplitView
+from imgcls.data.device_loader import BatchAugment, DeviceLoader, prepare_images
+from imgcls.data.transforms import FixChannels, build_train_transform
 from imgcls.plotting import save_figure
-
-
-def _splits_for(cfg: Config) -> Splits:
-    raw = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, in_chans=cfg.data.in_chans)
-    return make_splits(
-        raw, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed,
-        subset=cfg.data.subset, imbalance=cfg.data.imbalance, mean=cfg.data.mean, std=cfg.data.std,
-    )  # fmt: skip
-
-
-def _preprocess_for(cfg: Config, splits: Splits) -> dict[str, Any]:
-    """Size, channels and statistics from the config and the data (the model's pretrained ones are not consulted)."""
-    native = splits.train.source.image_size
-    size = cfg.data.image_size or (int(native[0]) if native else 224)
-    in_chans = cfg.data.in_chans or splits.in_chans
-    mean, std = list(splits.mean), list(splits.std)
-    if len(mean) != in_chans:
-        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
-    resize = native is None or tuple(native) != (size, size)
-    return dict(image_size=size, resize=resize, in_chans=in_chans, mean=mean, std=std, interpolation="bilinear")
 
 
 def _pick(view: SplitView, n: int, seed: int) -> tuple[np.ndarray, list[torch.Tensor], list[int]]:
@@ -71,17 +57,11 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     Raises:
         ConfigError: e.g. ``data.loader=device`` with an augmentation the device path cannot apply.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from imgcls.data.batch import build_mixer
-    from imgcls.data.transforms import FixChannels, build_train_transform
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     torch.manual_seed(cfg.run.seed)
-    splits = _splits_for(cfg)
-    pre = _preprocess_for(cfg, splits)
+    splits = build_splits(cfg)
+    pre = resolve_preprocess(cfg, splits).to_dict()  # no model: the data's own size and statistics
     size, in_chans = pre["image_size"], pre["in_chans"]
     pos, raw_images, labels = _pick(splits.train, n, cfg.run.seed)
     n = len(pos)
@@ -89,8 +69,6 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
 
     # original: channel fix + resize only, in [0, 1]
-    from torchvision.transforms import InterpolationMode, v2
-
     base_ops: list[Any] = [FixChannels(in_chans)]
     if pre["resize"]:
         base_ops.append(v2.Resize((size, size), interpolation=InterpolationMode.BILINEAR, antialias=True))
@@ -99,8 +77,6 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
 
     # augmented: through the path training uses, as normalised float images
     if cfg.data.loader == "device":
-        from imgcls.data.device_loader import BatchAugment, DeviceLoader, prepare_images
-
         subset = SplitView(splits.train.source, splits.train.indices[pos])
         prepared = prepare_images(subset, image_size=size, resize=pre["resize"], in_chans=in_chans)
         augment = BatchAugment.from_config(cfg.augmentation.train, size)
@@ -152,22 +128,3 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
                 ax.set_ylabel(title, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out_path)
-
-
-def cmd_augment_preview(args: argparse.Namespace) -> int:
-    """The ``augment-preview`` command: build the config from [PRESET] key=value ..., write the grid."""
-    from imgcls.cli import config_from_args
-
-    cfg, _, _ = config_from_args(args.args)
-    out = augment_preview(cfg, args.out, n=args.n)
-    print(f"wrote {out}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``imgcls augment-preview [PRESET] [key=value ...] [--out PATH] [--n N]``."""
-    p = subparsers.add_parser("augment-preview", help="PNG grid of original vs augmented (and mixed) train samples")
-    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
-    p.add_argument("--out", default="augment_preview.png", help="PNG to write (default: augment_preview.png)")
-    p.add_argument("--n", type=int, default=8, help="number of samples (columns)")
-    p.set_defaults(func=cmd_augment_preview)

@@ -82,160 +82,207 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[..., torch.Tensor],
-    *,
-    device: torch.device,
-    start_step: int = 0,
-    lr_at: Callable[[int], float] | None = None,
-    amp: bool = False,
-    amp_dtype: str = "auto",
-    scaler: torch.amp.GradScaler | None = None,
-    accum_steps: int = 1,
-    clip_grad_norm: float | None = None,
-    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ema: ModelEma | None = None,
-    teacher: nn.Module | None = None,
-    channels_last: bool = False,
-    max_nonfinite_steps: int = 5,
-    log_interval: int = 50,
-    on_log: Callable[[int, float], None] | None = None,
-    after_train_mode: Callable[[nn.Module], None] | None = None,
-    num_batches: int | None = None,
-) -> EpochStats:
-    """Train ``model`` for one pass over ``loader``.
+@dataclass
+class OptimState:
+    """The optimizer side of training: the optimizer, its lr schedule, loss scaler, weight EMA and the step clock.
 
-    Args:
-        model: the model (possibly DDP-wrapped or compiled).
-        loader: yields (images, targets); images may already be on ``device`` (device loader).
+    Attributes:
         optimizer: its groups carry ``initial_lr``; ``lr_at(step)`` gives the multiplier applied before each step.
-        loss_fn: ``loss_fn(logits, targets)`` or, with a teacher, ``loss_fn(logits, targets, teacher_logits)``.
-        device: where to compute.
-        start_step: optimizer steps taken before this epoch (the schedule's clock).
-        lr_at: step -> lr multiplier (None: keep the lr).
-        amp, amp_dtype: autocast settings (see :func:`autocast_context`).
+        lr_at: step -> lr multiplier (a pure function of the step; None: keep the lr).
         scaler: a GradScaler for fp16 on CUDA.
-        accum_steps: optimizer step every ``accum_steps`` batches; each loss is divided by it so the update equals
-            the one from a single batch of ``accum_steps`` x the size.
-        clip_grad_norm: clip the global gradient norm to this value.
-        batch_transform: batch-level op on the device, e.g. CutMix/MixUp: (images, labels) -> (images, soft targets).
         ema: weight EMA updated after every optimizer step.
-        teacher: a frozen model whose logits the loss uses (distillation).
+        step: optimizer steps taken so far (the schedule's clock); :func:`train_one_epoch` advances it.
+    """
+
+    optimizer: torch.optim.Optimizer
+    lr_at: Callable[[int], float] | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: ModelEma | None = None
+    step: int = 0
+
+
+@dataclass
+class TrainOptions:
+    """How batches become optimizer steps.
+
+    Attributes:
+        device: where to compute.
+        amp, amp_dtype: autocast settings (see :func:`autocast_context`).
+        accum_steps: optimizer step every ``accum_steps`` batches; each loss is divided by the group's size so the
+            update equals the one from a single batch of ``accum_steps`` x the size.
+        clip_grad_norm: clip the global gradient norm to this value.
         channels_last: feed NHWC-strided images.
-        max_nonfinite_steps: a step whose loss or gradient norm is non-finite is skipped (no update, no EMA
-            update); raise :class:`NonFiniteLossError` after this many skipped steps in a row.
-        log_interval: steps between ``on_log(step, loss)`` calls (each one syncs with the device).
-        on_log: progress callback.
+        max_nonfinite_steps: non-finite guard: a step whose loss or gradient norm is non-finite is skipped (no update,
+            no EMA update), and :class:`NonFiniteLossError` is raised after this many in a row. The guard reads one
+            scalar per optimizer step (a host sync on CUDA); 0 switches it off, leaving only the epoch-end check of
+            the weights (:func:`assert_finite_state`).
+        log_interval: optimizer steps between ``on_log(step, loss)`` calls (each one reads the loss from the device).
+        batch_transform: batch-level op on the device, e.g. CutMix/MixUp: (images, labels) -> (images, soft targets).
+        teacher: a frozen model whose logits the loss uses (distillation): ``loss_fn(logits, targets, teacher_logits)``.
+        on_log: progress callback ``(step, loss)``.
         after_train_mode: called after ``model.train()`` (keeps frozen BatchNorm layers in eval mode).
         num_batches: the loader's length if it has none (for the accumulation tail).
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False
+    amp_dtype: str = "auto"
+    accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    channels_last: bool = False
+    max_nonfinite_steps: int = 5
+    log_interval: int = 50
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    teacher: nn.Module | None = None
+    on_log: Callable[[int, float], None] | None = None
+    after_train_mode: Callable[[nn.Module], None] | None = None
+    num_batches: int | None = None
+
+
+@dataclass
+class _EpochSums:
+    """Running sums of one epoch, kept on the device and read once at its end."""
+
+    loss_sum: torch.Tensor  # sum of the finite per-batch losses x batch size
+    loss_count: torch.Tensor  # samples whose loss was finite
+    correct: torch.Tensor
+    group_finite: torch.Tensor  # every loss of the current accumulation group finite
+    seen: int = 0
+    skipped: int = 0
+    nonfinite_in_row: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _EpochSums:
+        z = functools.partial(torch.zeros, (), device=device)
+        return cls(z(), z(), z(), torch.ones((), dtype=torch.bool, device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.seen += n
+        finite = torch.isfinite(loss)
+        self.group_finite &= finite
+        self.loss_sum += torch.where(finite, loss, 0.0) * n  # a NaN batch must not turn the epoch's mean into NaN
+        self.loss_count += finite * n
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+
+
+def _forward_backward(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
+                      opts: TrainOptions, scaler: torch.amp.GradScaler | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One micro-batch: forward under autocast, loss (with the teacher's logits when distilling), scaled backward.
+    Returns (detached fp32 loss, logits)."""
+    with autocast_context(opts.device, opts.amp, opts.amp_dtype):
+        logits = model(images)
+        if opts.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = opts.teacher(images)
+            loss = loss_fn(logits, targets, teacher_logits)
+        else:
+            loss = loss_fn(logits, targets)
+    scaled = loss / scale
+    if scaler is not None:
+        scaler.scale(scaled).backward()
+    else:
+        scaled.backward()
+    return loss.detach().float(), logits
+
+
+def _optimizer_step(model: nn.Module, params: list[torch.Tensor], opt: OptimState, opts: TrainOptions,
+                    sums: _EpochSums) -> bool:  # fmt: skip
+    """Set the lr for this step, clip, guard against non-finite values, step, update the EMA. Returns whether the
+    update was applied (False: skipped by the non-finite guard)."""
+    optimizer = opt.optimizer
+    if opt.lr_at is not None:
+        mult = opt.lr_at(opt.step)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+    if opt.scaler is not None:
+        opt.scaler.unscale_(optimizer)
+    grad_norm = None
+    if opts.clip_grad_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.clip_grad_norm)
+    # Non-finite guard: one scalar read per optimizer step. The gradient norm is checked as well as the loss: under
+    # DDP a NaN on one rank reaches every rank through the all-reduced gradients, so all ranks skip together. A
+    # GradScaler (fp16) already skips inf/nan steps and lowers its scale, so with fp16 we let it decide.
+    if opt.scaler is None and opts.max_nonfinite_steps > 0:
+        if grad_norm is None:
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=opts.device)
+        if not bool(sums.group_finite & torch.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            sums.group_finite.fill_(True)
+            sums.skipped += 1
+            sums.nonfinite_in_row += 1
+            if sums.nonfinite_in_row >= opts.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{sums.nonfinite_in_row} non-finite losses or gradients in a row at step {opt.step}: lower "
+                    "training.optimizer.lr, enable training.clip_grad_norm, or check the data; no non-finite "
+                    "weights were saved"
+                )
+            opt.step += 1  # the schedule's clock keeps running so that the lr curve stays a function of the step
+            return False
+    sums.nonfinite_in_row = 0
+    if opt.scaler is not None:
+        opt.scaler.step(optimizer)
+        opt.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if opt.ema is not None:
+        opt.ema.update(model)
+    opt.step += 1
+    return True
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], opt: OptimState,
+                    loss_fn: Callable[..., torch.Tensor], opts: TrainOptions | None = None) -> EpochStats:  # fmt: skip
+    """Train ``model`` (possibly DDP-wrapped or compiled) for one pass over ``loader``.
+
+    Args:
+        model: the model.
+        loader: yields (images, targets); images may already be on the device (device loader).
+        opt: optimizer, schedule, scaler, EMA and step clock; ``opt.step`` is advanced.
+        loss_fn: ``loss_fn(logits, targets)`` or, with a teacher, ``loss_fn(logits, targets, teacher_logits)``.
+        opts: how batches become steps (:class:`TrainOptions`; default: plain fp32 steps on the CPU).
 
     Returns:
         Loss and accuracy averaged over the epoch's samples, image count, wall time and steps taken.
     """
+    opts = opts or TrainOptions()
+    device, accum = opts.device, opts.accum_steps
     model.train()
-    if after_train_mode is not None:
-        after_train_mode(model)
-    total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
-    loss_sum = torch.zeros((), device=device)  # sum of the finite per-batch losses x batch size
-    loss_count = torch.zeros((), device=device)  # samples whose loss was finite
-    correct = torch.zeros((), device=device)
-    group_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss of this accumulation group finite
+    if opts.after_train_mode is not None:
+        opts.after_train_mode(model)
+    total = opts.num_batches if opts.num_batches is not None else len(loader)  # type: ignore[arg-type]
+    sums = _EpochSums.zeros(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    seen = 0
-    step = start_step
-    skipped = 0
-    nonfinite_in_row = 0
-    optimizer.zero_grad(set_to_none=True)
+    start_step = opt.step
+    opt.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        if channels_last:
+        if opts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        hard_targets = targets
-        if batch_transform is not None:
-            images, targets = batch_transform(images, targets)
-        # the last group of an epoch may be shorter than accum_steps: scale by its real size
-        group_start = (i // accum_steps) * accum_steps
-        group_size = min(accum_steps, total - group_start)
-        is_step = (i + 1) % accum_steps == 0 or (i + 1) == total
+        labels = targets
+        if opts.batch_transform is not None:
+            images, targets = opts.batch_transform(images, targets)
+        group_size = min(accum, total - (i // accum) * accum)  # the epoch's last group may be shorter
+        is_step = (i + 1) % accum == 0 or (i + 1) == total
         # DDP: all-reduce gradients only on the micro-batch that ends an accumulation group
         sync = contextlib.nullcontext() if is_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast_context(device, amp, amp_dtype):
-                logits = model(images)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images)
-                    loss = loss_fn(logits, targets, teacher_logits)
-                else:
-                    loss = loss_fn(logits, targets)
-            scaled = loss / group_size
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-        n = images.shape[0]
-        seen += n
-        detached = loss.detach().float()
-        finite = torch.isfinite(detached)
-        group_finite &= finite
-        loss_sum += torch.where(finite, detached, 0.0) * n  # a NaN batch must not turn the epoch's mean into NaN
-        loss_count += finite * n
-        labels = hard_targets if hard_targets.ndim == 1 else hard_targets.argmax(1)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        if not is_step:
-            continue
-        if lr_at is not None:
-            mult = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * mult
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if clip_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-        else:
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
-        # Non-finite guard: one scalar read per optimizer step. The gradient norm is checked as well as the loss:
-        # under DDP a NaN on one rank reaches every rank through the all-reduced gradients, so all ranks skip together.
-        # A GradScaler (fp16) already skips inf/nan steps and lowers its scale, so with fp16 we let it decide.
-        if scaler is None and not bool(group_finite & torch.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            group_finite.fill_(True)
-            skipped += 1
-            nonfinite_in_row += 1
-            if nonfinite_in_row >= max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{nonfinite_in_row} non-finite losses or gradients in a row at step {step}: lower "
-                    "training.optimizer.lr, enable training.clip_grad_norm, or check the data; no non-finite "
-                    "weights were saved"
-                )
-            step += 1  # the schedule's clock keeps running so that the lr curve stays a function of the step
-            continue
-        nonfinite_in_row = 0
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        if on_log is not None and log_interval > 0 and step % log_interval == 0:
-            on_log(step, float(detached))
+            loss, logits = _forward_backward(model, images, targets, loss_fn, opts, opt.scaler, group_size)
+        sums.add(loss, logits, labels if labels.ndim == 1 else labels.argmax(1))
+        if is_step and _optimizer_step(model, params, opt, opts, sums):
+            if opts.on_log is not None and opts.log_interval > 0 and opt.step % opts.log_interval == 0:
+                opts.on_log(opt.step, float(loss))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    count = float(loss_count)
-    loss_mean = float(loss_sum) / count if count > 0 else float("nan")
+    count = float(sums.loss_count)
     return EpochStats(
-        loss=loss_mean, acc=float(correct) / max(seen, 1), images=seen, seconds=seconds, steps=step - start_step,
-        skipped_steps=skipped,
+        loss=float(sums.loss_sum) / count if count > 0 else float("nan"), acc=float(sums.correct) / max(sums.seen, 1),
+        images=sums.seen, seconds=seconds, steps=opt.step - start_step, skipped_steps=sums.skipped,
     )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ slope against log lr). The model's weights, buffers and optimizer state are rest
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -23,8 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import Config, validate_config
+from imgcls.config import Config
+from imgcls.data.build import build_splits
+from imgcls.engine.build import check_config, class_weights_for, seed_everything
+from imgcls.engine.distributed import DistInfo, select_device
+from imgcls.engine.loop import autocast_context
+from imgcls.engine.losses import build_loss
+from imgcls.engine.optim import build_optimizer
 from imgcls.engine.schedules import lr_curve, warmup_steps_for
+from imgcls.engine.train import build_data_and_model
 from imgcls.plotting import save_figure
 
 
@@ -48,8 +54,6 @@ def default_steps_per_epoch(cfg: Config) -> int:
     Builds the dataset's splits (cheap for in-memory datasets) to learn the train size. Mirrors the loader's
     ``drop_last`` rule (full batches only when there is more than one batch) in a single process.
     """
-    from imgcls.engine.train import build_splits
-
     n = len(build_splits(cfg).train)
     bs = cfg.data.batch_size
     batches = n // bs if n > bs else 1
@@ -75,7 +79,7 @@ def lr_plot(cfg: Config, out: str | Path, steps_per_epoch: int | None = None) ->
     Returns:
         The path written.
     """
-    validate_config(cfg)
+    check_config(cfg)
     spe = steps_per_epoch or default_steps_per_epoch(cfg)
     lrs = schedule_lrs(cfg, spe)
     sched = cfg.training.scheduler
@@ -260,33 +264,10 @@ def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-
     Returns:
         The sweep, with ``suggested_lr`` and ``plot`` filled in.
     """
-    from imgcls.data.build import build_loaders
-    from imgcls.engine.distributed import select_device
-    from imgcls.engine.loop import autocast_context
-    from imgcls.engine.losses import build_loss
-    from imgcls.engine.optim import build_optimizer
-    from imgcls.engine.train import (
-        build_model_for,
-        build_splits,
-        class_weights_for,
-        resolve_preprocess,
-        seed_everything,
-    )
-    from imgcls.models.transfer import apply_freezing
-
-    validate_config(cfg)
+    check_config(cfg)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = select_device(cfg.run.device)
-    splits = build_splits(cfg)
-    in_chans = cfg.data.in_chans or splits.in_chans
-    native = splits.train.source.image_size
-    model = build_model_for(cfg, splits.num_classes, in_chans, cfg.data.image_size or (native[0] if native else None))
-    preprocess = resolve_preprocess(cfg, splits, model)
-    apply_freezing(model, freeze_backbone=cfg.model.freeze_backbone, freeze_layers=cfg.model.freeze_layers)
-    model.to(device)
-    if cfg.training.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loaders = build_loaders(cfg, splits, preprocess, device=device)
+    splits, _, model, loaders = build_data_and_model(cfg, device, DistInfo())
     weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
     loss_fn = build_loss(cfg.training.loss, weights).to(device)
     optimizer = build_optimizer(model, cfg.training.optimizer)
@@ -300,52 +281,3 @@ def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-
                  f"batch {cfg.data.batch_size}, {len(result.lrs)} steps")  # fmt: skip
         result.plot = plot_lr_find(result, out, title=title)
     return result
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _cmd_lr_plot(args: argparse.Namespace) -> int:
-    from imgcls.cli import config_from_args
-
-    cfg, _, _ = config_from_args(args.args)
-    path = lr_plot(cfg, args.out, steps_per_epoch=args.steps_per_epoch)
-    print(f"LR PLOT {path}")
-    return 0
-
-
-def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from imgcls.cli import config_from_args
-
-    cfg, _, _ = config_from_args(args.args)
-    result = lr_find(cfg, args.out, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps)
-    stop = "stopped early: the loss diverged" if result.diverged else "full sweep"
-    last = result.lrs[-1] if result.lrs else args.start_lr
-    print(f"swept {len(result.lrs)} steps from {args.start_lr:g} to {last:.3g} ({stop})")
-    if result.suggested_lr is None:
-        print("SUGGESTED LR none (too few steps before divergence: lower --start-lr or raise --num-steps)")
-    else:
-        print(f"SUGGESTED LR {result.suggested_lr:.3g}  (set training.optimizer.lr={result.suggested_lr:.3g}; many "
-              "prefer a value a few times lower)")  # fmt: skip
-    print(f"LR FIND PLOT {result.plot}")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``lr-plot`` and ``lr-find`` on the ``imgcls`` command line (each sets ``func``)."""
-    p = subparsers.add_parser("lr-plot", help="draw the learning-rate schedule a config would use (PNG)")
-    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
-    p.add_argument("--out", default="lr_schedule.png", help="PNG path (default: lr_schedule.png)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="optimizer steps per epoch (default: from the dataset size and batch size)")  # fmt: skip
-    p.set_defaults(func=_cmd_lr_plot)
-
-    p = subparsers.add_parser("lr-find", help="LR range test: loss-vs-lr plot and a suggested learning rate")
-    p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
-    p.add_argument("--out", default="lr_find.png", help="PNG path (default: lr_find.png)")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--num-steps", type=int, default=100, help="optimizer steps in the sweep")
-    p.set_defaults(func=_cmd_lr_find)

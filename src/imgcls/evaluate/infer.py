@@ -1,4 +1,7 @@
-"""Load a trained model from a checkpoint (or run folder) with its preprocessing, for eval/predict/export/serve."""
+"""A trained model with its class names and preprocessing (:class:`Predictor`), for predict, explain and serve.
+
+The model itself is rebuilt by :func:`imgcls.engine.build.load_model`.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls.config import from_dict
 from imgcls.data.datasets import decode_image_file
 from imgcls.data.loaders import PreprocessInfo
-from imgcls.data.transforms import build_eval_transform
-from imgcls.engine.checkpoint import load_checkpoint
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights. Returns (model in eval mode, checkpoint)."""
-    from imgcls.engine.train import build_model_for
-
-    ckpt = load_checkpoint(path, map_location="cpu")
-    cfg = from_dict(ckpt["config"])
-    cfg.model.pretrained = False  # the checkpoint holds the weights; never fetch published ones here
-    pre = ckpt["preprocess"]
-    model = build_model_for(
-        cfg, num_classes=len(ckpt["classes"]), in_chans=pre["in_chans"], image_size=pre["image_size"]
-    )
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+from imgcls.engine.build import eval_transform_of, load_model
 
 
 @dataclass
@@ -54,9 +40,7 @@ class Predictor:
     @cached_property
     def transform(self):  # noqa: ANN201
         """The eval pipeline (uint8 image -> model input), built once and reused for every image."""
-        p = self.preprocess
-        return build_eval_transform(image_size=p.image_size, resize=True, in_chans=p.in_chans, mean=p.mean, std=p.std,
-                                    interpolation=p.interpolation)  # fmt: skip
+        return eval_transform_of(self.preprocess, resize=True)
 
     def load_image(self, path: str | Path) -> torch.Tensor:
         """Decode and preprocess one image file -> float [C, S, S]."""

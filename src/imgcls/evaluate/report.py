@@ -29,7 +29,7 @@ from torch import nn
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from imgcls.data.datasets import Splits, SplitView
+    from imgcls.data.datasets import SplitView
 
 log = logging.getLogger("imgcls")
 
@@ -442,65 +442,4 @@ def write_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
-    return path
-
-
-def write_run_report(
-    run_dir: str | Path,
-    *,
-    model: nn.Module,
-    splits: Splits,
-    eval_transform: Callable[[torch.Tensor], torch.Tensor],
-    device: str | torch.device = "cpu",
-    batch_size: int = 256,
-    tta: int = 1,
-    strict: bool = False,
-) -> Path | None:
-    """The end-of-training report: the best checkpoint on the test split (val if there is none).
-
-    Writes ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``. Loads ``checkpoints/best.pt`` into ``model``.
-
-    Args:
-        run_dir: the run folder.
-        model: the trained model (unwrapped: not DDP or compiled).
-        splits: the run's splits.
-        eval_transform: the run's eval transform.
-        device: where to evaluate.
-        batch_size: evaluation batch size.
-        tta: test-time augmentation views (1 = off), as for the run's own test evaluation.
-        strict: raise errors; by default a failing report is logged and training's results stand.
-
-    Returns:
-        The report's path, or None when there is no split to evaluate or it failed.
-    """
-    from imgcls.engine.checkpoint import load_checkpoint
-    from imgcls.evaluate.run_eval import evaluate_split
-
-    run_dir = Path(run_dir)
-    split, view = next(((n, v) for n, v in (("test", splits.test), ("val", splits.val)) if v is not None and len(v)),
-                       (None, None))  # fmt: skip
-    if view is None:
-        return None
-    t0 = time.perf_counter()
-    try:
-        best = run_dir / "checkpoints" / "best.pt"
-        ckpt = load_checkpoint(best, map_location=device) if best.is_file() else None
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-        cfg = (ckpt or {}).get("config", {})
-        meta = {"checkpoint": str(best) if ckpt else None, "split": split,
-                "model": cfg.get("model", {}).get("name"), "dataset": cfg.get("data", {}).get("name")}  # fmt: skip
-        title = f"{meta['model'] or 'model'} on {meta['dataset'] or 'data'} ({split})"
-        _, metrics = evaluate_split(model, view, eval_transform, classes=splits.classes, device=device,
-                                    batch_size=batch_size, tta=tta, out_dir=run_dir / "eval", run_dir=run_dir,
-                                    meta=meta, title=title)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
-        if strict:
-            raise
-        log.warning("could not write the evaluation report: %s: %s", type(e).__name__, e)
-        print(f"warning: could not write the evaluation report ({type(e).__name__}: {e})", flush=True)
-        return None
-    path = run_dir / "eval" / "report.html"
-    print(f"report: {path} ({split}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)", flush=True)  # fmt: skip
     return path

@@ -20,51 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
-from imgcls.config import ConfigError, from_dict, parse_override, set_value
+from imgcls.config import ConfigError
 from imgcls.data.build import build_eval_loader
 from imgcls.data.datasets import SplitView
-from imgcls.data.loaders import PreprocessInfo
-from imgcls.data.transforms import build_eval_transform
+from imgcls.engine.build import load_model, load_split
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS, EvalResult, evaluate
-from imgcls.evaluate.infer import load_model
 from imgcls.evaluate.metrics import compute_metrics
+from imgcls.evaluate.report import write_report
 
 ENSEMBLE_MODES = ("probs", "weights")
-
-
-def load_split(
-    checkpoint: str | Path, *, split: str = "test", overrides: Sequence[str] = (), device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any], SplitView, Callable[[torch.Tensor], torch.Tensor]]:
-    """The model of ``checkpoint`` with the split it was trained with and its eval transform.
-
-    Overrides may only touch ``data.*`` (e.g. a new ``data.root``): the model and preprocessing come from the
-    checkpoint.
-
-    Returns:
-        (model in eval mode, checkpoint dict, split view, eval transform uint8 image -> model input).
-    """
-    from imgcls.engine.train import build_splits
-
-    model, ckpt = load_model(checkpoint, device)
-    cfg = from_dict(ckpt["config"])
-    for text in overrides:
-        key, value = parse_override(text)
-        if not key.startswith("data."):
-            raise ConfigError(f"eval only takes data.* overrides (the model comes from the checkpoint), got '{key}'")
-        set_value(cfg, key, value)
-    splits = build_splits(cfg)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be train, val or test, got '{split}'")
-    view = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
-    if view is None or len(view) == 0:
-        raise ConfigError(f"the dataset has no '{split}' split for this config; try --split val")
-    pre = PreprocessInfo(**ckpt["preprocess"])
-    tf = build_eval_transform(image_size=pre.image_size, resize=pre.resize, in_chans=pre.in_chans, mean=pre.mean,
-                              std=pre.std, interpolation=pre.interpolation)  # fmt: skip
-    return model, ckpt, view, tf
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -182,8 +151,6 @@ def evaluate_split(
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
-            from imgcls.evaluate.report import write_report
-
             first = models[0] if isinstance(models, list) else models
             write_report(out / "report.html", metrics=metrics, probs=probs, targets=result.targets, view=view,
                          transform=transform, model=first, run_dir=run_dir, device=device, title=title)  # fmt: skip
@@ -256,9 +223,6 @@ def run_eval(
 
 def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict[str, Any] | None = None) -> None:
     """Summary line, per-class table (precision/recall/F1/AUC when ``metrics`` is given) and confusion matrix."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=160)
     tops = "  ".join(f"top-{k} {v:.4f}" for k, v in result.topk.items())
     console.print(f"[bold]{split}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  "

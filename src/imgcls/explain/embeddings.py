@@ -134,7 +134,7 @@ def write_embeddings(
         (png path, csv path); default folder ``<run>/explain``.
     """
     from imgcls.data.build import build_eval_loader
-    from imgcls.evaluate.run_eval import load_split
+    from imgcls.engine.build import load_split
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")

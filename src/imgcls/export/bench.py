@@ -33,8 +33,9 @@ def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str
         >>> init_checkpoint("r18.pt", ["model.name=resnet18", "data.image_size=32", "data.in_chans=3"])
     """
     from imgcls.config import build_config, to_dict
+    from imgcls.data.build import build_splits, resolve_preprocess
+    from imgcls.engine.build import build_model_for, seed_everything
     from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save
-    from imgcls.engine.train import build_model_for, build_splits, resolve_preprocess, seed_everything
 
     cfg = build_config(preset, [*overrides])
     cfg.model.pretrained = False
@@ -186,7 +187,7 @@ def bench(
         pre: dict[str, Any]
         model_name = ""
         if checkpoint is not None:
-            from imgcls.evaluate.infer import load_model
+            from imgcls.engine.build import load_model
 
             model, ckpt = load_model(checkpoint, "cpu")
             pre, model_name = ckpt["preprocess"], ckpt["config"]["model"]["name"]

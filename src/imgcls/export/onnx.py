@@ -256,7 +256,7 @@ def reference_view(config: dict[str, Any], *, split: str = "test", limit: int | 
         (view, name of the split used, class names)
     """
     from imgcls.config import from_dict
-    from imgcls.engine.train import build_splits
+    from imgcls.data.build import build_splits
 
     cfg = from_dict(config)
     splits = build_splits(cfg)
@@ -490,8 +490,8 @@ def export_checkpoint(
         ExportParityError: the outputs differ more than allowed; nothing is left at the output path.
         CheckpointError: the checkpoint cannot be read.
     """
+    from imgcls.engine.build import load_model
     from imgcls.engine.checkpoint import CheckpointError
-    from imgcls.evaluate.infer import load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")

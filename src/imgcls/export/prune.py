@@ -143,14 +143,13 @@ def prune_checkpoint(
         A :class:`PruneResult` with sparsity and accuracies.
     """
     from imgcls.config import from_dict
-    from imgcls.data.build import build_loaders
+    from imgcls.data.build import build_loaders, build_splits
     from imgcls.data.loaders import PreprocessInfo, set_epoch
+    from imgcls.engine.build import class_weights_for, load_model
     from imgcls.engine.checkpoint import atomic_save
-    from imgcls.engine.loop import evaluate, train_one_epoch
+    from imgcls.engine.loop import OptimState, TrainOptions, evaluate, train_one_epoch
     from imgcls.engine.losses import build_loss
     from imgcls.engine.optim import build_optimizer
-    from imgcls.engine.train import build_splits, class_weights_for
-    from imgcls.evaluate.infer import load_model
 
     say = log or (lambda _msg: None)
     device = torch.device(device)
@@ -185,15 +184,11 @@ def prune_checkpoint(
         class_weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
         loss_fn = build_loss(cfg.training.loss, class_weights).to(device)
         total = max(1, len(loaders.train) * finetune_epochs)
-        step = 0
+        opt = OptimState(optimizer, lr_at=lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        opts = TrainOptions(device=device, clip_grad_norm=cfg.training.clip_grad_norm, log_interval=0)
         for epoch in range(finetune_epochs):
             set_epoch(loaders.train, 10_000 + epoch)  # a different order from the original training's epochs
-            stats = train_one_epoch(
-                model, loaders.train, optimizer, loss_fn, device=device, start_step=step,
-                lr_at=lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
-                clip_grad_norm=cfg.training.clip_grad_norm, log_interval=0,
-            )  # fmt: skip
-            step += stats.steps
+            stats = train_one_epoch(model, loaders.train, opt, loss_fn, opts)
             row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc}
             if evaluate_models and eval_loader is not None:
                 row[f"{split}_acc"] = accuracy()  # type: ignore[assignment]

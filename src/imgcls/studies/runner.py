@@ -230,7 +230,8 @@ class _Runner:
         """A random-init state dict for ``cfg``'s model drawn with ``init_seed`` (ensemble members)."""
         import torch
 
-        from imgcls.engine.train import build_model_for, build_splits
+        from imgcls.data.build import build_splits
+        from imgcls.engine.build import build_model_for
 
         model_key = json.dumps({"model": to_dict(cfg)["model"], "data": to_dict(cfg)["data"]}, sort_keys=True)
         digest = hashlib.sha1(model_key.encode()).hexdigest()[:10]

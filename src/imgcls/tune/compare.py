@@ -12,17 +12,14 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from imgcls.config import flatten
+from imgcls.engine.runs import RunFolderError, RunRecord, find_runs, load_run
 from imgcls.plotting import save_figure
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
@@ -38,86 +35,8 @@ CURVES: tuple[tuple[str, str], ...] = (
 )
 
 
-class CompareError(ValueError):
+class CompareError(RunFolderError):
     """Nothing to compare, or a folder that is not a run folder."""
-
-
-@dataclass
-class RunRecord:
-    """One run folder, read back.
-
-    Attributes:
-        path: the run folder.
-        name: the folder name (used as the run's label).
-        config: the flattened config (dotted key -> value).
-        metrics: ``metrics.csv`` rows, numbers parsed (empty cells are None).
-        summary: ``summary.json`` (empty when the run did not finish).
-    """
-
-    path: Path
-    name: str
-    config: dict[str, Any]
-    metrics: list[dict[str, float | None]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def column(self, key: str) -> list[float]:
-        """The non-empty values of one metrics.csv column, in epoch order."""
-        return [r[key] for r in self.metrics if r.get(key) is not None]  # type: ignore[misc]
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.summary)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _number(text: str | None) -> float | None:
-    if text is None or text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
-    """``metrics.csv`` as a list of rows with float values (None for empty cells); [] if missing."""
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def is_run_dir(path: Path) -> bool:
-    """A run folder has a ``config.yaml`` and a ``metrics.csv``."""
-    return (path / "config.yaml").is_file() and (path / "metrics.csv").is_file()
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Read one run folder.
-
-    Raises:
-        CompareError: the folder has no ``config.yaml`` / ``metrics.csv``.
-    """
-    p = Path(path)
-    if not is_run_dir(p):
-        raise CompareError(f"{p} is not a run folder (no config.yaml and metrics.csv in it)")
-    config = flatten(yaml.safe_load((p / "config.yaml").read_text()) or {})
-    summary_path = p / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return RunRecord(path=p, name=p.name, config=config, metrics=read_metrics_csv(p / "metrics.csv"), summary=summary)
-
-
-def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Every run folder under ``runs_dir`` (searched recursively, so study and tune folders are included), oldest
-    first by folder name."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise CompareError(f"runs folder {root} does not exist")
-    return sorted({p.parent for p in root.rglob("config.yaml") if is_run_dir(p.parent)}, key=lambda p: str(p))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from imgcls.cli import split_preset_and_overrides
+    from imgcls.cli.common import split_preset_and_overrides
     from imgcls.tune.search import tune
 
     preset, overrides = split_preset_and_overrides(args.args)

@@ -8,37 +8,19 @@ Bad input (unknown key, bad value, missing dataset, unreadable checkpoint) ends 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from imgcls.config import ConfigError, build_config, list_presets, to_yaml
+from imgcls.cli import explain, export, lr, preview, serve, study, tune
+from imgcls.cli.common import config_from_args
+from imgcls.config import ConfigError, all_keys, build_config, list_presets, to_yaml
+
+# Library imports sit inside the commands (each marked "deferred"): the library pulls in torch and torchvision
+# (several seconds), which `imgcls --help` and a mistyped command should not wait for.
 
 #: modules that contribute subcommands through ``add_cli(subparsers)``
-COMMAND_MODULES: list[str] = [
-    "imgcls.data.preview", "imgcls.engine.lr_tools", "imgcls.explain.cli", "imgcls.export.cli", "imgcls.serve.cli",
-    "imgcls.tune.cli", "imgcls.studies.cli",
-]  # fmt: skip
-
-
-def split_preset_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``[PRESET] key=value ...`` -> (preset, overrides). The preset is the one item without '='."""
-    preset = None
-    overrides = []
-    for item in items:
-        if "=" in item:
-            overrides.append(item)
-        elif preset is None:
-            preset = item
-        else:
-            raise ConfigError(f"'{item}': expected key=value (a preset, '{preset}', was already given)")
-    return preset, overrides
-
-
-def config_from_args(items: Sequence[str], default_preset: str | None = "quickstart"):  # noqa: ANN201
-    preset, overrides = split_preset_and_overrides(items)
-    return build_config(preset or default_preset, overrides), preset or default_preset, overrides
+COMMAND_MODULES = (explain, export, lr, preview, serve, study, tune)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -47,11 +29,12 @@ def config_from_args(items: Sequence[str], default_preset: str | None = "quickst
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from imgcls.engine.train import resume_config, train
+    from imgcls.engine.runs import resume_config  # deferred
+    from imgcls.evaluate.post_run import train_and_report
 
     cfg, _, overrides = config_from_args(args.args)
     cfg, resume_path = resume_config(cfg, overrides)
-    result = train(cfg, resume_path=resume_path)
+    result = train_and_report(cfg, resume_path=resume_path)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if result.test is not None:
             print(f"TEST ACCURACY {result.test.acc:.4f}")
@@ -64,20 +47,18 @@ def cmd_config(args: argparse.Namespace) -> int:
         print("\n".join(list_presets()))
         return 0
     if args.action == "keys":
-        from imgcls.config import all_keys
-
         print("\n".join(all_keys()))
         return 0
-    cfg, _, _ = config_from_args(args.args)
-    from imgcls.config import validate_config
+    from imgcls.engine.build import check_config  # deferred
 
-    validate_config(cfg)
+    cfg, _, _ = config_from_args(args.args)
+    check_config(cfg)
     print(to_yaml(cfg), end="")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from imgcls.evaluate.run_eval import run_eval
+    from imgcls.evaluate.run_eval import run_eval  # deferred
 
     run_eval(args.checkpoint, split=args.split, overrides=args.overrides, tta=args.tta, ensemble=args.ensemble,
              ensemble_mode=args.ensemble_mode, batch_size=args.batch_size, out_dir=args.out,
@@ -86,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.data.datasets import BadImageError
+    from imgcls.data.datasets import BadImageError  # deferred
     from imgcls.evaluate.infer import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
@@ -110,7 +91,7 @@ def _count(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.console import Console  # deferred
     from rich.table import Table
 
     from imgcls.models import list_models
@@ -132,21 +113,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # deferred
     from rich.console import Console
     from rich.table import Table
 
+    from imgcls.data.build import build_splits
     from imgcls.data.datasets import list_datasets
+    from imgcls.engine.build import check_config
 
     if args.list or not args.dataset:
         print("\n".join(list_datasets()))
         return 0
-    from imgcls.engine.train import build_splits
-
     cfg = build_config(None, [f"data.name={args.dataset}", *args.overrides])
-    from imgcls.config import validate_config
-
-    validate_config(cfg)
+    check_config(cfg)
     splits = build_splits(cfg)
     console = Console(width=120)
     size = splits.train.source.image_size
@@ -218,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list registered datasets")
     p.set_defaults(func=cmd_data)
 
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for module in COMMAND_MODULES:
+        module.add_cli(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``imgcls`` command. Returns the exit status."""
-    from imgcls.data.datasets import BadImageError, DatasetNotFoundError
+    from imgcls.data.datasets import BadImageError, DatasetNotFoundError  # deferred: after parsing (--help is fast)
     from imgcls.engine.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)

@@ -6,9 +6,13 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# Library imports sit inside the commands ("deferred"): they pull in torch, which `imgcls --help` should not wait for.
 
 
 def _out_dir(args: argparse.Namespace, ckpt_path: str, sub: str) -> Path:
@@ -17,6 +21,7 @@ def _out_dir(args: argparse.Namespace, ckpt_path: str, sub: str) -> Path:
 
 def _display_base(raw: torch.Tensor, image_size: int, min_side: int = 224) -> np.ndarray:
     """The image at the model's input size, enlarged (nearest) to at least ``min_side`` pixels: uint8 [H, W, 3]."""
+    import numpy as np  # deferred
     from PIL import Image
     from torchvision.transforms import v2
 
