@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from imgcls.cli import main
-from imgcls.config import ConfigError, build_config, from_dict, list_presets, to_dict, validate_config
+from imgcls.config import ConfigError, build_config, from_dict, list_presets, to_dict
+from imgcls.engine.build import check_config
 
 
 def test_overrides_are_typed():
@@ -64,7 +65,7 @@ def test_registry_names_are_validated_before_work():
     ]:
         cfg = build_config(None, [override])
         with pytest.raises(ConfigError) as e:
-            validate_config(cfg)
+            check_config(cfg)  # registry names are checked where the registries are
         assert valid in str(e.value)
 
 
@@ -72,7 +73,7 @@ def test_presets_load_and_round_trip():
     assert {"quickstart", "cifar10_resnet18", "cifar10_modern"} <= set(list_presets())
     for name in list_presets():
         cfg = build_config(name)
-        validate_config(cfg)
+        check_config(cfg)
         assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
     modern = build_config("cifar10_modern")  # inherits from cifar10_resnet18 through `base`
     assert modern.model.name == "resnet18" and modern.training.optimizer.name == "adamw"

@@ -15,10 +15,9 @@ from torchvision.transforms import v2
 from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data import BalancedBatchSampler, get_class_weights
 from imgcls.data.build import TooManyBadFilesError, build_loaders, drop_bad_files
-from imgcls.data.loaders import Loaders
 from imgcls.data.datasets import RawDataset, TensorSource, imagefolder, make_splits
 from imgcls.data.device_loader import BatchAugment, BatchAugParams, DeviceLoader, prepare_images
-from imgcls.data.loaders import PreprocessInfo, set_epoch
+from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.data.transforms import Cutout, build_eval_transform, build_train_transform
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -380,8 +379,8 @@ def test_device_loader_rejects_file_datasets(tmp_path: Path) -> None:
 
 
 def test_augment_preview_writes_png(tmp_path: Path) -> None:
-    from imgcls.config import build_config
     from imgcls.cli.preview import add_cli
+    from imgcls.config import build_config
     from imgcls.data.preview import augment_preview
 
     cfg = build_config(None, ["data.name=digits", "augmentation.train.hflip=0.5", "augmentation.mix.cutmix_alpha=1",

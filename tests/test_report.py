@@ -13,8 +13,8 @@ import torch
 
 from imgcls.cli import main
 from imgcls.config import build_config
-from imgcls.evaluate.post_run import train_and_report as train
 from imgcls.evaluate.metrics import compute_metrics
+from imgcls.evaluate.post_run import train_and_report as train
 from imgcls.evaluate.report import REPORT_SECTIONS, confidently_wrong, render_report, write_report
 from imgcls.evaluate.run_eval import run_eval
 

@@ -180,10 +180,10 @@ def test_bias_lr_mult_puts_biases_and_norms_in_a_faster_group() -> None:
 
 def test_tta_view_count_is_validated_before_any_work(tmp_path) -> None:
     from imgcls.cli import main
-    from imgcls.config import validate_config
+    from imgcls.engine.build import check_config
 
     with pytest.raises(ConfigError, match="run.test_tta"):
-        validate_config(build_config(None, ["run.test_tta=11"]))
+        check_config(build_config(None, ["run.test_tta=11"]))
     assert main(["eval", str(tmp_path / "missing.pt"), "--tta", "0"]) == 2
     from imgcls.evaluate.run_eval import run_eval
 

@@ -237,14 +237,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"bad value {value!r} for '{key}'.{hint} Valid values: {', '.join(map(str, choices))}")
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         args = typing.get_args(tp)
         # Try exact-type members first so that `bool | str` keeps True as a bool and "x" as a str.
         for arg in sorted(args, key=lambda a: 0 if isinstance(a, type) and type(value) is a else 1):
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue
         raise ConfigError(f"bad value {value!r} for '{key}': expected {_type_name(tp)}")
     if tp is type(None):
         if value is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+
 
 def save_figure(fig: Any, path: str | Path, *, dpi: float | None = None) -> Path:
     """Save ``fig`` as ``path`` (parent folders created), release it from pyplot, and return the path.
@@ -14,7 +16,6 @@ def save_figure(fig: Any, path: str | Path, *, dpi: float | None = None) -> Path
         path: output file; the format follows the suffix.
         dpi: resolution (None: the figure's own).
     """
-    import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

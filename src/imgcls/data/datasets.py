@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from imgcls.registry import Registry
 
@@ -149,7 +152,6 @@ def list_datasets() -> list[str]:
 @register_dataset
 def digits(**_: Any) -> RawDataset:
     """scikit-learn's bundled UCI handwritten digits: 1,797 8x8 grayscale images, 10 classes. Always offline."""
-    from sklearn.datasets import load_digits
 
     d = load_digits()
     # pixel values are 0..16 counts of set pixels in 4x4 blocks; scale to the usual 0..255 range
@@ -163,7 +165,6 @@ def _default_root(name: str, root: str | None) -> Path:
 
 def _torchvision(cls_name: str, name: str, root: str | None, download: bool, expected: str, **split_kw: Any) -> Any:
     """Instantiate a torchvision dataset, turning offline/missing-file failures into an actionable error."""
-    import torchvision.datasets as tvd
 
     path = _default_root(name, root)
     cls = getattr(tvd, cls_name)
@@ -386,7 +387,6 @@ def _stratified_split(indices: np.ndarray, targets: np.ndarray, fraction: float,
     """Split ``indices`` into (kept, held_out) with ``fraction`` held out, stratified by ``targets``."""
     if fraction <= 0:
         return indices, indices[:0]
-    from sklearn.model_selection import train_test_split
 
     counts = np.bincount(targets[indices])
     stratify = targets[indices] if counts[counts > 0].min() >= 2 else None

@@ -5,7 +5,8 @@ Resizing and channel reduction happen once, up front. Per batch, an index_select
 do the sample selection, the random translate (the torch path's ``RandomCrop(padding, padding_mode="reflect")``;
 reflect or zero padding, as index arithmetic rather than a padded copy) and the horizontal flip (reversed column
 indices) together; Cutout is a broadcast mask; normalisation is one fused multiply-add. No per-sample Python, no
-worker processes, no host-to-device copies per step.
+worker processes, and no image copies from the host per step (the epoch's sample order goes to the device once; with
+``data.sampler=balanced`` each batch's indices are copied, a few hundred bytes).
 
 The semantics match the torch path (:func:`imgcls.data.transforms.build_train_transform`): crop offsets uniform over
 ``[-pad, pad]`` in each axis, flip with probability ``hflip``, Cutout squares of side ``cutout`` centred uniformly

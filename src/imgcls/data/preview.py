@@ -43,6 +43,61 @@ def _pick(view: SplitView, n: int, seed: int) -> tuple[np.ndarray, list[torch.Te
     return np.array(pos, dtype=np.int64), images, labels
 
 
+def _augmented(cfg: Config, train: SplitView, pre: dict[str, Any], pos: np.ndarray, raw_images: list[torch.Tensor],
+               labels: list[int]) -> tuple[torch.Tensor, str]:  # fmt: skip
+    """The samples through the path training uses, as normalised float images; and the path's name."""
+    size, in_chans = pre["image_size"], pre["in_chans"]
+    if cfg.data.loader == "device":
+        subset = SplitView(train.source, train.indices[pos])
+        prepared = prepare_images(subset, image_size=size, resize=pre["resize"], in_chans=in_chans)
+        augment = BatchAugment.from_config(cfg.augmentation.train, size)
+        loader = DeviceLoader(prepared, torch.tensor(labels), batch_size=len(labels), mean=pre["mean"], std=pre["std"],
+                              in_chans=in_chans, augment=augment, seed=cfg.run.seed)  # fmt: skip
+        return next(iter(loader))[0], "device loader"
+    train_tf = build_train_transform(cfg.augmentation.train, **pre)
+    return torch.stack([train_tf(img) for img in raw_images]), "torch loader"
+
+
+def _mixed(mixer: Any, augmented: torch.Tensor, labels: list[int], classes: list[str], size: int
+           ) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """One independent CutMix/MixUp draw per column (to show the spread of lambda and kinds), with captions."""
+    label_t = torch.tensor(labels)
+    images, captions = [], []
+    for i in range(len(labels)):
+        params = mixer.get_params(size, size)
+        mixed, targets = mixer.apply(augmented, label_t, params)
+        images.append(mixed[i])
+        # the mixers pair image i with image i - 1 (roll by one); read the two weights back from the targets
+        own, partner = labels[i], labels[i - 1]
+        w_own = float(targets[i, own]) if own != partner else params.lam
+        captions.append(f"{params.kind} λ={params.lam:.2f}\n{classes[own]} {w_own:.2f} + "
+                        f"{classes[partner]} {1.0 - w_own:.2f}")  # fmt: skip
+    return torch.stack(images), captions
+
+
+def _grid(rows: list[tuple[str, torch.Tensor, list[str]]], n: int, *, title: str) -> Figure:
+    """Rows of images (float [N, C, H, W] in [0, 1]) with a caption each and the row's name on the left."""
+    fig = Figure(figsize=(1.7 * n, 2.0 * len(rows) + 0.4), dpi=110)
+    FigureCanvasAgg(fig)
+    fig.suptitle(title, fontsize=8)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (title, images, captions) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            img = images[c].permute(1, 2, 0).numpy()
+            if img.shape[2] == 1:
+                ax.imshow(img[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(captions[c], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     """Write a PNG grid of ``n`` train samples: original, augmented and (if configured) mixed.
 
@@ -75,20 +130,7 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     base = v2.Compose(base_ops)
     originals = torch.stack([base(img) for img in raw_images]).float() / 255.0
 
-    # augmented: through the path training uses, as normalised float images
-    if cfg.data.loader == "device":
-        subset = SplitView(splits.train.source, splits.train.indices[pos])
-        prepared = prepare_images(subset, image_size=size, resize=pre["resize"], in_chans=in_chans)
-        augment = BatchAugment.from_config(cfg.augmentation.train, size)
-        loader = DeviceLoader(prepared, torch.tensor(labels), batch_size=n, mean=pre["mean"], std=pre["std"],
-                              in_chans=in_chans, augment=augment, seed=cfg.run.seed)  # fmt: skip
-        augmented, _ = next(iter(loader))
-        path_name = "device loader"
-    else:
-        train_tf = build_train_transform(cfg.augmentation.train, **pre)
-        augmented = torch.stack([train_tf(img) for img in raw_images])
-        path_name = "torch loader"
-    label_t = torch.tensor(labels)
+    augmented, path_name = _augmented(cfg, splits.train, pre, pos, raw_images, labels)
 
     rows: list[tuple[str, torch.Tensor, list[str]]] = [
         ("original", originals, [splits.classes[y] for y in labels]),
@@ -96,35 +138,8 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     ]
     mixer = build_mixer(cfg.augmentation.mix, splits.num_classes)
     if mixer is not None:
-        mixed_images, captions = [], []
-        for i in range(n):  # an independent draw per column, to show the spread of lambda and of the kinds
-            params = mixer.get_params(size, size)
-            mixed, targets = mixer.apply(augmented, label_t, params)
-            mixed_images.append(mixed[i])
-            # the mixers pair image i with image i - 1 (roll by one); read the two weights back from the targets
-            own, partner = labels[i], labels[i - 1]
-            w_own = float(targets[i, own]) if own != partner else params.lam
-            captions.append(f"{params.kind} λ={params.lam:.2f}\n{splits.classes[own]} {w_own:.2f} + "
-                            f"{splits.classes[partner]} {1.0 - w_own:.2f}")  # fmt: skip
-        rows.append(("mixed", (torch.stack(mixed_images) * std + mean).clamp(0, 1), captions))
-
-    fig = Figure(figsize=(1.7 * n, 2.0 * len(rows) + 0.4), dpi=110)
-    FigureCanvasAgg(fig)
+        mixed, captions = _mixed(mixer, augmented, labels, splits.classes, size)
+        rows.append(("mixed", (mixed * std + mean).clamp(0, 1), captions))
     mix_text = repr(mixer) if mixer is not None else "mixing off (augmentation.mix: cutmix_alpha = mixup_alpha = 0)"
-    fig.suptitle(f"{cfg.data.name} train samples, {size}x{size}, {path_name}\n{mix_text}", fontsize=8)
-    axes = fig.subplots(len(rows), n, squeeze=False)
-    for r, (title, images, captions) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r][c]
-            img = images[c].permute(1, 2, 0).numpy()
-            if img.shape[2] == 1:
-                ax.imshow(img[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(img, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(captions[c], fontsize=7)
-            if c == 0:
-                ax.set_ylabel(title, fontsize=8)
-    fig.tight_layout()
+    fig = _grid(rows, n, title=f"{cfg.data.name} train samples, {size}x{size}, {path_name}\n{mix_text}")
     return save_figure(fig, out_path)

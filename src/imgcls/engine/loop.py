@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -402,7 +403,6 @@ def evaluate(
             all_logits.append(logp.cpu())
             all_targets.append(targets.cpu())
     if distributed:
-        import torch.distributed as dist
 
         for t in (confusion, nll_sum, topk_hits):
             dist.all_reduce(t)

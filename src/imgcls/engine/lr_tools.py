@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from imgcls.config import Config
@@ -32,16 +33,6 @@ from imgcls.engine.optim import build_optimizer
 from imgcls.engine.schedules import lr_curve, warmup_steps_for
 from imgcls.engine.train import build_data_and_model
 from imgcls.plotting import save_figure
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # lr-plot
@@ -83,8 +74,8 @@ def lr_plot(cfg: Config, out: str | Path, steps_per_epoch: int | None = None) ->
     spe = steps_per_epoch or default_steps_per_epoch(cfg)
     lrs = schedule_lrs(cfg, spe)
     sched = cfg.training.scheduler
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)  # a plain Figure (Agg canvas), never pyplot: no global backend state
+    ax = fig.subplots()
     epochs = np.arange(len(lrs)) / spe
     ax.plot(epochs, lrs, lw=1.5)
     warm = warmup_steps_for(sched, total_steps=len(lrs), steps_per_epoch=spe)
@@ -145,6 +136,24 @@ def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 5, ski
     return float(lrs[lo + int(np.argmin(slope))])
 
 
+def _sweep_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
+                batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, batch_transform: Callable | None,
+                autocast: Callable[[], Any] | None) -> float | None:  # fmt: skip
+    """One optimizer step of the sweep; returns its loss, or None (and no step) when the loss is not finite."""
+    images, targets = batch[0].to(device), batch[1].to(device)
+    if batch_transform is not None:
+        images, targets = batch_transform(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast() if autocast is not None else torch.enable_grad():
+        loss = loss_fn(model(images), targets)
+    value = float(loss.detach())  # one sync per step: the sweep is short and needs every value
+    if not math.isfinite(value):
+        return None
+    loss.backward()
+    optimizer.step()
+    return value
+
+
 def lr_range_test(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -196,19 +205,10 @@ def lr_range_test(
             lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
-            images, targets = next(batches)
-            images, targets = images.to(device), targets.to(device)
-            if batch_transform is not None:
-                images, targets = batch_transform(images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast() if autocast is not None else torch.enable_grad():
-                loss = loss_fn(model(images), targets)
-            value = float(loss.detach())  # one sync per step: the sweep is short and needs every value
-            if not math.isfinite(value):
+            value = _sweep_step(model, optimizer, loss_fn, next(batches), device, batch_transform, autocast)
+            if value is None:
                 diverged = True
                 break
-            loss.backward()
-            optimizer.step()
             avg = smooth_beta * avg + (1 - smooth_beta) * value
             s = avg / (1 - smooth_beta ** (i + 1))
             lrs.append(lr)
@@ -231,8 +231,8 @@ def lr_range_test(
 
 def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range test") -> Path:
     """Loss against lr (log scale): raw, smoothed, and the suggestion."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)  # a plain Figure (Agg canvas), never pyplot: no global backend state
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="lightgray", lw=1, label="loss")
     ax.plot(result.lrs, result.smoothed, lw=1.8, label="smoothed loss")
     if result.suggested_lr is not None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from imgcls.config import OptimizerConfig
+from imgcls.models.transfer import param_groups
 from imgcls.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -64,7 +65,6 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     Each group records ``initial_lr`` (the lr the schedule multiplies), so per-group multipliers such as
     ``backbone_lr_mult`` survive scheduling.
     """
-    from imgcls.models.transfer import param_groups
 
     groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
                           bias_lr_mult=cfg.bias_lr_mult)  # fmt: skip

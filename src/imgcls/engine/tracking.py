@@ -18,8 +18,11 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import time
 from pathlib import Path
 from typing import Any, Protocol
+
+import yaml
 
 from imgcls.config import flatten
 
@@ -77,7 +80,6 @@ class TensorBoardTracker:
                 "run.tracker=tensorboard needs the tensorboard package: pip install 'imgcls[track]' "
                 "(or pip install tensorboard), or set run.tracker=none"
             ) from e
-        import yaml
 
         self.log_dir = Path(run_dir) / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
@@ -130,7 +132,6 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=batch[i : i + 100])
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        import time
 
         from mlflow.entities import Metric
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -134,7 +135,6 @@ def plot_reliability_diagram(bins: ReliabilityBins, *, title: str = "Reliability
 
     Returns a matplotlib Figure (Agg, not shown); the caller saves or embeds it.
     """
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.2, 6.0))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.09, top=0.9, hspace=0.08)  # fixed layout: faster to draw

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
 from torch import nn
+
+from imgcls.evaluate.calibration import ReliabilityBins, plot_reliability_diagram
+from imgcls.explain.attention import attention_rollout, upsample_map
+from imgcls.explain.gradcam import GradCAM, overlay_heatmap, to_display_image
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,7 +84,6 @@ def figure_to_base64(fig: Figure, dpi: int = 90) -> str:
 
 def array_to_base64(array: np.ndarray) -> str:
     """A uint8 [H, W, 3] image as a base64 PNG string."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -104,7 +109,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
     """Row-normalised heatmap (colour = fraction of the true class), annotated with counts for <= 20 classes."""
-    from matplotlib.figure import Figure
 
     cm = np.asarray(confusion, dtype=np.float64)
     k = len(classes)
@@ -131,7 +135,6 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[
 
 def plot_per_class(metrics: dict[str, Any]) -> Figure:
     """Grouped precision / recall / F1 bars per class (classes sorted by F1 when there are more than 20)."""
-    from matplotlib.figure import Figure
 
     names = list(metrics["per_class"])
     if len(names) > 20:
@@ -169,7 +172,6 @@ def read_metrics_csv(path: str | Path) -> dict[str, np.ndarray]:
 
 def plot_training_curves(metrics_csv: str | Path) -> Figure | None:
     """Loss, accuracy and learning rate per epoch from a run's metrics.csv (None if it has no rows)."""
-    from matplotlib.figure import Figure
 
     cols = read_metrics_csv(metrics_csv)
     if not cols or "epoch" not in cols or len(cols["epoch"]) == 0:
@@ -196,7 +198,6 @@ def plot_training_curves(metrics_csv: str | Path) -> Figure | None:
 
 def plot_most_confused(pairs: Sequence[dict[str, Any]]) -> Figure | None:
     """Horizontal bars of the most-confused (true -> predicted) pairs (None when there are no mistakes)."""
-    from matplotlib.figure import Figure
 
     if not pairs:
         return None
@@ -228,10 +229,8 @@ def explanation_maps(model: nn.Module, images: torch.Tensor, class_idx: Sequence
     Grad-CAM at ``model.cam_layer`` (or the last conv) for CNNs and hybrids; attention rollout for transformers
     without a conv layer to look at. None when neither applies.
     """
-    from imgcls.explain.gradcam import GradCAM
 
     if not getattr(model, "cam_layer", "") and hasattr(model, "get_attention_maps"):
-        from imgcls.explain.attention import attention_rollout, upsample_map
 
         device = next(model.parameters()).device
         grid = attention_rollout(model, images.to(device)).cpu()
@@ -254,9 +253,7 @@ def build_gallery(model: nn.Module, view: SplitView, transform: Callable[[torch.
         (cards with ``index``, ``true``, ``predicted``, ``confidence``, ``image`` and ``overlay`` base64 PNGs;
         the heatmap method or None).
     """
-    from PIL import Image
 
-    from imgcls.explain.gradcam import overlay_heatmap, to_display_image
 
     indices = confidently_wrong(probs, targets, k)
     if not indices:
@@ -415,7 +412,6 @@ def write_report(
         The path written.
     """
     # plots are matplotlib Figure objects saved directly (Agg canvas), never pyplot: no global backend state
-    from imgcls.evaluate.calibration import ReliabilityBins, plot_reliability_diagram
 
     classes = metrics["classes"]
     figures: dict[str, str | None] = {

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
+from imgcls.explain.gradcam import overlay_heatmap, to_display_image
 from imgcls.plotting import save_figure
 
 
@@ -145,9 +147,7 @@ def upsample_map(grid_map: torch.Tensor | np.ndarray, size: tuple[int, int]) -> 
 def save_head_grid(image: torch.Tensor | np.ndarray, head_maps: torch.Tensor, path: str | Path, *,
                    title: str = "") -> Path:  # fmt: skip
     """One figure: the image, then each head's class-token attention [heads, h, w] overlaid on it, as PNG."""
-    from matplotlib.figure import Figure
 
-    from imgcls.explain.gradcam import overlay_heatmap, to_display_image
 
     base = to_display_image(image)
     maps = normalize_maps(head_maps.float())

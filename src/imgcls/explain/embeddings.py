@@ -10,10 +10,18 @@ import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from imgcls.data.build import build_eval_loader
+from imgcls.data.datasets import SplitView
+from imgcls.engine.build import load_split
 from imgcls.plotting import save_figure
 
 METHODS = ("tsne", "umap", "pca")
@@ -59,14 +67,12 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
     if method == "umap":
         _require_umap()
-    from sklearn.preprocessing import StandardScaler
 
     x = StandardScaler().fit_transform(np.asarray(features, dtype=np.float32))
     n = len(x)
     if n < 3:
         raise ValueError(f"need at least 3 samples to project, got {n}")
     if method == "pca":
-        from sklearn.decomposition import PCA
 
         return PCA(n_components=2, random_state=seed).fit_transform(x).astype(np.float32)
     if method == "umap":
@@ -74,10 +80,8 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
 
         reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, n - 1))
         return np.asarray(reducer.fit_transform(x), dtype=np.float32)
-    from sklearn.manifold import TSNE
 
     if x.shape[1] > 50:  # the usual t-SNE recipe: PCA to 50 dims first (faster, less noise)
-        from sklearn.decomposition import PCA
 
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     tsne = TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed)
@@ -86,8 +90,6 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
 
 def plot_embedding(xy: np.ndarray, targets: np.ndarray, classes: Sequence[str], *, title: str = ""):  # noqa: ANN201
     """Scatter of the 2-D points coloured by class (a matplotlib Figure)."""
-    import matplotlib
-    from matplotlib.figure import Figure
 
     k = len(classes)
     size = float(np.clip(4000 / max(len(xy), 1), 4, 20))  # bigger dots for fewer points
@@ -133,8 +135,6 @@ def write_embeddings(
     Returns:
         (png path, csv path); default folder ``<run>/explain``.
     """
-    from imgcls.data.build import build_eval_loader
-    from imgcls.engine.build import load_split
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
@@ -142,7 +142,6 @@ def write_embeddings(
         _require_umap()  # fail before loading data and model
     model, ckpt, view, transform = load_split(checkpoint, split=split, overrides=overrides, device=device)
     keep = subsample_indices(len(view), max_samples, seed)
-    from imgcls.data.datasets import SplitView
 
     sub = SplitView(view.source, view.indices[keep])
     loader = build_eval_loader(sub, transform, batch_size=batch_size)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 
@@ -158,7 +160,6 @@ def to_display_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
 def overlay_heatmap(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45,
                     cmap: str = "jet") -> np.ndarray:  # fmt: skip
     """Blend a [h, w] map in [0, 1] (resized to the image if needed) over an image; returns uint8 [H, W, 3]."""
-    import matplotlib
 
     base = to_display_image(image).astype(np.float32) / 255.0
     h = np.asarray(heatmap, dtype=np.float32)
@@ -171,7 +172,6 @@ def overlay_heatmap(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, al
 
 def save_png(array: np.ndarray, path: str | Path, *, scale: int = 1) -> Path:
     """Write a uint8 [H, W, 3] array as PNG, optionally enlarged ``scale`` times (nearest, for tiny images)."""
-    from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.table import Table
+
 from imgcls.engine.runs import RunFolderError, RunRecord, find_runs, load_run
 from imgcls.plotting import save_figure
 
@@ -35,8 +40,9 @@ CURVES: tuple[tuple[str, str], ...] = (
 )
 
 
-class CompareError(RunFolderError):
-    """Nothing to compare, or a folder that is not a run folder."""
+#: nothing to compare, or a folder that is not a run folder (the run-folder module's error, under the name compare
+#: callers know)
+CompareError = RunFolderError
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -139,10 +145,8 @@ def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comp
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend (files only; never needs a display)."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt
 
@@ -297,8 +301,6 @@ def compare(
 
 def print_comparison(comparison: Comparison) -> None:
     """The table on the console (rich)."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"{len(comparison.runs)} runs (config: differences only)")
     for c in comparison.columns:

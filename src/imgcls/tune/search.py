@@ -33,6 +33,7 @@ import math
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,8 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from rich.console import Console
+from rich.table import Table
 
-from imgcls.config import Config, ConfigError, build_config, parse_override, set_value, to_dict, validate_config
+from imgcls.config import Config, ConfigError, build_config, parse_override, set_value, to_dict
+from imgcls.engine.build import check_config
+from imgcls.engine.train import train
 
 if TYPE_CHECKING:
     import optuna
@@ -297,7 +302,6 @@ class _quiet_experimental:  # noqa: N801 - used like a function
     """Silence Optuna's ExperimentalWarning for the calls inside."""
 
     def __enter__(self) -> None:
-        import warnings
 
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
@@ -378,7 +382,6 @@ def make_objective(
     maximize = metric_direction(metric) == "maximize"
 
     def objective(trial: optuna.Trial) -> float:
-        from imgcls.engine.train import train
 
         with _ACTIVE_LOCK:
             _ACTIVE_TRIALS.add(trial._trial_id)
@@ -390,7 +393,7 @@ def make_objective(
             cfg.run.dir = str(trials_dir)
             cfg.run.name = run_name
             cfg.run.resume = None
-            validate_config(cfg)
+            check_config(cfg)
             best: list[float] = []
 
             def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
@@ -486,33 +489,16 @@ def tune(
     Raises:
         TuneError: bad search space; the study exists without ``resume``; no parameters for a new study.
     """
-    import optuna
+    import optuna  # optional: the [tune] extra
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base_cfg = build_config(preset or "quickstart", overrides)
     runs_root = Path(runs_dir or base_cfg.run.dir)
     name = study_name or (Path(preset).stem if preset else "quickstart")
     sdir = study_dir(runs_root, name)
-    db = sdir / "study.db"
-    exists = db.is_file()
-    if exists and not resume:
-        raise TuneError(f"study '{name}' already exists in {sdir}: pass --resume to continue it, or choose another "
-                        "--study-name")  # fmt: skip
-    storage = open_storage(db)
-    # the sampler and pruner are not stored with the study: every process builds its own
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, interval_steps=1)
-              if prune else optuna.pruners.NopPruner())  # fmt: skip
-    if exists:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        except KeyError:
-            raise TuneError(f"{db} holds no study named '{name}'") from None
-    else:
-        if not params:
-            raise TuneError("a new study needs at least one --param, e.g. --param training.optimizer.lr=log:1e-4:1e-1")
-        study = optuna.create_study(study_name=name, storage=storage, direction=metric_direction(metric),
-                                    sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    exists = (sdir / "study.db").is_file()
+    study = _open_study(name, sdir / "study.db", exists=exists, resume=resume, params=params, metric=metric,
+                        seed=seed, prune=prune, startup_trials=startup_trials)  # fmt: skip
     preset_used, overrides_used, param_texts, metric_used = _base_of(
         study, preset if exists else (preset or "quickstart"), overrides, params, metric)  # fmt: skip
     specs = parse_params(param_texts)
@@ -521,16 +507,52 @@ def tune(
                      "params": [p.to_text() for p in specs], "metric": metric_used}.items():  # fmt: skip
             study.set_user_attr(k, v)
     # the fixed part must be valid before any trial starts
-    validate_config(trial_config(preset_used, overrides_used, {}))
+    check_config(trial_config(preset_used, overrides_used, {}))
 
     recovered = recover_trials(study) if resume else {"failed": [], "requeued": []}
-    if recovered["failed"] or recovered["requeued"]:
-        if not quiet:
-            print(f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
-                  f"failed trials queued again: {recovered['requeued'] or 'none'}")  # fmt: skip
-    trials_dir = sdir / "trials"
+    if (recovered["failed"] or recovered["requeued"]) and not quiet:
+        print(f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
+              f"failed trials queued again: {recovered['requeued'] or 'none'}")  # fmt: skip
     objective = make_objective(preset=preset_used, overrides=overrides_used, params=specs, metric=metric_used,
-                               trials_dir=trials_dir, train_fn=train_fn)  # fmt: skip
+                               trials_dir=sdir / "trials", train_fn=train_fn)  # fmt: skip
+    ran = _optimize(study, objective, trials=trials, timeout_s=timeout_s)
+    result = summarize(study, sdir, preset_used, overrides_used)
+    result.recovered, result.ran = recovered, ran
+    if not quiet:
+        print_trials(result)
+    return result
+
+
+def _open_study(name: str, db: Path, *, exists: bool, resume: bool, params: Sequence[str], metric: str,
+                seed: int | None, prune: bool, startup_trials: int) -> optuna.Study:  # fmt: skip
+    """Load the study stored in ``db`` (``resume``) or create it; the sampler and pruner are built per process."""
+    import optuna  # optional: the [tune] extra
+
+    if exists and not resume:
+        raise TuneError(f"study '{name}' already exists in {db.parent}: pass --resume to continue it, or choose "
+                        "another --study-name")  # fmt: skip
+    storage = open_storage(db)
+    # the sampler and pruner are not stored with the study: every process builds its own
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, interval_steps=1)
+              if prune else optuna.pruners.NopPruner())  # fmt: skip
+    if exists:
+        try:
+            return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise TuneError(f"{db} holds no study named '{name}'") from None
+    if not params:
+        raise TuneError("a new study needs at least one --param, e.g. --param training.optimizer.lr=log:1e-4:1e-1")
+    return optuna.create_study(study_name=name, storage=storage, direction=metric_direction(metric),
+                               sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+
+
+def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, trials: int,
+              timeout_s: float | None) -> int:  # fmt: skip
+    """Run trials until the study has ``trials`` finished ones (or the timeout); returns how many this call ran."""
+    from optuna.study import MaxTrialsCallback  # optional: the [tune] extra
+    from optuna.trial import TrialState
+
     remaining = trials - _finished_count(study)
     started: list[int] = []
 
@@ -539,19 +561,11 @@ def tune(
         return objective(trial)
 
     if remaining > 0:
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
-
         stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
         with _quiet_experimental():
             study.optimize(counted, n_trials=remaining, timeout=timeout_s, callbacks=[stop],
                            catch=(ConfigError, ValueError, FloatingPointError, RuntimeError))  # fmt: skip
-    ran = len(started)
-    result = summarize(study, sdir, preset_used, overrides_used)
-    result.recovered, result.ran = recovered, ran
-    if not quiet:
-        print_trials(result)
-    return result
+    return len(started)
 
 
 def summarize(study: optuna.Study, sdir: Path, preset: str | None, overrides: Sequence[str]) -> TuneResult:
@@ -606,8 +620,6 @@ def write_best_config(study: optuna.Study, best: optuna.trial.FrozenTrial, path:
 
 def print_trials(result: TuneResult) -> None:
     """A rich table of the trials and the best one."""
-    from rich.console import Console
-    from rich.table import Table
 
     param_keys = sorted({k for r in result.trials for k in r if k.startswith("param:")})
     table = Table(title=f"study '{result.study_name}' ({len(result.trials)} trials)")
