@@ -11,7 +11,6 @@ the mean call.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from imgcls.export.timing import measure
 
 BACKENDS = ("eager", "compile", "onnx-fp32", "onnx-int8")
 
@@ -47,22 +48,6 @@ def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str
              "preprocess": pre.to_dict(), "epoch": 0, "step": 0, "weights": "random-init"}  # fmt: skip
     atomic_save(state, path)
     return Path(path)
-
-
-def measure(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, warmup: int = 3, min_iters: int = 5,
-            max_iters: int = 10_000, min_seconds: float = 1.0) -> list[float]:  # fmt: skip
-    """Seconds per call of ``fn(x)``: ``warmup`` untimed calls, then at least ``min_iters`` timed calls and at least
-    ``min_seconds`` in total (at most ``max_iters``)."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 @dataclass

@@ -27,6 +27,7 @@ from imgcls.export.onnx import (
     reference_view,
     write_onnx_metadata,
 )
+from imgcls.export.timing import measure
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -155,7 +156,6 @@ def compare_models(fp32: OnnxClassifier, int8: OnnxClassifier, *, eval_limit: in
                    batch_sizes: Sequence[int] = (1, 32), timing_seconds: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """Accuracy (through ``evaluate()``) on the test split and median latency per batch size of two ONNX models."""
     from imgcls.engine.loop import evaluate
-    from imgcls.export.bench import measure
 
     meta = fp32.metadata
     view, split, classes = reference_view(meta["config"], split="test", limit=eval_limit)
