@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
-from imgcls.models import create_model, list_models
+from imgcls.models import MODELS, create_model, list_models
 from imgcls.models.complexity import count_macs, count_params, model_table
 from imgcls.models.layers import DropBlock2D, StochasticDepth, drop_path_rates
 
@@ -64,6 +66,33 @@ def test_model_interface(name: str) -> None:
     with torch.no_grad():
         assert model(x).shape == (2, 3)
     assert model.num_classes == 3
+
+
+# Options the config sets for any model (model.activation, ...); a model that does not declare one must refuse it.
+COMMON_OPTIONS = ("activation", "dropout_rate", "drop_path_rate", "stem", "image_size", "pretrained")
+
+
+@pytest.mark.parametrize("name", _params(list_models()))
+def test_entry_point_signature_is_truthful(name: str) -> None:
+    """The signature is what the config check reads: it must list exactly the keyword arguments the model takes."""
+    entry = MODELS.get(name)
+    params = inspect.signature(entry).parameters
+    kinds = {p.name: p.kind for p in params.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds.values(), f"{name} swallows **kwargs"
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds.values(), f"{name} swallows *args"
+    assert {"num_classes", "in_chans", "image_size"} <= set(params)
+    assert all(p.default is not inspect.Parameter.empty for p in params.values()), "every option has a default"
+
+    # Every declared option is accepted: build the model tiny with each one passed explicitly.
+    torch.manual_seed(0)
+    model = entry(**{**{n: p.default for n, p in params.items()}, "num_classes": 3, "in_chans": 3, "image_size": 32})
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+    # Every other option is refused with a TypeError naming it.
+    for option in [*(o for o in COMMON_OPTIONS if o not in params), "not_an_option"]:
+        with pytest.raises(TypeError, match=option):
+            entry(num_classes=3, **{option: 0.1})
 
 
 @pytest.mark.parametrize("name", ["vit_micro", "cnn_transformer_small", "vit_tiny"])

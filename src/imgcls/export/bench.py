@@ -11,7 +11,6 @@ the mean call.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
+
+from imgcls.config import build_config, to_dict
+from imgcls.data.build import build_splits, resolve_preprocess
+from imgcls.engine.build import build_model_for, load_model, seed_everything
+from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save
+from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
+from imgcls.export.quantize import quantize_onnx
+from imgcls.export.timing import measure
 
 BACKENDS = ("eager", "compile", "onnx-fp32", "onnx-int8")
 
@@ -32,10 +40,6 @@ def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str
     Example:
         >>> init_checkpoint("r18.pt", ["model.name=resnet18", "data.image_size=32", "data.in_chans=3"])
     """
-    from imgcls.config import build_config, to_dict
-    from imgcls.data.build import build_splits, resolve_preprocess
-    from imgcls.engine.build import build_model_for, seed_everything
-    from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save
 
     cfg = build_config(preset, [*overrides])
     cfg.model.pretrained = False
@@ -44,26 +48,18 @@ def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str
     in_chans = cfg.data.in_chans or splits.in_chans
     model = build_model_for(cfg, splits.num_classes, in_chans, cfg.data.image_size)
     pre = resolve_preprocess(cfg, splits, model)
-    state = {"format": FORMAT_VERSION, "model": model.state_dict(), "config": to_dict(cfg), "classes": splits.classes,
-             "preprocess": pre.to_dict(), "epoch": 0, "step": 0, "weights": "random-init"}  # fmt: skip
+    state = {
+        "format": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "config": to_dict(cfg),
+        "classes": splits.classes,
+        "preprocess": pre.to_dict(),
+        "epoch": 0,
+        "step": 0,
+        "weights": "random-init",
+    }
     atomic_save(state, path)
     return Path(path)
-
-
-def measure(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, warmup: int = 3, min_iters: int = 5,
-            max_iters: int = 10_000, min_seconds: float = 1.0) -> list[float]:  # fmt: skip
-    """Seconds per call of ``fn(x)``: ``warmup`` untimed calls, then at least ``min_iters`` timed calls and at least
-    ``min_seconds`` in total (at most ``max_iters``)."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 @dataclass
@@ -102,24 +98,29 @@ class BenchResult:
 
     def table(self, title: str | None = None) -> Any:
         """A rich Table of the rows."""
-        from rich.table import Table
-
         base = self.baseline
         table = Table(title=title or f"{self.model} {tuple(self.input_shape)}, {self.threads} thread(s)")
         for col in ("backend", "batch", "p50 ms", "p95 ms", "img/s", f"x {base}"):
             table.add_column(col, justify="left" if col == "backend" else "right")
         for r in sorted(self.rows, key=lambda r: (r.batch_size, BACKENDS.index(r.backend))):
             ratio = self.speedup(r.backend, r.batch_size)
-            table.add_row(r.backend, str(r.batch_size), f"{r.p50_ms:.3f}", f"{r.p95_ms:.3f}", f"{r.images_per_s:,.0f}",
-                          f"{ratio:.2f}x" if ratio is not None else "-")  # fmt: skip
+            table.add_row(
+                r.backend,
+                str(r.batch_size),
+                f"{r.p50_ms:.3f}",
+                f"{r.p95_ms:.3f}",
+                f"{r.images_per_s:,.0f}",
+                f"{ratio:.2f}x" if ratio is not None else "-",
+            )
         return table
 
 
 def _row(backend: str, bs: int, times: list[float]) -> BenchRow:
     t = np.asarray(times)
     p50, p95 = (1e3 * float(np.percentile(t, q)) for q in (50, 95))
-    return BenchRow(backend=backend, batch_size=bs, p50_ms=p50, p95_ms=p95, images_per_s=bs / float(t.mean()),
-                    iters=len(t))  # fmt: skip
+    return BenchRow(
+        backend=backend, batch_size=bs, p50_ms=p50, p95_ms=p95, images_per_s=bs / float(t.mean()), iters=len(t)
+    )
 
 
 def bench(
@@ -152,98 +153,138 @@ def bench(
     Returns:
         A :class:`BenchResult`; backends that could not run are left out and explained in ``notes``.
     """
-    from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
-
     say = log or (lambda _msg: None)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    model_path = Path(model_path)
     old_threads = torch.get_num_threads()
     threads = int(threads or old_threads)
     torch.set_num_threads(threads)
     notes: list[str] = []
-    runners: dict[str, Callable[[torch.Tensor], Any]] = {}
-    checkpoint: Path | None = None
     tmp_ctx = tempfile.TemporaryDirectory(prefix="imgcls-bench-") if workdir is None else None
     work = Path(tmp_ctx.name) if tmp_ctx is not None else Path(workdir)  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
     try:
-        if model_path.suffix == ".onnx":
-            meta = read_metadata(model_path)
-            if "quantization" in meta:
-                int8_path = int8_path or model_path
-                onnx_path = onnx_path or (meta["quantization"].get("source") or None)
-            else:
-                onnx_path = onnx_path or model_path
-            src = meta.get("source_checkpoint")
-            if src and Path(src).is_file():
-                checkpoint = Path(src)
-            elif {"eager", "compile"} & set(backends):
-                notes.append("eager/compile skipped: the ONNX file's source checkpoint is not available")
-        else:
-            checkpoint = model_path
-            meta = None
+        checkpoint, onnx_path, int8_path, meta = _sources(Path(model_path), onnx_path, int8_path, backends, notes)
+        runners: dict[str, Callable[[torch.Tensor], Any]] = {}
         pre: dict[str, Any]
-        model_name = ""
         if checkpoint is not None:
-            from imgcls.engine.build import load_model
 
             model, ckpt = load_model(checkpoint, "cpu")
             pre, model_name = ckpt["preprocess"], ckpt["config"]["model"]["name"]
-            if "eager" in backends:
-                runners["eager"] = model
-            if "compile" in backends:
-                try:
-                    runners["compile"] = torch.compile(model)
-                except Exception as e:  # noqa: BLE001 - compile support varies by platform; report and go on
-                    notes.append(f"compile skipped: {type(e).__name__}: {e}")
+            runners.update(_torch_runners(model, backends, notes))
         else:
             pre, model_name = meta["preprocess"], meta["model"]  # type: ignore[index]
-        if "onnx-fp32" in backends or ("onnx-int8" in backends and int8_path is None):
-            if onnx_path is None or not Path(onnx_path).is_file():
-                if checkpoint is None:
-                    notes.append("onnx-fp32 skipped: no FP32 ONNX model and no checkpoint to export")
-                else:
-                    say("exporting to ONNX (dynamic batch, verified) ...")
-                    onnx_path = export_checkpoint(checkpoint, fmt="onnx", dynamic_batch=True,
-                                                  out=work / "model.onnx").path  # fmt: skip
-        if "onnx-fp32" in backends and onnx_path is not None and Path(onnx_path).is_file():
-            runners["onnx-fp32"] = OnnxClassifier(onnx_path, threads)
-        if "onnx-int8" in backends:
-            if int8_path is None and onnx_path is not None:
-                from imgcls.export.quantize import quantize_onnx
-
-                say("quantizing to INT8 (static, QDQ, per-channel) ...")
-                try:
-                    int8_path = quantize_onnx(onnx_path, work / "model.int8.onnx")
-                except Exception as e:  # noqa: BLE001 - e.g. calibration data missing; the other rows still count
-                    notes.append(f"onnx-int8 skipped: quantization failed: {type(e).__name__}: {e}")
-            if int8_path is not None:
-                runners["onnx-int8"] = OnnxClassifier(int8_path, threads)
-        static = {name: getattr(r, "static_batch", None) for name, r in runners.items()}
+        runners.update(_onnx_runners(checkpoint, onnx_path, int8_path, backends, threads, work, notes, say))
         shape = (pre["in_chans"], pre["image_size"], pre["image_size"])
-        rows: list[BenchRow] = []
-        g = torch.Generator().manual_seed(0)
-        for bs in batch_sizes:
-            x = torch.randn(bs, *shape, generator=g)
-            for name in BACKENDS:
-                if name not in runners:
-                    continue
-                if static[name] is not None and static[name] != bs:
-                    notes.append(f"{name} at batch {bs}: run as chunks of its static batch size {static[name]}")
-                say(f"timing {name} at batch {bs} ...")
-                try:
-                    times = measure(runners[name], x, warmup=warmup, min_seconds=min_seconds)
-                except Exception as e:  # noqa: BLE001 - torch.compile errors surface at the first call
-                    if name != "compile":
-                        raise
-                    notes.append(f"compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                    del runners[name]
-                    continue
-                rows.append(_row(name, bs, times))
+        rows = _time_runners(runners, shape, batch_sizes, warmup=warmup, min_seconds=min_seconds, notes=notes, say=say)
         return BenchResult(rows=rows, notes=notes, threads=threads, input_shape=shape, model=model_name)
     finally:
         torch.set_num_threads(old_threads)
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
+
+
+def _sources(
+    model_path: Path,
+    onnx_path: str | Path | None,
+    int8_path: str | Path | None,
+    backends: Sequence[str],
+    notes: list[str],
+) -> tuple[Path | None, str | Path | None, str | Path | None, dict[str, Any] | None]:
+    """(checkpoint, FP32 ONNX, INT8 ONNX, ONNX metadata) for ``model_path``: a checkpoint, or an ONNX file whose
+    metadata names its FP32 source (for an INT8 file) and its checkpoint (used when that file still exists)."""
+    if model_path.suffix != ".onnx":
+        return model_path, onnx_path, int8_path, None
+    meta = read_metadata(model_path)
+    if "quantization" in meta:
+        int8_path = int8_path or model_path
+        onnx_path = onnx_path or (meta["quantization"].get("source") or None)
+    else:
+        onnx_path = onnx_path or model_path
+    src = meta.get("source_checkpoint")
+    if src and Path(src).is_file():
+        return Path(src), onnx_path, int8_path, meta
+    if {"eager", "compile"} & set(backends):
+        notes.append("eager/compile skipped: the ONNX file's source checkpoint is not available")
+    return None, onnx_path, int8_path, meta
+
+
+def _torch_runners(model: torch.nn.Module, backends: Sequence[str], notes: list[str]) -> dict[str, Any]:
+    """The eager model and its ``torch.compile`` version, as asked for."""
+    runners: dict[str, Any] = {}
+    if "eager" in backends:
+        runners["eager"] = model
+    if "compile" in backends:
+        try:
+            runners["compile"] = torch.compile(model)
+        except Exception as e:  # noqa: BLE001 - compile support varies by platform; report and go on
+            notes.append(f"compile skipped: {type(e).__name__}: {e}")
+    return runners
+
+
+def _onnx_runners(
+    checkpoint: Path | None,
+    onnx_path: str | Path | None,
+    int8_path: str | Path | None,
+    backends: Sequence[str],
+    threads: int,
+    work: Path,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """onnxruntime sessions for FP32 and INT8, exporting and quantizing into ``work`` what was not given."""
+    runners: dict[str, Any] = {}
+    if "onnx-fp32" in backends or ("onnx-int8" in backends and int8_path is None):
+        if onnx_path is None or not Path(onnx_path).is_file():
+            if checkpoint is None:
+                notes.append("onnx-fp32 skipped: no FP32 ONNX model and no checkpoint to export")
+            else:
+                say("exporting to ONNX (dynamic batch, verified) ...")
+                onnx_path = export_checkpoint(checkpoint, fmt="onnx", dynamic_batch=True, out=work / "model.onnx").path
+    if "onnx-fp32" in backends and onnx_path is not None and Path(onnx_path).is_file():
+        runners["onnx-fp32"] = OnnxClassifier(onnx_path, threads)
+    if "onnx-int8" in backends:
+        if int8_path is None and onnx_path is not None:
+            say("quantizing to INT8 (static, QDQ, per-channel) ...")
+            try:
+                int8_path = quantize_onnx(onnx_path, work / "model.int8.onnx")
+            except Exception as e:  # noqa: BLE001 - e.g. calibration data missing; the other rows still count
+                notes.append(f"onnx-int8 skipped: quantization failed: {type(e).__name__}: {e}")
+        if int8_path is not None:
+            runners["onnx-int8"] = OnnxClassifier(int8_path, threads)
+    return runners
+
+
+def _time_runners(
+    runners: dict[str, Callable[[torch.Tensor], Any]],
+    shape: tuple[int, ...],
+    batch_sizes: Sequence[int],
+    *,
+    warmup: int,
+    min_seconds: float,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> list[BenchRow]:
+    """One row per (batch size, runner) on seeded random inputs; a compile failure at the first call drops it."""
+    static = {name: getattr(r, "static_batch", None) for name, r in runners.items()}
+    rows: list[BenchRow] = []
+    g = torch.Generator().manual_seed(0)
+    for bs in batch_sizes:
+        x = torch.randn(bs, *shape, generator=g)
+        for name in BACKENDS:
+            if name not in runners:
+                continue
+            if static[name] is not None and static[name] != bs:
+                notes.append(f"{name} at batch {bs}: run as chunks of its static batch size {static[name]}")
+            say(f"timing {name} at batch {bs} ...")
+            try:
+                times = measure(runners[name], x, warmup=warmup, min_seconds=min_seconds)
+            except Exception as e:  # noqa: BLE001 - torch.compile errors surface at the first call
+                if name != "compile":
+                    raise
+                notes.append(f"compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                del runners[name]
+                continue
+            rows.append(_row(name, bs, times))
+    return rows

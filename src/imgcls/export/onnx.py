@@ -29,9 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.config import from_dict
+from imgcls.data.build import build_eval_loader, build_splits
 from imgcls.data.datasets import SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import build_eval_transform
+from imgcls.engine.build import load_model
+from imgcls.engine.checkpoint import CheckpointError
+from imgcls.engine.loop import evaluate
 
 #: key of the JSON metadata in ONNX ``metadata_props`` and name of the extra file in TorchScript/.pt2 archives
 METADATA_KEY = "imgcls"
@@ -86,7 +91,7 @@ def export_metadata(ckpt: dict[str, Any], *, fmt: str, dynamic_batch: bool, batc
 
 def write_onnx_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     """Store ``metadata`` as JSON under :data:`METADATA_KEY` in an ONNX file's ``metadata_props`` (in place)."""
-    import onnx
+    import onnx  # optional: the [export] extra
 
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
@@ -101,7 +106,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The imgcls metadata of an exported model (ONNX, TorchScript or .pt2). Raises ``ValueError`` if it has none."""
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnx
+        import onnx  # optional: the [export] extra
 
         model = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in model.metadata_props}
@@ -152,7 +157,7 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
 
 def ort_session_options(threads: int | None = None) -> Any:
     """onnxruntime session options: ``threads`` intra-op threads (default: torch's), one inter-op thread."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: the [export] extra
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -173,11 +178,12 @@ class OnnxClassifier:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: the [export] extra
 
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), sess_options=ort_session_options(threads),
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        self.session = ort.InferenceSession(
+            str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ValueError(f"{path} has no '{METADATA_KEY}' metadata: was it exported with imgcls export?")
@@ -242,8 +248,9 @@ def load_exported(path: str | Path, threads: int | None = None) -> OnnxClassifie
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def reference_view(config: dict[str, Any], *, split: str = "test", limit: int | None = None,
-                   shuffle_seed: int | None = None) -> tuple[SplitView, str, list[str]]:  # fmt: skip
+def reference_view(
+    config: dict[str, Any], *, split: str = "test", limit: int | None = None, shuffle_seed: int | None = None
+) -> tuple[SplitView, str, list[str]]:
     """Images of a checkpoint's split, rebuilt deterministically from its resolved config.
 
     Args:
@@ -255,8 +262,6 @@ def reference_view(config: dict[str, Any], *, split: str = "test", limit: int | 
     Returns:
         (view, name of the split used, class names)
     """
-    from imgcls.config import from_dict
-    from imgcls.data.build import build_splits
 
     cfg = from_dict(config)
     splits = build_splits(cfg)
@@ -274,11 +279,16 @@ def reference_view(config: dict[str, Any], *, split: str = "test", limit: int | 
 
 def eval_loader(view: SplitView, preprocess: PreprocessInfo | dict[str, Any], batch_size: int) -> Any:
     """A deterministic loader of (normalised images, labels) with the eval transform of ``preprocess``."""
-    from imgcls.data.build import build_eval_loader
 
     p = preprocess if isinstance(preprocess, PreprocessInfo) else PreprocessInfo(**preprocess)
-    tf = build_eval_transform(image_size=p.image_size, resize=p.resize, in_chans=p.in_chans, mean=p.mean, std=p.std,
-                              interpolation=p.interpolation)  # fmt: skip
+    tf = build_eval_transform(
+        image_size=p.image_size,
+        resize=p.resize,
+        in_chans=p.in_chans,
+        mean=p.mean,
+        std=p.std,
+        interpolation=p.interpolation,
+    )
     return build_eval_loader(view, tf, batch_size=batch_size)
 
 
@@ -320,12 +330,17 @@ class ParityReport:
         return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1_agreement
 
     def lines(self) -> list[str]:
-        out = [f"batch {c.batch_size:>3}: {c.num_images} {self.split} images, max |dlogit| {c.max_abs_diff:.3g}, "
-               f"top-1 agreement {c.top1_agreement:.2%}, acc pytorch {c.acc_reference:.4f} / exported "
-               f"{c.acc_exported:.4f}" for c in self.checks]  # fmt: skip
+        out = [
+            f"batch {c.batch_size:>3}: {c.num_images} {self.split} images, max |dlogit| {c.max_abs_diff:.3g}, "
+            f"top-1 agreement {c.top1_agreement:.2%}, acc pytorch {c.acc_reference:.4f} / exported "
+            f"{c.acc_exported:.4f}"
+            for c in self.checks
+        ]
         verdict = "PASSED" if self.passed else "FAILED"
-        out.append(f"parity {verdict}: max |dlogit| {self.max_abs_diff:.3g} (tolerance {self.atol:g}), top-1 "
-                   f"agreement {self.top1_agreement:.2%} (required {self.min_top1_agreement:.0%})")  # fmt: skip
+        out.append(
+            f"parity {verdict}: max |dlogit| {self.max_abs_diff:.3g} (tolerance {self.atol:g}), top-1 "
+            f"agreement {self.top1_agreement:.2%} (required {self.min_top1_agreement:.0%})"
+        )
         return out
 
 
@@ -369,7 +384,6 @@ def check_parity(
         min_top1_agreement: the smallest allowed fraction of equal arg-max predictions.
         split: name of the split, for the report.
     """
-    from imgcls.engine.loop import evaluate
 
     if isinstance(reference, nn.Module):
         reference.eval()
@@ -384,9 +398,16 @@ def check_parity(
         diff = (a - b).abs().max().item() if a.numel() else 0.0
         if not np.isfinite(diff):
             diff = float("inf")
-        checks.append(ParityCheck(batch_size=bs, num_images=len(sub), max_abs_diff=float(diff),
-                                  top1_agreement=float((a.argmax(1) == b.argmax(1)).float().mean()),
-                                  acc_reference=r_ref.acc, acc_exported=r_exp.acc))  # fmt: skip
+        checks.append(
+            ParityCheck(
+                batch_size=bs,
+                num_images=len(sub),
+                max_abs_diff=float(diff),
+                top1_agreement=float((a.argmax(1) == b.argmax(1)).float().mean()),
+                acc_reference=r_ref.acc,
+                acc_exported=r_exp.acc,
+            )
+        )
     return ParityReport(checks=checks, atol=atol, min_top1_agreement=min_top1_agreement, split=split)
 
 
@@ -404,8 +425,9 @@ def _batch_dim() -> Any:
     return torch.export.Dim("batch", min=1, max=4096)
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool,
-               opset: int | None = None) -> Path:  # fmt: skip
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool, opset: int | None = None
+) -> Path:
     """Export ``model`` to one self-contained ONNX file with the dynamo-based exporter (``torch.onnx.export``).
 
     The input is named ``input`` [B, C, S, S] and the output ``logits`` [B, K]; with ``dynamic_batch`` B is
@@ -417,9 +439,18 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, dyn
         kwargs["dynamic_shapes"] = ({0: _batch_dim()},)
     # the exporter prints progress lines to stdout; the CLI prints its own summary
     with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=opset, external_data=False, verbose=False,
-                          **kwargs)  # fmt: skip
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
     return path
 
 
@@ -431,8 +462,9 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path,
     return Path(path)
 
 
-def write_torch_export(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: dict[str, Any], *,
-                       dynamic_batch: bool) -> Path:  # fmt: skip
+def write_torch_export(
+    model: nn.Module, example: torch.Tensor, path: str | Path, metadata: dict[str, Any], *, dynamic_batch: bool
+) -> Path:
     """``torch.export`` the model and save the ExportedProgram (.pt2) with the metadata inside."""
     shapes = ({0: _batch_dim()},) if dynamic_batch else None
     ep = torch.export.export(model, (example,), dynamic_shapes=shapes)
@@ -444,6 +476,75 @@ def default_export_path(checkpoint_path: str | Path, fmt: str) -> Path:
     """``runs/x/checkpoints/best.pt`` -> ``runs/x/checkpoints/best.onnx`` (``.torchscript.pt``, ``.pt2``)."""
     p = Path(checkpoint_path)
     return p.with_name(p.name.removesuffix(".pt").removesuffix(".pth") + _SUFFIX[fmt])
+
+
+def _write_export(
+    fmt: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    metadata: dict[str, Any],
+    *,
+    dynamic_batch: bool,
+    opset: int | None,
+) -> str:
+    """Write ``model`` in format ``fmt`` with its metadata to ``path``; returns what onnx.checker said ("ok" or
+    "skipped"). Any exporter failure becomes one :class:`ExportError`."""
+    try:
+        if fmt == "onnx":
+            write_onnx(model, example, path, dynamic_batch=dynamic_batch, opset=opset)
+            write_onnx_metadata(path, metadata)
+            import onnx  # optional: the [export] extra
+
+            onnx.checker.check_model(str(path), full_check=True)
+            return "ok"
+        if fmt == "torchscript":
+            write_torchscript(model, example, path, metadata)
+        else:
+            write_torch_export(model, example, path, metadata, dynamic_batch=dynamic_batch)
+    except Exception as e:  # noqa: BLE001 - exporter failures come in many types; report one clear error
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{fmt} export of {metadata['model']} failed: {type(e).__name__}: {first}") from e
+    return "skipped"
+
+
+def _verify_export(
+    model: nn.Module,
+    path: Path,
+    view: SplitView,
+    pre: PreprocessInfo,
+    *,
+    num_classes: int,
+    num_images: int,
+    atol: float,
+    min_top1_agreement: float,
+    split: str,
+    fmt: str,
+    out_path: Path,
+) -> ParityReport:
+    """Parity of the exported file at ``path`` with ``model`` (batch 1 on up to 16 images, batch 32 on
+    ``num_images``); raises :class:`ExportParityError` unless it passed."""
+    # the exported model is only referenced during the call: its session is released before the file is moved
+    report = check_parity(
+        model,
+        load_exported(path),
+        view,
+        pre,
+        num_classes=num_classes,
+        batch_sizes=(1, 32),
+        images_per_batch_size=(16, num_images),
+        atol=atol,
+        min_top1_agreement=min_top1_agreement,
+        split=split,
+    )
+    if not report.passed:
+        raise ExportParityError(
+            f"export refused: the {fmt} model does not match PyTorch (max |dlogit| {report.max_abs_diff:.3g} > "
+            f"{atol:g} or top-1 agreement {report.top1_agreement:.2%} < {min_top1_agreement:.0%}); {out_path} was "
+            "not written",
+            report,
+        )
+    return report
 
 
 @dataclass
@@ -490,8 +591,6 @@ def export_checkpoint(
         ExportParityError: the outputs differ more than allowed; nothing is left at the output path.
         CheckpointError: the checkpoint cannot be read.
     """
-    from imgcls.engine.build import load_model
-    from imgcls.engine.checkpoint import CheckpointError
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
@@ -506,41 +605,27 @@ def export_checkpoint(
     fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=_SUFFIX[fmt])
     os.close(fd)
     tmp = Path(tmp_name)
-    checker = "skipped"
     try:
-        try:
-            if fmt == "onnx":
-                write_onnx(model, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
-                write_onnx_metadata(tmp, metadata)
-                import onnx
-
-                onnx.checker.check_model(str(tmp), full_check=True)
-                checker = "ok"
-            elif fmt == "torchscript":
-                write_torchscript(model, example, tmp, metadata)
-            else:
-                write_torch_export(model, example, tmp, metadata, dynamic_batch=dynamic_batch)
-        except Exception as e:  # noqa: BLE001 - exporter failures come in many types; report one clear error
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            raise ExportError(f"{fmt} export of {metadata['model']} failed: {type(e).__name__}: {first}") from e
+        checker = _write_export(fmt, model, example, tmp, metadata, dynamic_batch=dynamic_batch, opset=opset)
         report = None
         if verify:
             try:
                 view, split, _ = reference_view(ckpt["config"], split="test", limit=max(num_images, 16))
             except (FileNotFoundError, OSError) as e:
                 raise CheckpointError(f"cannot verify the export: the checkpoint's data is not available ({e})") from e
-            exported = load_exported(tmp)
-            report = check_parity(model, exported, view, pre, num_classes=len(ckpt["classes"]),
-                                  batch_sizes=(1, 32), images_per_batch_size=(16, num_images), atol=atol,
-                                  min_top1_agreement=min_top1_agreement, split=split)  # fmt: skip
-            del exported
-            if not report.passed:
-                raise ExportParityError(
-                    f"export refused: the {fmt} model does not match PyTorch (max |dlogit| "
-                    f"{report.max_abs_diff:.3g} > {atol:g} or top-1 agreement {report.top1_agreement:.2%} < "
-                    f"{min_top1_agreement:.0%}); {out_path} was not written",
-                    report,
-                )
+            report = _verify_export(
+                model,
+                tmp,
+                view,
+                pre,
+                num_classes=len(ckpt["classes"]),
+                num_images=num_images,
+                atol=atol,
+                min_top1_agreement=min_top1_agreement,
+                split=split,
+                fmt=fmt,
+                out_path=out_path,
+            )
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ While fine-tuning, the masks stay attached (``weight = weight_orig * mask``), so
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import prune
+
+from imgcls.config import from_dict
+from imgcls.data.build import build_loaders, build_splits
+from imgcls.data.loaders import PreprocessInfo, set_epoch
+from imgcls.engine.build import class_weights_for, load_model
+from imgcls.engine.checkpoint import atomic_save
+from imgcls.engine.loop import OptimState, TrainOptions, evaluate, train_one_epoch
+from imgcls.engine.losses import build_loss
+from imgcls.engine.optim import build_optimizer
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -74,10 +84,12 @@ def sparsity(model: nn.Module, *, structured: bool = False) -> dict[str, float]:
     ch_zero = sum(int((m.weight.flatten(1).abs().sum(1) == 0).sum()) for m in convs)
     ch_total = sum(m.weight.shape[0] for m in convs)
     return {
-        "weights": w_zero / max(w_total, 1), "parameters": p_zero / max(p_total, 1),
-        "conv_channels": ch_zero / max(ch_total, 1), "pruned_weights": float(w_zero),
+        "weights": w_zero / max(w_total, 1),
+        "parameters": p_zero / max(p_total, 1),
+        "conv_channels": ch_zero / max(ch_total, 1),
+        "pruned_weights": float(w_zero),
         "prunable_weights": float(w_total),
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -96,9 +108,11 @@ class PruneResult:
     def lines(self) -> list[str]:
         kind = "structured (conv channels)" if self.structured else "global unstructured L1"
         s = self.sparsity
-        out = [f"pruned {self.amount:.0%} {kind}: weight sparsity {s['weights']:.2%} of "
-               f"{int(s['prunable_weights']):,} prunable weights, {s['parameters']:.2%} of all parameters, "
-               f"{s['conv_channels']:.2%} of conv channels all zero"]  # fmt: skip
+        out = [
+            f"pruned {self.amount:.0%} {kind}: weight sparsity {s['weights']:.2%} of "
+            f"{int(s['prunable_weights']):,} prunable weights, {s['parameters']:.2%} of all parameters, "
+            f"{s['conv_channels']:.2%} of conv channels all zero"
+        ]
         if self.acc_before is not None:
             acc = f"{self.eval_split} accuracy: before {self.acc_before:.4f}, pruned {self.acc_pruned:.4f}"
             if self.finetune_epochs:
@@ -142,26 +156,16 @@ def prune_checkpoint(
     Returns:
         A :class:`PruneResult` with sparsity and accuracies.
     """
-    from imgcls.config import from_dict
-    from imgcls.data.build import build_loaders, build_splits
-    from imgcls.data.loaders import PreprocessInfo, set_epoch
-    from imgcls.engine.build import class_weights_for, load_model
-    from imgcls.engine.checkpoint import atomic_save
-    from imgcls.engine.loop import OptimState, TrainOptions, evaluate, train_one_epoch
-    from imgcls.engine.losses import build_loss
-    from imgcls.engine.optim import build_optimizer
 
     say = log or (lambda _msg: None)
     device = torch.device(device)
     model, ckpt = load_model(checkpoint, device)
     cfg = from_dict(ckpt["config"])
-    need_data = evaluate_models or finetune_epochs > 0
     loaders = splits = None
-    if need_data:
+    if evaluate_models or finetune_epochs > 0:
         splits = build_splits(cfg)
         loaders = build_loaders(cfg, splits, PreprocessInfo(**ckpt["preprocess"]), device=device)
-    eval_loader, split = (loaders.test, "test") if loaders is not None and loaders.test is not None else (
-        (loaders.val, "val") if loaders is not None else (None, ""))  # fmt: skip
+    eval_loader, split = _eval_loader(loaders)
 
     def accuracy() -> float | None:
         if not evaluate_models or eval_loader is None:
@@ -177,14 +181,10 @@ def prune_checkpoint(
     if finetune_epochs > 0:
         assert loaders is not None and splits is not None
         lr = finetune_lr if finetune_lr is not None else cfg.training.optimizer.lr * 0.1
-        optimizer = build_optimizer(model, cfg.training.optimizer)
-        scale = lr / cfg.training.optimizer.lr
-        for group in optimizer.param_groups:
-            group["initial_lr"] *= scale  # keeps per-group multipliers (backbone_lr_mult)
+        optimizer = _scale_lr(build_optimizer(model, cfg.training.optimizer), lr / cfg.training.optimizer.lr)
         class_weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
         loss_fn = build_loss(cfg.training.loss, class_weights).to(device)
-        total = max(1, len(loaders.train) * finetune_epochs)
-        opt = OptimState(optimizer, lr_at=lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        opt = OptimState(optimizer, lr_at=_cosine_to_zero(max(1, len(loaders.train) * finetune_epochs)))
         opts = TrainOptions(device=device, clip_grad_norm=cfg.training.clip_grad_norm, log_interval=0)
         for epoch in range(finetune_epochs):
             set_epoch(loaders.train, 10_000 + epoch)  # a different order from the original training's epochs
@@ -193,23 +193,76 @@ def prune_checkpoint(
             if evaluate_models and eval_loader is not None:
                 row[f"{split}_acc"] = accuracy()  # type: ignore[assignment]
             epochs.append(row)
-            say(f"fine-tune epoch {epoch + 1}/{finetune_epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                                                             if k != "epoch"))  # fmt: skip
+            say(f"fine-tune epoch {epoch + 1}/{finetune_epochs}: " + _format_row(row))
     make_permanent(modules)
     model.eval()
     acc_after = accuracy() if finetune_epochs > 0 else acc_pruned
-    sp = sparsity(model, structured=structured)
     out_path = Path(out) if out is not None else default_prune_path(ckpt["path"], amount, structured)
+    result = PruneResult(
+        path=out_path,
+        amount=amount,
+        structured=structured,
+        finetune_epochs=finetune_epochs,
+        sparsity=sparsity(model, structured=structured),
+        eval_split=split,
+        acc_before=acc_before,
+        acc_pruned=acc_pruned,
+        acc_after=acc_after,
+        epochs=epochs,
+    )
+    atomic_save(_pruned_checkpoint(ckpt, model, result), out_path)
+    return result
+
+
+def _eval_loader(loaders: Any) -> tuple[Any, str]:
+    """(loader, split name) that accuracy is measured on: test, else val; (None, "") without loaders."""
+    if loaders is None:
+        return None, ""
+    if loaders.test is not None:
+        return loaders.test, "test"
+    return loaders.val, "val"
+
+
+def _scale_lr(optimizer: torch.optim.Optimizer, scale: float) -> torch.optim.Optimizer:
+    """Multiply every group's ``initial_lr`` by ``scale``, keeping per-group multipliers (backbone_lr_mult)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] *= scale
+    return optimizer
+
+
+def _cosine_to_zero(total_steps: int) -> Callable[[int], float]:
+    """lr multiplier of step ``s``: a half cosine from 1 to 0 over ``total_steps`` (0 afterwards)."""
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+
+
+def _format_row(row: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+
+
+def _pruned_checkpoint(ckpt: dict[str, Any], model: nn.Module, result: PruneResult) -> dict[str, Any]:
+    """The source checkpoint with the pruned weights, a ``pruning`` record and no training state."""
+    split = result.eval_split
+    pruning = {
+        "amount": result.amount,
+        "method": "ln_structured" if result.structured else "global_l1_unstructured",
+        "finetune_epochs": result.finetune_epochs,
+        "source": str(ckpt["path"]),
+        "sparsity": result.sparsity,
+        "acc_before": result.acc_before,
+        "acc_after": result.acc_after,
+        "eval_split": split,
+    }
+    metrics = ckpt.get("metrics")
+    if split:
+        metrics = {**(metrics or {}), f"{split}_acc_pruned": result.acc_after}
     new = {k: v for k, v in ckpt.items() if k != "path"}
     new.update(
-        model={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer=None, scaler=None, ema=None,
+        model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        optimizer=None,
+        scaler=None,
+        ema=None,
         weights="pruned",
-        pruning={"amount": amount, "method": "ln_structured" if structured else "global_l1_unstructured",
-                 "finetune_epochs": finetune_epochs, "source": str(ckpt["path"]), "sparsity": sp,
-                 "acc_before": acc_before, "acc_after": acc_after, "eval_split": split},
-        metrics={**(ckpt.get("metrics") or {}), f"{split}_acc_pruned": acc_after} if split else ckpt.get("metrics"),
-    )  # fmt: skip
-    atomic_save(new, out_path)
-    return PruneResult(path=out_path, amount=amount, structured=structured, finetune_epochs=finetune_epochs,
-                       sparsity=sp, eval_split=split, acc_before=acc_before, acc_pruned=acc_pruned,
-                       acc_after=acc_after, epochs=epochs)  # fmt: skip
+        pruning=pruning,
+        metrics=metrics,
+    )
+    return new

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcls.engine.loop import evaluate
 from imgcls.export.onnx import (
     OnnxClassifier,
     eval_loader,
@@ -27,13 +28,14 @@ from imgcls.export.onnx import (
     reference_view,
     write_onnx_metadata,
 )
+from imgcls.export.timing import measure
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def _calibration_reader(batches: Iterator[np.ndarray], input_name: str) -> Any:
     """An onnxruntime ``CalibrationDataReader`` over float32 batches."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # optional: the [export] extra
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -46,8 +48,9 @@ def _calibration_reader(batches: Iterator[np.ndarray], input_name: str) -> Any:
     return _Reader()
 
 
-def calibration_batches(metadata: dict[str, Any], *, num_images: int, batch_size: int, seed: int = 0
-                        ) -> list[np.ndarray]:  # fmt: skip
+def calibration_batches(
+    metadata: dict[str, Any], *, num_images: int, batch_size: int, seed: int = 0
+) -> list[np.ndarray]:
     """Float32 batches of ``num_images`` training images (a seeded random subset) with the eval transform."""
     view, _, _ = reference_view(metadata["config"], split="train", limit=num_images, shuffle_seed=seed)
     out = []
@@ -78,14 +81,18 @@ class QuantizeResult:
         return self.fp32_bytes / max(self.int8_bytes, 1)
 
     def lines(self) -> list[str]:
-        out = [f"size: FP32 {self.fp32_bytes / 1e6:.3f} MB -> INT8 {self.int8_bytes / 1e6:.3f} MB "
-               f"({self.size_ratio:.2f}x smaller)"]  # fmt: skip
+        out = [
+            f"size: FP32 {self.fp32_bytes / 1e6:.3f} MB -> INT8 {self.int8_bytes / 1e6:.3f} MB "
+            f"({self.size_ratio:.2f}x smaller)"
+        ]
         for bs in self.latency_fp32_ms:
             f, q = self.latency_fp32_ms[bs], self.latency_int8_ms[bs]
             out.append(f"latency batch {bs}: FP32 {f:.3f} ms -> INT8 {q:.3f} ms ({f / max(q, 1e-9):.2f}x faster)")
         if self.acc_fp32 is not None and self.acc_int8 is not None:
-            out.append(f"accuracy ({self.eval_images} {self.eval_split} images): FP32 {self.acc_fp32:.4f} -> INT8 "
-                       f"{self.acc_int8:.4f} ({100 * (self.acc_int8 - self.acc_fp32):+.2f} points)")  # fmt: skip
+            out.append(
+                f"accuracy ({self.eval_images} {self.eval_split} images): FP32 {self.acc_fp32:.4f} -> INT8 "
+                f"{self.acc_int8:.4f} ({100 * (self.acc_int8 - self.acc_fp32):+.2f} points)"
+            )
         return out
 
 
@@ -115,6 +122,7 @@ def quantize_onnx(
     Returns:
         The path of the INT8 model.
     """
+    # optional: the [export] extra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -125,8 +133,11 @@ def quantize_onnx(
     if "quantization" in meta:
         raise ValueError(f"{fp32_path} is already quantized")
     out = Path(out) if out is not None else fp32_path.with_name(fp32_path.name.removesuffix(".onnx") + ".int8.onnx")
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[calibrate_method]  # fmt: skip
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calibrate_method]
     batch = int(meta.get("batch_size") or calibration_batch)
     batches = calibration_batches(meta, num_images=num_calibration, batch_size=batch, seed=seed)
     input_name = meta.get("input", "input")
@@ -135,34 +146,51 @@ def quantize_onnx(
         quant_pre_process(str(fp32_path), str(prepared))
         staged = Path(tmp) / "int8.onnx"
         quantize_static(
-            str(prepared), str(staged), _calibration_reader(iter(batches), input_name),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+            str(prepared),
+            str(staged),
+            _calibration_reader(iter(batches), input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )  # fmt: skip
+        )
         meta["quantization"] = {
-            "type": "static", "format": "QDQ", "weights": "int8", "activations": "uint8", "per_channel": per_channel,
-            "reduce_range": reduce_range, "calibration": calibrate_method, "calibration_images": num_calibration,
+            "type": "static",
+            "format": "QDQ",
+            "weights": "int8",
+            "activations": "uint8",
+            "per_channel": per_channel,
+            "reduce_range": reduce_range,
+            "calibration": calibrate_method,
+            "calibration_images": num_calibration,
             "source": str(fp32_path),
-        }  # fmt: skip
+        }
         write_onnx_metadata(staged, meta)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), str(out))
     return out
 
 
-def compare_models(fp32: OnnxClassifier, int8: OnnxClassifier, *, eval_limit: int | None = None,
-                   batch_sizes: Sequence[int] = (1, 32), timing_seconds: float = 1.0) -> dict[str, Any]:  # fmt: skip
+def compare_models(
+    fp32: OnnxClassifier,
+    int8: OnnxClassifier,
+    *,
+    eval_limit: int | None = None,
+    batch_sizes: Sequence[int] = (1, 32),
+    timing_seconds: float = 1.0,
+) -> dict[str, Any]:
     """Accuracy (through ``evaluate()``) on the test split and median latency per batch size of two ONNX models."""
-    from imgcls.engine.loop import evaluate
-    from imgcls.export.bench import measure
 
     meta = fp32.metadata
     view, split, classes = reference_view(meta["config"], split="test", limit=eval_limit)
     res: dict[str, Any] = {"split": split, "images": len(view), "latency_fp32_ms": {}, "latency_int8_ms": {}}
     for key, model in (("acc_fp32", fp32), ("acc_int8", int8)):
-        r = evaluate(model, eval_loader(view, meta["preprocess"], 64), device=torch.device("cpu"),
-                     num_classes=len(classes))  # fmt: skip
+        r = evaluate(
+            model, eval_loader(view, meta["preprocess"], 64), device=torch.device("cpu"), num_classes=len(classes)
+        )
         res[key] = r.acc
     pre = fp32.preprocess
     for bs in batch_sizes:
@@ -200,13 +228,24 @@ def quantize(
     path = Path(model_path)
     if path.suffix != ".onnx":
         path = export_checkpoint(path, fmt="onnx", dynamic_batch=True).path
-    int8_path = quantize_onnx(path, out, num_calibration=num_calibration, per_channel=per_channel,
-                              reduce_range=reduce_range, calibrate_method=calibrate_method)  # fmt: skip
-    result = QuantizeResult(fp32_path=path, int8_path=int8_path, fp32_bytes=path.stat().st_size,
-                            int8_bytes=int8_path.stat().st_size)  # fmt: skip
+    int8_path = quantize_onnx(
+        path,
+        out,
+        num_calibration=num_calibration,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        calibrate_method=calibrate_method,
+    )
+    result = QuantizeResult(
+        fp32_path=path, int8_path=int8_path, fp32_bytes=path.stat().st_size, int8_bytes=int8_path.stat().st_size
+    )
     if evaluate_models:
-        cmp = compare_models(OnnxClassifier(path, threads), OnnxClassifier(int8_path, threads), eval_limit=eval_limit,
-                             timing_seconds=timing_seconds)  # fmt: skip
+        cmp = compare_models(
+            OnnxClassifier(path, threads),
+            OnnxClassifier(int8_path, threads),
+            eval_limit=eval_limit,
+            timing_seconds=timing_seconds,
+        )
         result.acc_fp32, result.acc_int8 = cmp["acc_fp32"], cmp["acc_int8"]
         result.eval_split, result.eval_images = cmp["split"], cmp["images"]
         result.latency_fp32_ms, result.latency_int8_ms = cmp["latency_fp32_ms"], cmp["latency_int8_ms"]

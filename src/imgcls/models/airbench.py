@@ -41,8 +41,15 @@ def batch_norm(channels: int, momentum: float, scale: bool) -> nn.BatchNorm2d:
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, activation: str, dirac: bool = False, bn_momentum: float = 0.1,
-                 bn_scale: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        activation: str,
+        dirac: bool = False,
+        bn_momentum: float = 0.1,
+        bn_scale: bool = True,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
@@ -167,12 +174,61 @@ class AirbenchNet(ImageClassifier):
 
 
 @register_model
-def airbench(image_size: int | None = None, **kwargs) -> AirbenchNet:
-    """airbench94's network (whitening stem, widths 64-256-256, about 2M parameters)."""
-    return AirbenchNet(**kwargs)
+def airbench(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    widths: tuple[int, int, int, int] = (24, 64, 256, 256),
+    activation: str = "gelu",
+    head_scale: float = 1 / 9,
+    dropout_rate: float = 0.0,
+    whiten: bool = True,
+    dirac: bool = True,
+    bn_momentum: float = 0.1,
+    bn_scale: bool = True,
+) -> AirbenchNet:
+    """airbench94's network (whitening stem, widths 64-256-256, about 2M parameters). Options: see
+    :class:`AirbenchNet`; any input size works (global pooling), so ``image_size`` is not needed."""
+    del image_size
+    return AirbenchNet(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        widths=widths,
+        activation=activation,
+        head_scale=head_scale,
+        dropout_rate=dropout_rate,
+        whiten=whiten,
+        dirac=dirac,
+        bn_momentum=bn_momentum,
+        bn_scale=bn_scale,
+    )
 
 
 @register_model
-def airbench_small(image_size: int | None = None, **kwargs) -> AirbenchNet:
-    """Half-width airbench (whitening stem, widths 32-128-128) for CPU speedruns: about a quarter of the FLOPs."""
-    return AirbenchNet(widths=(24, 32, 128, 128), **kwargs)
+def airbench_small(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    activation: str = "gelu",
+    head_scale: float = 1 / 9,
+    dropout_rate: float = 0.0,
+    whiten: bool = True,
+    dirac: bool = True,
+    bn_momentum: float = 0.1,
+    bn_scale: bool = True,
+) -> AirbenchNet:
+    """Half-width airbench (whitening stem, widths 32-128-128) for CPU speedruns: about a quarter of the FLOPs.
+    Options as for :func:`airbench`."""
+    del image_size
+    return AirbenchNet(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        widths=(24, 32, 128, 128),
+        activation=activation,
+        head_scale=head_scale,
+        dropout_rate=dropout_rate,
+        whiten=whiten,
+        dirac=dirac,
+        bn_momentum=bn_momentum,
+        bn_scale=bn_scale,
+    )

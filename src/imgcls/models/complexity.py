@@ -10,6 +10,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from imgcls.models.factory import create_model
+from imgcls.models.transfer import apply_freezing
+
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(total, trainable) number of parameters (shared parameters counted once)."""
@@ -73,9 +76,6 @@ def model_table(
     Returns:
         Rows with keys "name", "params", "trainable_params", "macs", "input_size" (C, H, W) and "stage_groups".
     """
-    from imgcls.models.registry import create_model
-    from imgcls.models.transfer import apply_freezing
-
     rows = []
     for name in names:
         kwargs: dict[str, Any] = {}

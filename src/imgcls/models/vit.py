@@ -13,6 +13,7 @@ attention visualisation and rollout.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -206,20 +207,64 @@ class VisionTransformer(ImageClassifier):
         return block.attn.attention_weights(block.norm1(tokens))
 
 
-@register_model
-def vit_tiny(image_size: int | None = None, **kwargs) -> VisionTransformer:
-    """ViT-Tiny: dim 192, 12 blocks, 3 heads (5.4M parameters); patch 4 for <= 64 px inputs, else 16."""
-    return VisionTransformer(image_size=image_size, dim=192, depth=12, heads=3, **kwargs)
+_VIT_OPTIONS = """Args:
+    num_classes: output classes.
+    in_chans: input channels.
+    image_size: input side in pixels the positional embedding is learned for (default 32).
+    patch_size: patch side (default 4 for inputs <= 64 px, else 16).
+    mlp_ratio: MLP hidden width / dim.
+    activation: MLP activation.
+    dropout_rate: dropout before the head.
+    drop_path_rate: stochastic depth rate of the last block.
+"""
 
 
-@register_model
-def vit_small(image_size: int | None = None, **kwargs) -> VisionTransformer:
-    """ViT-Small: dim 384, 12 blocks, 6 heads (21.3M parameters); patch 4 for <= 64 px inputs, else 16."""
-    return VisionTransformer(image_size=image_size, dim=384, depth=12, heads=6, **kwargs)
+def _vit_entry(
+    name: str, dim: int, depth: int, heads: int, summary: str, default_mlp_ratio: float = 4.0
+) -> Callable[..., VisionTransformer]:
+    """Register model ``name``: a ViT of ``depth`` blocks of width ``dim``. Its signature lists every option it
+    takes."""
+
+    def entry(
+        num_classes: int = 10,
+        in_chans: int = 3,
+        image_size: int | None = None,
+        patch_size: int | None = None,
+        mlp_ratio: float = default_mlp_ratio,
+        activation: str = "gelu",
+        dropout_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> VisionTransformer:
+        return VisionTransformer(
+            num_classes=num_classes,
+            in_chans=in_chans,
+            image_size=image_size,
+            patch_size=patch_size,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            activation=activation,
+            dropout_rate=dropout_rate,
+            drop_path_rate=drop_path_rate,
+        )
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"{summary}\n\n{_VIT_OPTIONS}"
+    return register_model(entry)
 
 
-@register_model
-def vit_micro(image_size: int | None = None, **kwargs) -> VisionTransformer:
-    """A two-block, 64-dim ViT (0.07M parameters): for tests and smoke runs."""
-    kwargs.setdefault("mlp_ratio", 2.0)
-    return VisionTransformer(image_size=image_size, dim=64, depth=2, heads=2, **kwargs)
+vit_tiny = _vit_entry(
+    "vit_tiny", 192, 12, 3, "ViT-Tiny: dim 192, 12 blocks, 3 heads (5.4M parameters); patch 4 for <= 64 px, else 16."
+)
+vit_small = _vit_entry(
+    "vit_small", 384, 12, 6, "ViT-Small: dim 384, 12 blocks, 6 heads (21.3M parameters); patch 4 for <= 64 px, else 16."
+)
+vit_micro = _vit_entry(
+    "vit_micro",
+    64,
+    2,
+    2,
+    "A two-block, 64-dim ViT (0.07M parameters): for tests and smoke runs.",
+    default_mlp_ratio=2.0,
+)

@@ -26,6 +26,7 @@ import collections
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,13 @@ import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import FixChannels
+from imgcls.explain.gradcam import GradCAM, overlay_heatmap
+from imgcls.export.onnx import OnnxClassifier
+from imgcls.serve.gradio_ui import mount_gradio
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20  # 10 MiB
@@ -78,12 +83,16 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
     """
     path = Path(model_path)
     if path.suffix == ".onnx":
-        from imgcls.export.onnx import OnnxClassifier
-
         clf = OnnxClassifier(path, threads)
         pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
-        return ModelRunner(forward=clf, classes=clf.classes, preprocess=pre, kind="onnx", name=clf.metadata["model"],
-                           info={"quantized": clf.quantized, "path": str(path)})  # fmt: skip
+        return ModelRunner(
+            forward=clf,
+            classes=clf.classes,
+            preprocess=pre,
+            kind="onnx",
+            name=clf.metadata["model"],
+            info={"quantized": clf.quantized, "path": str(path)},
+        )
     from imgcls.evaluate.infer import Predictor
 
     if threads:
@@ -96,9 +105,15 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         with torch.inference_mode():
             return model(x.to(dev)).float().cpu()
 
-    return ModelRunner(forward=forward, classes=pred.classes, preprocess=pred.preprocess, kind="checkpoint",
-                       name=pred.checkpoint["config"]["model"]["name"], module=model,
-                       info={"quantized": False, "path": pred.checkpoint.get("path", str(path))})  # fmt: skip
+    return ModelRunner(
+        forward=forward,
+        classes=pred.classes,
+        preprocess=pred.preprocess,
+        kind="checkpoint",
+        name=pred.checkpoint["config"]["model"]["name"],
+        module=model,
+        info={"quantized": False, "path": pred.checkpoint.get("path", str(path))},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -115,8 +130,9 @@ def header_pixels(data: bytes) -> int:
         return 0
 
 
-def decode_upload(data: bytes, *, in_chans: int, max_pixels: int, content_type: str | None = None,
-                  filename: str = "file") -> torch.Tensor:  # fmt: skip
+def decode_upload(
+    data: bytes, *, in_chans: int, max_pixels: int, content_type: str | None = None, filename: str = "file"
+) -> torch.Tensor:
     """Bytes of an uploaded image -> uint8 [C, H, W], or an ``HTTPException`` with the right status.
 
     400 empty, 415 not an image, 413 too many pixels (header check before decoding) or over Pillow's bomb limit,
@@ -170,8 +186,9 @@ class MicroBatcher:
         executor: where ``fn`` runs (a one-thread pool keeps model calls serial and off the event loop).
     """
 
-    def __init__(self, fn: Any, *, max_batch: int, max_wait_ms: float, max_queue: int,
-                 executor: ThreadPoolExecutor) -> None:  # fmt: skip
+    def __init__(
+        self, fn: Any, *, max_batch: int, max_wait_ms: float, max_queue: int, executor: ThreadPoolExecutor
+    ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.fn = fn
@@ -341,8 +358,9 @@ class InferenceService:
     ``forward`` (normalised float batch -> logits) is an attribute so tests can wrap it (count calls, slow it down).
     """
 
-    def __init__(self, runner: ModelRunner, *, max_batch: int, max_wait_ms: float, max_queue: int,
-                 max_pixels: int) -> None:  # fmt: skip
+    def __init__(
+        self, runner: ModelRunner, *, max_batch: int, max_wait_ms: float, max_queue: int, max_pixels: int
+    ) -> None:
         self.runner = runner
         self.forward = runner.forward
         self.max_pixels = max_pixels
@@ -350,32 +368,27 @@ class InferenceService:
         # The eval transform split in two: channels and size per image on uint8 (requests differ in size), then
         # float conversion and normalisation once per batch in the model thread (a tenth of the per-image cost).
         # Same operations in the same order as imgcls.data.transforms.build_eval_transform.
-        from torchvision.transforms import InterpolationMode, v2
-
         self.size = p.image_size
         self.fix_channels = FixChannels(p.in_chans)
-        self.resize = v2.Resize((p.image_size, p.image_size), interpolation=InterpolationMode(p.interpolation),
-                                antialias=True)  # fmt: skip
+        self.resize = v2.Resize(
+            (p.image_size, p.image_size), interpolation=InterpolationMode(p.interpolation), antialias=True
+        )
         self.mean = torch.tensor(p.mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(p.std, dtype=torch.float32).view(-1, 1, 1)
         # one thread runs the model: calls stay serial (Grad-CAM hooks and batches never interleave) and torch's
         # intra-op threads do the parallel work
         self.model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgcls-model")
-        self.batcher = MicroBatcher(self._probs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                                    executor=self.model_executor)  # fmt: skip
+        self.batcher = MicroBatcher(
+            self._probs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=self.model_executor
+        )
         self.requests = 0
         self._gradcam = None
         self._gradcam_lock = threading.Lock()
 
     @property
     def gradcam_available(self) -> bool:
-        if self.runner.module is None:
-            return False
-        try:
-            import imgcls.explain.gradcam  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        """Grad-CAM needs the PyTorch module: checkpoints have it, ONNX models do not."""
+        return self.runner.module is not None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, S, S] -> normalised float32 model input."""
@@ -388,8 +401,13 @@ class InferenceService:
 
     def decode(self, data: bytes, content_type: str | None, filename: str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (uint8 image [C, H, W] as uploaded, uint8 model-size image [C, S, S])."""
-        img = decode_upload(data, in_chans=self.runner.preprocess.in_chans, max_pixels=self.max_pixels,
-                            content_type=content_type, filename=filename)  # fmt: skip
+        img = decode_upload(
+            data,
+            in_chans=self.runner.preprocess.in_chans,
+            max_pixels=self.max_pixels,
+            content_type=content_type,
+            filename=filename,
+        )
         x = self.fix_channels(img)
         if tuple(x.shape[-2:]) != (self.size, self.size):
             x = self.resize(x)
@@ -398,13 +416,13 @@ class InferenceService:
     def topk(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
         k = max(1, min(k, probs.shape[-1]))
         values, indices = probs.topk(k)
-        return [{"label": self.runner.classes[i], "index": i, "probability": round(float(v), 6)}
-                for v, i in zip(values.tolist(), indices.tolist(), strict=True)]  # fmt: skip
+        return [
+            {"label": self.runner.classes[i], "index": i, "probability": round(float(v), 6)}
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
 
     def gradcam(self, image: torch.Tensor, x: torch.Tensor, class_index: int | None) -> dict[str, Any]:
         """Grad-CAM of one image (runs in the model thread): probabilities, the explained class, a PNG overlay."""
-        from imgcls.explain.gradcam import GradCAM, overlay_heatmap
-
         with self._gradcam_lock:
             if self._gradcam is None:
                 self._gradcam = GradCAM(self.runner.module)
@@ -415,14 +433,19 @@ class InferenceService:
         overlay = overlay_heatmap(display, cams[0].numpy())
         buf = io.BytesIO()
         Image.fromarray(overlay).save(buf, format="PNG")
-        return {"probs": probs, "class_index": target, "label": self.runner.classes[target],
-                "overlay": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}  # fmt: skip
+        return {
+            "probs": probs,
+            "class_index": target,
+            "label": self.runner.classes[target],
+            "overlay": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+        }
 
 
 def _display_image(image: torch.Tensor, *, small: int = 192, large: int = 384) -> np.ndarray:
     """uint8 [C, H, W] -> uint8 [H', W', 3] for display: tiny images enlarged (nearest), big ones shrunk."""
-    pil = Image.fromarray(image.permute(1, 2, 0).numpy().squeeze(-1) if image.shape[0] == 1
-                          else image.permute(1, 2, 0).numpy())  # fmt: skip
+    pil = Image.fromarray(
+        image.permute(1, 2, 0).numpy().squeeze(-1) if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+    )
     pil = pil.convert("RGB")
     side = max(pil.size)
     if side < small:
@@ -466,12 +489,27 @@ def create_app(
     Raises:
         RuntimeError: ``gradio_ui`` is set and gradio is not installed.
     """
-    from contextlib import asynccontextmanager
-
     runner = load_runner(model_path, device=device, threads=threads)
-    service = InferenceService(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                               max_pixels=max_pixels)  # fmt: skip
+    service = InferenceService(
+        runner, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_pixels=max_pixels
+    )
     default_k = max(1, min(topk, len(runner.classes)))
+    app = FastAPI(
+        title="imgcls", description=f"{runner.name}: {len(runner.classes)} classes", lifespan=_lifespan(service)
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    _add_info_routes(app, service, default_k=default_k, max_body_bytes=max_body_bytes, max_files=max_files)
+    _add_predict_routes(app, service, default_k=default_k, max_files=max_files)
+    _add_gradcam_route(app, service, default_k=default_k)
+    if gradio_ui:
+        app = _mount_gradio_ui(app, service, default_k=default_k)
+    return app
+
+
+def _lifespan(service: InferenceService) -> Any:
+    """Startup and shutdown: the batcher's worker starts with the app; on shutdown it stops, pending requests get
+    an error, and the model thread is let go."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
@@ -482,21 +520,29 @@ def create_app(
             await service.batcher.stop()
             service.model_executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="imgcls", description=f"{runner.name}: {len(runner.classes)} classes", lifespan=lifespan)
-    app.state.service = service
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    return lifespan
 
-    def busy() -> HTTPException:
-        return HTTPException(503, "server busy: the request queue is full, retry shortly", headers={"Retry-After": "1"})
 
-    async def read_and_decode(upload: UploadFile) -> tuple[torch.Tensor, torch.Tensor]:
-        data = await upload.read()
-        name = upload.filename or "file"
-        if header_pixels(data) <= INLINE_DECODE_PIXELS:  # tiny images (and errors): cheaper than a thread hop
-            return service.decode(data, upload.content_type, name)
-        loop = asyncio.get_running_loop()
-        # decoding a large image takes milliseconds to a second: keep it off the event loop
-        return await loop.run_in_executor(None, service.decode, data, upload.content_type, name)
+def _busy() -> HTTPException:
+    return HTTPException(503, "server busy: the request queue is full, retry shortly", headers={"Retry-After": "1"})
+
+
+async def _read_and_decode(service: InferenceService, upload: UploadFile) -> tuple[torch.Tensor, torch.Tensor]:
+    """An upload -> (uint8 image as uploaded, uint8 model-size image); see :meth:`InferenceService.decode`."""
+    data = await upload.read()
+    name = upload.filename or "file"
+    if header_pixels(data) <= INLINE_DECODE_PIXELS:  # tiny images (and errors): cheaper than a thread hop
+        return service.decode(data, upload.content_type, name)
+    loop = asyncio.get_running_loop()
+    # decoding a large image takes milliseconds to a second: keep it off the event loop
+    return await loop.run_in_executor(None, service.decode, data, upload.content_type, name)
+
+
+def _add_info_routes(
+    app: FastAPI, service: InferenceService, *, default_k: int, max_body_bytes: int, max_files: int
+) -> None:
+    """``GET /`` (the web page), ``GET /health`` and ``GET /metadata``."""
+    runner = service.runner
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -505,79 +551,112 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         b = service.batcher
-        return {"status": "ok", "model": runner.name, "queued": b.queued, "batches": b.batches, "images": b.items,
-                "requests": service.requests}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": runner.name,
+            "queued": b.queued,
+            "batches": b.batches,
+            "images": b.items,
+            "requests": service.requests,
+        }
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
         b = service.batcher
+        limits = {
+            "max_body_bytes": max_body_bytes,
+            "max_pixels": service.max_pixels,
+            "max_files": max_files,
+            "max_batch": b.max_batch,
+            "max_wait_ms": b.max_wait * 1e3,
+            "max_queue": b.max_queue,
+        }
         return {
-            "model": runner.name, "kind": runner.kind, "quantized": bool(runner.info.get("quantized")),
-            "classes": runner.classes, "num_classes": len(runner.classes), "preprocess": runner.preprocess.to_dict(),
-            "gradcam": service.gradcam_available, "topk": default_k,
-            "limits": {"max_body_bytes": max_body_bytes, "max_pixels": max_pixels, "max_files": max_files,
-                       "max_batch": b.max_batch, "max_wait_ms": b.max_wait * 1e3, "max_queue": b.max_queue},
-        }  # fmt: skip
+            "model": runner.name,
+            "kind": runner.kind,
+            "quantized": bool(runner.info.get("quantized")),
+            "classes": runner.classes,
+            "num_classes": len(runner.classes),
+            "preprocess": runner.preprocess.to_dict(),
+            "gradcam": service.gradcam_available,
+            "topk": default_k,
+            "limits": limits,
+        }
+
+
+def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: int, max_files: int) -> None:
+    """``POST /predict`` (one image) and ``POST /predict/batch`` (several), both through the micro-batcher."""
 
     @app.post("/predict")
     async def predict(file: UploadFile = File(...), topk: int = Query(default_k, ge=1)) -> dict[str, Any]:
         service.requests += 1
         if service.batcher.free_slots() < 1:
-            raise busy()  # before decoding: a busy server should not spend time on the image
-        _, x = await read_and_decode(file)
+            raise _busy()  # before decoding: a busy server should not spend time on the image
+        _, x = await _read_and_decode(service, file)
         try:
             probs = await service.batcher.submit(x)
         except QueueFullError as e:
-            raise busy() from e
+            raise _busy() from e
         return {"filename": file.filename, "predictions": service.topk(probs, topk)}
 
     @app.post("/predict/batch")
-    async def predict_batch(files: list[UploadFile] = File(...), topk: int = Query(default_k, ge=1)
-                            ) -> dict[str, Any]:  # fmt: skip
+    async def predict_batch(files: list[UploadFile] = File(...), topk: int = Query(default_k, ge=1)) -> dict[str, Any]:
         service.requests += 1
         if len(files) > max_files:
             raise HTTPException(413, f"{len(files)} files in one request, more than {max_files}")
         if service.batcher.free_slots() < len(files):
-            raise busy()
-        decoded = [await read_and_decode(f) for f in files]
+            raise _busy()
+        decoded = [await _read_and_decode(service, f) for f in files]
         try:
             outs = await service.batcher.submit_many([x for _, x in decoded])
         except QueueFullError as e:
-            raise busy() from e
-        return {"results": [{"filename": f.filename, "predictions": service.topk(p, topk)}
-                            for f, p in zip(files, outs, strict=True)]}  # fmt: skip
+            raise _busy() from e
+        results = [
+            {"filename": f.filename, "predictions": service.topk(p, topk)} for f, p in zip(files, outs, strict=True)
+        ]
+        return {"results": results}
+
+
+def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: int) -> None:
+    """``POST /gradcam``: top-k and a Grad-CAM overlay, computed in the model thread (checkpoint models only)."""
+    runner = service.runner
 
     @app.post("/gradcam")
-    async def gradcam(file: UploadFile = File(...), class_index: int | None = Query(None, ge=0),
-                      topk: int = Query(default_k, ge=1)) -> dict[str, Any]:  # fmt: skip
+    async def gradcam(
+        file: UploadFile = File(...),
+        class_index: int | None = Query(None, ge=0),
+        topk: int = Query(default_k, ge=1),
+    ) -> dict[str, Any]:
         service.requests += 1
         if runner.module is None:
             raise HTTPException(501, "Grad-CAM needs a PyTorch checkpoint; this server runs an ONNX model")
-        if not service.gradcam_available:
-            raise HTTPException(501, "Grad-CAM is not available (imgcls.explain.gradcam cannot be imported)")
         if class_index is not None and class_index >= len(runner.classes):
             raise HTTPException(422, f"class_index must be < {len(runner.classes)}")
-        image, x = await read_and_decode(file)
+        image, x = await _read_and_decode(service, file)
         loop = asyncio.get_running_loop()
         try:
             res = await loop.run_in_executor(service.model_executor, service.gradcam, image, x, class_index)
         except ValueError as e:  # e.g. a model without a conv layer
             raise HTTPException(501, f"Grad-CAM is not possible for this model: {e}") from e
-        return {"filename": file.filename, "predictions": service.topk(res["probs"], topk),
-                "class_index": res["class_index"], "label": res["label"], "overlay": res["overlay"]}  # fmt: skip
+        return {
+            "filename": file.filename,
+            "predictions": service.topk(res["probs"], topk),
+            "class_index": res["class_index"],
+            "label": res["label"],
+            "overlay": res["overlay"],
+        }
 
-    if gradio_ui:
-        from imgcls.serve.gradio_ui import mount_gradio
 
-        def gradio_probs(image: Image.Image) -> list[float]:
-            # the /predict path: same decoding and resizing, the model in the one model thread (gradio calls this
-            # in its own worker thread, so waiting here never blocks the event loop)
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            _, x = service.decode(buf.getvalue(), "image/png", "image")
-            return service.model_executor.submit(service._probs, x[None]).result()[0].tolist()
+def _mount_gradio_ui(app: FastAPI, service: InferenceService, *, default_k: int) -> FastAPI:
+    """The optional Gradio UI at ``/ui``, predicting along the ``/predict`` path."""
 
-        app = mount_gradio(
-            app, gradio_probs, runner.classes, path="/ui", topk=default_k, title=f"imgcls: {runner.name}"
-        )
-    return app
+    def gradio_probs(image: Image.Image) -> list[float]:
+        # the /predict path: same decoding and resizing, the model in the one model thread (gradio calls this
+        # in its own worker thread, so waiting here never blocks the event loop)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        _, x = service.decode(buf.getvalue(), "image/png", "image")
+        return service.model_executor.submit(service._probs, x[None]).result()[0].tolist()
+
+    runner = service.runner
+    return mount_gradio(app, gradio_probs, runner.classes, path="/ui", topk=default_k, title=f"imgcls: {runner.name}")

@@ -8,14 +8,22 @@ Gradio runs the function in its own worker threads, so the event loop is never b
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 GRADIO_MISSING = "the Gradio UI needs gradio: pip install 'imgcls[gradio]'"
 
 
-def mount_gradio(app: Any, predict_fn: Callable[[Any], Sequence[float]], classes: Sequence[str], path: str = "/ui",
-                 *, topk: int = 5, title: str = "imgcls") -> Any:  # fmt: skip
+def mount_gradio(
+    app: Any,
+    predict_fn: Callable[[Any], Sequence[float]],
+    classes: Sequence[str],
+    path: str = "/ui",
+    *,
+    topk: int = 5,
+    title: str = "imgcls",
+) -> Any:
     """Mount a Gradio image classifier on ``app`` at ``path`` and return the app.
 
     Args:
@@ -33,16 +41,17 @@ def mount_gradio(app: Any, predict_fn: Callable[[Any], Sequence[float]], classes
         RuntimeError: gradio is not installed.
     """
     try:
-        import gradio as gr
+        import gradio as gr  # optional: the [gradio] extra
     except ImportError as e:
         raise RuntimeError(GRADIO_MISSING) from e
 
-    import inspect
-
     names = [str(c) for c in classes]
     # gradio 5 renamed allow_flagging to flagging_mode
-    no_flag = ({"flagging_mode": "never"} if "flagging_mode" in inspect.signature(gr.Interface).parameters
-               else {"allow_flagging": "never"})  # fmt: skip
+    no_flag = (
+        {"flagging_mode": "never"}
+        if "flagging_mode" in inspect.signature(gr.Interface).parameters
+        else {"allow_flagging": "never"}
+    )
 
     def classify(image: Any) -> dict[str, float]:
         if image is None:
