@@ -143,6 +143,7 @@ class TrainingConfig:
     channels_last: bool = False
 
 
+# One switch (named like the entry) plus its knobs per augmentation of imgcls.data.transforms.AUGMENTATIONS.
 @dataclass
 class TrainAugConfig:
     enabled: bool = True  # false disables every train augmentation (baseline)
