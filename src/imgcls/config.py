@@ -67,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"  # sgd, adam, adamw
+    name: str = "sgd"  # a registered optimizer (imgcls.engine.optim.OPTIMIZERS): sgd, adam, adamw, ...
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
@@ -82,7 +82,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine, cosine_warmup, linear, onecycle, step, multistep, plateau, constant
+    name: str = "cosine"  # a registered schedule (engine.schedules.SCHEDULES): cosine, linear, onecycle, step, ...
     warmup_epochs: float = 0.0  # linear warmup length, in epochs (fractions allowed)
     warmup_lr: float = 0.0  # lr multiplier at the start of warmup
     eta_min: float = 0.0  # final lr multiplier for cosine and linear
@@ -96,7 +96,7 @@ class SchedulerConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "cross_entropy"  # a registered loss: cross_entropy, focal
+    name: str = "cross_entropy"  # a registered loss (imgcls.engine.losses.LOSSES): cross_entropy, focal, ...
     label_smoothing: float = 0.0
     class_weights: str | None = None  # "balanced" (inverse frequency) or None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the loss: focal {gamma, alpha}
