@@ -9,22 +9,24 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgcls.config import MixConfig, TrainAugConfig
-from imgcls.data import CutMix, MixParams, MixSwitch, MixUp, build_mixer, soft_targets
-from imgcls.data.transforms import Cutout, FixChannels, build_eval_transform, build_train_transform
+from imgcls.config import ConfigError, MixConfig, TrainAugConfig
+from imgcls.data import CutMix, MixParams, MixSwitch, MixUp, build_mixer, soft_targets, transforms
+from imgcls.data.transforms import (
+    AUGMENTATIONS,
+    STAGES,
+    Cutout,
+    FixChannels,
+    augmentations_for,
+    build_eval_transform,
+    build_train_transform,
+    register_augmentation,
+)
+from imgcls.registry import Registry
 
-SWITCHES: dict[str, dict] = {
-    "random_crop": dict(random_crop=True, crop_padding=2),
-    "hflip": dict(hflip=1.0),
-    "rotation": dict(rotation=30.0),
-    "color_jitter": dict(color_jitter=0.5),
-    "randaugment": dict(randaugment=True, randaugment_num_ops=3, randaugment_magnitude=15),
-    "autoaugment": dict(autoaugment=True),
-    "trivialaugment": dict(trivialaugment=True),
-    "cutout": dict(cutout=4, cutout_count=2),
-    "random_erasing": dict(random_erasing=1.0, random_erasing_scale=[0.1, 0.3]),
-}
-ALL_ON = {k: v for d in SWITCHES.values() for k, v in d.items()}
+#: every registered augmentation -> the augmentation.train values that switch it on
+SWITCHES: dict[str, dict] = {name: dict(AUGMENTATIONS.meta(name)["example"]) for name in AUGMENTATIONS.ordered()}
+TORCH_PATH = [name for name in SWITCHES if AUGMENTATIONS.meta(name)["torch"]]
+ALL_ON = {k: v for name in TORCH_PATH for k, v in SWITCHES[name].items()}  # everything the per-sample pipeline does
 
 
 def _tf(aug: TrainAugConfig, *, chans: int = 3, size: int = 12, resize: bool = False) -> v2.Compose:
@@ -40,6 +42,17 @@ def image() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
+def test_registered_augmentation_is_well_formed(name: str) -> None:
+    meta = AUGMENTATIONS.meta(name)
+    assert isinstance(meta["torch"], bool) and isinstance(meta["device"], bool) and meta["stage"] in STAGES
+    assert meta["torch"] or meta["device"], "an augmentation no loader can apply"
+    assert hasattr(TrainAugConfig(), name) and name in meta["example"]  # the switch is the field named like the entry
+    fn = AUGMENTATIONS.get(name)
+    assert fn(TrainAugConfig(), image_size=12, in_chans=3) is None, "off by default"
+    assert fn(TrainAugConfig(**SWITCHES[name]), image_size=12, in_chans=3) is not None, "the example switches it on"
+
+
+@pytest.mark.parametrize("name", TORCH_PATH)
 @pytest.mark.parametrize("chans", [1, 3])
 def test_each_augmentation_keeps_dtype_shape_range(name: str, chans: int, image: torch.Tensor) -> None:
     torch.manual_seed(1)
@@ -51,12 +64,89 @@ def test_each_augmentation_keeps_dtype_shape_range(name: str, chans: int, image:
         assert out.min() >= 0.0 and out.max() <= 1.0
 
 
-def test_augmentations_change_the_image(image: torch.Tensor) -> None:
+@pytest.mark.parametrize("name", TORCH_PATH)
+def test_augmentations_change_the_image(name: str, image: torch.Tensor) -> None:
     torch.manual_seed(0)
     plain = build_eval_transform(image_size=12, resize=False, in_chans=3, mean=[0.0] * 3, std=[1.0] * 3)(image)
-    for name, kw in SWITCHES.items():
-        tf = _tf(TrainAugConfig(**kw))
-        assert any(not torch.equal(tf(image), plain) for _ in range(10)), name
+    tf = _tf(TrainAugConfig(**SWITCHES[name]))
+    assert any(not torch.equal(tf(image), plain) for _ in range(10)), name
+    # off (the defaults, or the example with the whole train augmentation disabled): exactly the eval pipeline
+    for off in (TrainAugConfig(), TrainAugConfig(enabled=False, **SWITCHES[name])):
+        assert torch.equal(_tf(off)(image), plain)
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_each_augmentation_runs_in_its_declared_stage_or_is_refused(name: str) -> None:
+    aug = TrainAugConfig(**SWITCHES[name])
+    meta = AUGMENTATIONS.meta(name)
+    assert [n for n, _ in augmentations_for(aug, image_size=12, in_chans=3)] == [name]
+    assert [n for n, _ in augmentations_for(aug, stage=meta["stage"], image_size=12, in_chans=3)] == [name]
+    if not meta["torch"]:  # batch-only: the per-sample pipeline refuses it, naming the key and the fix
+        with pytest.raises(ConfigError, match=f"augmentation.train.{name}=.*data.loader=device"):
+            _tf(aug)
+        return
+    ops = _tf(aug).transforms
+    (op,) = [t for t in ops[1:] if not isinstance(t, v2.ToDtype | v2.Normalize)]  # ops[0]: FixChannels
+    normalize_at = next(i for i, t in enumerate(ops) if isinstance(t, v2.Normalize))
+    assert (ops.index(op) < normalize_at) == (meta["stage"] == "uint8")
+
+
+def test_registry_order_reproduces_the_hand_written_pipeline(image: torch.Tensor) -> None:
+    """The pipeline as written before the registry (same ops, same order): the same draws give the same images."""
+    aug = TrainAugConfig(
+        random_crop=True,
+        crop_padding=2,
+        hflip=0.5,
+        rotation=30.0,
+        color_jitter=0.5,
+        randaugment=True,
+        autoaugment=True,
+        trivialaugment=True,
+        cutout=4,
+        cutout_count=2,
+        random_erasing=0.7,
+    )
+    mean, std = [0.3] * 3, [0.2] * 3
+    by_hand = v2.Compose(
+        [
+            FixChannels(3),
+            v2.RandomCrop(12, padding=2, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomRotation(30.0),
+            v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5),
+            v2.RandAugment(num_ops=2, magnitude=9),
+            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            v2.TrivialAugmentWide(),
+            Cutout(4, 2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            v2.RandomErasing(p=0.7, scale=(0.02, 0.33), value=0),
+        ]
+    )
+    built = build_train_transform(aug, image_size=12, resize=False, in_chans=3, mean=mean, std=std)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        a = built(image)
+        torch.manual_seed(seed)
+        assert torch.equal(a, by_hand(image)), seed
+
+
+def test_register_augmentation_checks_its_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transforms, "AUGMENTATIONS", Registry("augmentation"))
+    with pytest.raises(ValueError, match="TrainAugConfig field of the same name"):
+        register_augmentation("grayscale", torch=True, device=False, example={"grayscale": 0.5})
+    with pytest.raises(ValueError, match="not TrainAugConfig fields"):
+        register_augmentation("rotation", torch=True, device=False, example={"rotatoin": 5.0})
+    with pytest.raises(ValueError, match="stage"):
+        register_augmentation("rotation", torch=True, device=False, example={"rotation": 5.0}, stage="int8")  # type: ignore
+
+    @register_augmentation("rotation", torch=False, device=True, example={"rotation": 5.0})
+    def batch_only(aug: TrainAugConfig, *, image_size: int, in_chans: int) -> object:
+        return object() if aug.rotation > 0 else None
+
+    with pytest.raises(ConfigError, match=r"data.loader=torch cannot apply augmentation.train.rotation=5.0.*device"):
+        _tf(TrainAugConfig(rotation=5.0))
+    assert isinstance(_tf(TrainAugConfig()), v2.Compose)
 
 
 def test_all_switches_with_resize_and_channel_change() -> None:

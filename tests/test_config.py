@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from imgcls.cli import main
-from imgcls.config import ConfigError, build_config, from_dict, list_presets, to_dict
+from imgcls.config import ConfigError, all_keys, build_config, from_dict, list_presets, to_dict
 from imgcls.engine.build import check_config
 
 
@@ -91,3 +91,49 @@ def test_cli_unknown_key_exit_code(capsys):
     assert main(["train", "model.nam=x"]) == 2
     err = capsys.readouterr().err
     assert "model.name" in err and "unknown config key" in err
+
+
+def test_dotted_keys_set_one_entry_of_a_mapping_field():
+    cfg = build_config(
+        None,
+        [
+            "training.loss.name=focal",
+            "training.loss.kwargs.gamma=3",
+            "training.loss.kwargs.alpha=0.25",
+            "model.kwargs.foo=1",
+        ],
+    )
+    assert cfg.training.loss.kwargs == {"gamma": 3, "alpha": 0.25} and cfg.model.kwargs == {"foo": 1}
+    # one key is added to (or replaces one key of) what a preset or an earlier override set; the whole mapping at once
+    # replaces it
+    cfg = build_config("cpu_speedrun", ["model.kwargs.bn_momentum=0.5", "training.loss.kwargs={gamma: 1.0}"])
+    assert cfg.model.kwargs == {"bn_scale": False, "bn_momentum": 0.5} and cfg.training.loss.kwargs == {"gamma": 1.0}
+    assert "training.loss.kwargs" in all_keys() and "training.loss.focal_gamma" not in all_keys()
+    with pytest.raises(ConfigError, match=r"'model.kwargs' is a mapping.*model.kwargs.<key>=\.\.\."):
+        build_config(None, ["model.kwargs.a.b=1"])
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        build_config(None, ["training.loss.kwargs=3"])
+
+
+def test_legacy_loss_keys_of_saved_configs_move_to_kwargs():
+    def saved(name, gamma, alpha):  # the loss section as versions before training.loss.kwargs wrote it
+        tree = to_dict(build_config(None, [f"training.loss.name={name}"]))
+        tree["training"]["loss"] = {
+            "name": name,
+            "label_smoothing": 0.1,
+            "focal_gamma": gamma,
+            "focal_alpha": alpha,
+            "class_weights": None,
+        }
+        return tree
+
+    focal = from_dict(saved("focal", 3.0, 0.25)).training.loss
+    assert focal.name == "focal" and focal.label_smoothing == 0.1 and focal.kwargs == {"gamma": 3.0, "alpha": 0.25}
+    assert from_dict(saved("focal", 2.0, None)).training.loss.kwargs == {"gamma": 2.0}  # null: the default
+    # every loss config carried them, only focal read them: dropped elsewhere (the same loss as before)
+    assert from_dict(saved("cross_entropy", 2.0, None)).training.loss.kwargs == {}
+    assert to_dict(from_dict(saved("cross_entropy", 2.0, None))) == to_dict(
+        build_config(None, ["training.loss.label_smoothing=0.1"])
+    )
+    with pytest.raises(ConfigError, match="'training.loss.focal_gamma' was renamed: set 'training.loss.kwargs.gamma'"):
+        build_config(None, ["training.loss.focal_gamma=2"])

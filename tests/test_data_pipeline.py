@@ -18,7 +18,7 @@ from imgcls.data.build import TooManyBadFilesError, build_loaders, drop_bad_file
 from imgcls.data.datasets import RawDataset, TensorSource, imagefolder, make_splits
 from imgcls.data.device_loader import BatchAugment, BatchAugParams, DeviceLoader, prepare_images
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
-from imgcls.data.transforms import Cutout, build_eval_transform, build_train_transform
+from imgcls.data.transforms import AUGMENTATIONS, Cutout, build_eval_transform, build_train_transform
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -285,19 +285,25 @@ def test_build_loaders_device_path() -> None:
     assert torch.bincount(y, minlength=3).max() - torch.bincount(y, minlength=3).min() <= 1
 
 
-UNSUPPORTED = [("rotation", 10.0), ("color_jitter", 0.2), ("randaugment", True), ("autoaugment", True),
-               ("trivialaugment", True), ("random_erasing", 0.25)]  # fmt: skip
-
-
-@pytest.mark.parametrize("key,value", UNSUPPORTED)
-def test_device_path_rejects_augmentations_it_cannot_do(key: str, value: object) -> None:
+@pytest.mark.parametrize("name", AUGMENTATIONS.ordered())
+def test_device_path_applies_or_rejects_each_augmentation_as_registered(name: str) -> None:
     splits = make_splits(_raw([10, 10]), val_fraction=0.0, test_fraction=0.0, seed=0)
     cfg = _cfg(loader="device")
-    setattr(cfg.augmentation.train, key, value)
-    with pytest.raises(ConfigError, match=f"augmentation.train.{key}.*data.loader=torch"):
+    for key, value in AUGMENTATIONS.meta(name)["example"].items():
+        setattr(cfg.augmentation.train, key, value)
+    if not AUGMENTATIONS.meta(name)["device"]:
+        with pytest.raises(ConfigError, match=f"augmentation.train.{name}.*data.loader=torch"):
+            build_loaders(cfg, splits, _preprocess(), device=torch.device("cpu"))
+        cfg.augmentation.train.enabled = False  # switched off as a whole: fine
         build_loaders(cfg, splits, _preprocess(), device=torch.device("cpu"))
-    cfg.augmentation.train.enabled = False  # switched off as a whole: fine
-    build_loaders(cfg, splits, _preprocess(), device=torch.device("cpu"))
+        return
+    # a batch op: it runs in the device loader and changes the batch (same shuffle as without augmentation)
+    augmented = next(iter(build_loaders(cfg, splits, _preprocess(), device=torch.device("cpu")).train))[0]
+    cfg.augmentation.train.enabled = False
+    plain = next(iter(build_loaders(cfg, splits, _preprocess(), device=torch.device("cpu")).train))[0]
+    assert augmented.shape == plain.shape == (8, 3, 8, 8) and augmented.dtype == plain.dtype == torch.float32
+    assert not torch.equal(augmented, plain)
+    assert BatchAugment.from_config(TrainAugConfig(**AUGMENTATIONS.meta(name)["example"]), 8) is not None
 
 
 def test_torch_path_balanced_sampler() -> None:

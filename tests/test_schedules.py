@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
 from imgcls.config import SchedulerConfig
-from imgcls.engine.schedules import DEFAULT_WARMUP_FRACTION, SCHEDULES, PlateauState, lr_curve, lr_multiplier
+from imgcls.engine.schedules import (
+    DEFAULT_WARMUP_FRACTION,
+    SCHEDULES,
+    PlateauState,
+    lr_curve,
+    lr_multiplier,
+    schedule_parameters,
+    warmup_steps_for,
+)
 
 SPE = 10  # steps per epoch
 EPOCHS = 20
@@ -19,9 +29,51 @@ def mult(step: int, total: int = TOTAL, spe: int = SPE, plateau_mult: float = 1.
                          plateau_mult=plateau_mult)  # fmt: skip
 
 
+#: schedules whose warmup multiplies the first steps of the unshifted curve (the others decay after the warmup)
+WARMUP_MULTIPLIES = [name for name in SCHEDULES if not SCHEDULES.meta(name).get("decays_after_warmup", False)]
+#: settings that exercise every schedule's parameters within a 20-epoch run
+KNOBS = dict(eta_min=0.05, milestones=[5, 12], step_size=5, gamma=0.5, max_lr_mult=2.0, pct_start=0.3)
+
+
 def test_registry_has_every_documented_schedule() -> None:
     for name in ("cosine", "cosine_warmup", "onecycle", "step", "multistep", "plateau", "constant"):
         assert name in SCHEDULES
+    # and the concept page's table documents every registered schedule
+    page = (Path(__file__).parents[1] / "docs" / "concepts" / "lr-schedules.md").read_text()
+    for name in SCHEDULES:
+        assert f"`{name}`" in page, name
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_schedule_parameter_is_a_scheduler_config_field(name: str) -> None:
+    fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
+    assert set(schedule_parameters(SCHEDULES.get(name))) <= fields | {"plateau_mult"}  # plateau_mult: PlateauState's
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("knobs", [{}, KNOBS], ids=["defaults", "knobs"])
+@pytest.mark.parametrize("warmup", [0.0, 1.5])
+def test_every_schedule_is_finite_and_in_range(name: str, knobs: dict, warmup: float) -> None:
+    cfg = SchedulerConfig(name=name, warmup_epochs=warmup, warmup_lr=0.1, **knobs)
+    curve = lr_curve(cfg, total_steps=TOTAL, steps_per_epoch=SPE)
+    curve.append(lr_multiplier(TOTAL, total_steps=TOTAL, steps_per_epoch=SPE, cfg=cfg))  # the end of the run
+    assert all(math.isfinite(m) and 0.0 <= m <= max(1.0, cfg.max_lr_mult) + 1e-12 for m in curve)
+    assert max(curve) > 0.0
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("warmup_epochs", [0.0, 2.0])
+def test_every_schedule_honours_the_warmup(name: str, warmup_epochs: float) -> None:
+    # the same schedule (and warmup length) without a ramp, warmup_lr=1: the ramp multiplies it step by step
+    kw = dict(name=name, warmup_epochs=warmup_epochs, **KNOBS)
+    warm = warmup_steps_for(SchedulerConfig(**kw), total_steps=TOTAL, steps_per_epoch=SPE)
+    assert warm == (2 * SPE if warmup_epochs else SCHEDULES.meta(name).get("default_warmup_fraction", 0.0) * TOTAL)
+    for s in range(0, TOTAL + 1, 3):
+        ramp = 0.1 + 0.9 * s / warm if s < warm else 1.0
+        assert mult(s, warmup_lr=0.1, **kw) == pytest.approx(mult(s, warmup_lr=1.0, **kw) * ramp), s
+    if SCHEDULES.meta(name).get("decays_after_warmup", False):  # the decay starts after the warmup, ends as without
+        assert mult(int(warm), warmup_lr=0.1, **kw) == pytest.approx(1.0)
+        assert mult(TOTAL, warmup_lr=0.1, **kw) == pytest.approx(KNOBS["eta_min"])
 
 
 def test_cosine_start_middle_end() -> None:
@@ -111,7 +163,7 @@ def test_multistep_decays_at_milestones() -> None:
     assert mult(8 * SPE, **kw) == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("name", ["step", "multistep", "onecycle", "constant", "plateau"])
+@pytest.mark.parametrize("name", WARMUP_MULTIPLIES)
 def test_warmup_composes_with_every_schedule(name: str) -> None:
     kw = dict(name=name, warmup_epochs=1.0, warmup_lr=0.0, milestones=[5], step_size=5, max_lr_mult=2.0)
     for s in (0, 3, 7):

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -67,7 +68,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"  # sgd, adam, adamw
+    name: str = "sgd"  # a registered optimizer (imgcls.engine.optim.OPTIMIZERS): sgd, adam, adamw, ...
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
@@ -82,7 +83,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine, cosine_warmup, linear, onecycle, step, multistep, plateau, constant
+    name: str = "cosine"  # a registered schedule (engine.schedules.SCHEDULES): cosine, linear, onecycle, step, ...
     warmup_epochs: float = 0.0  # linear warmup length, in epochs (fractions allowed)
     warmup_lr: float = 0.0  # lr multiplier at the start of warmup
     eta_min: float = 0.0  # final lr multiplier for cosine and linear
@@ -96,11 +97,10 @@ class SchedulerConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "cross_entropy"  # cross_entropy, focal
+    name: str = "cross_entropy"  # a registered loss (imgcls.engine.losses.LOSSES): cross_entropy, focal, ...
     label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    focal_alpha: float | None = None
     class_weights: str | None = None  # "balanced" (inverse frequency) or None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the loss: focal {gamma, alpha}
 
 
 @dataclass
@@ -144,6 +144,7 @@ class TrainingConfig:
     channels_last: bool = False
 
 
+# One switch (named like the entry) plus its knobs per augmentation of imgcls.data.transforms.AUGMENTATIONS.
 @dataclass
 class TrainAugConfig:
     enabled: bool = True  # false disables every train augmentation (baseline)
@@ -299,8 +300,25 @@ def _unknown_key(key: str, section: Any, path: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys in {where}: {', '.join(valid)}")
 
 
+#: Keys of configs written by older versions (run folders, checkpoints) -> (the key that holds the value now, when the
+#: old key applies). :func:`merge_dict` (so :func:`from_dict` and :func:`load_config`) moves them, after the other keys
+#: of their section; a null value is dropped (it meant "the default"); an override naming an old key is refused with the
+#: new name. ``training.loss.focal_gamma`` / ``focal_alpha`` were in every saved loss config but only the focal loss
+#: read them: they move into ``training.loss.kwargs`` for ``name: focal`` and are dropped for every other loss.
+LEGACY_KEYS: dict[str, tuple[str, Callable[[Config], bool]]] = {
+    "training.loss.focal_gamma": ("training.loss.kwargs.gamma", lambda cfg: cfg.training.loss.name == "focal"),
+    "training.loss.focal_alpha": ("training.loss.kwargs.alpha", lambda cfg: cfg.training.loss.name == "focal"),
+}
+
+
 def set_value(cfg: Config, key: str, value: Any) -> None:
-    """Set the dotted ``key`` of ``cfg`` to ``value`` after checking its type. Raises :class:`ConfigError`."""
+    """Set the dotted ``key`` of ``cfg`` to ``value`` after checking its type. Raises :class:`ConfigError`.
+
+    A key one level below a mapping field sets one entry of it: ``training.loss.kwargs.gamma=3`` (the mapping as a
+    whole is ``training.loss.kwargs={gamma: 3}``).
+    """
+    if key in LEGACY_KEYS:
+        raise ConfigError(f"config key '{key}' was renamed: set '{LEGACY_KEYS[key][0]}' instead")
     parts = key.split(".")
     node: Any = cfg
     path = ""
@@ -310,22 +328,39 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         names = {f.name for f in dataclasses.fields(node)}
         if part not in names:
             raise _unknown_key(key, node, path)
+        tp = _hints(node)[part]
         if i == len(parts) - 1:
-            tp = _hints(node)[part]
             if dataclasses.is_dataclass(tp) and isinstance(value, dict):
                 for k, v in value.items():
                     set_value(cfg, f"{key}.{k}", v)
                 return
             setattr(node, part, _coerce(value, tp, key))
             return
+        if typing.get_origin(tp) is dict:
+            field_key = f"{path}{part}"
+            if i + 2 != len(parts):
+                raise ConfigError(
+                    f"unknown config key '{key}': '{field_key}' is a mapping, so set one of its keys "
+                    f"({field_key}.<key>=...) or all of it ({field_key}={{<key>: ...}})"
+                )
+            _, value_tp = typing.get_args(tp) or (str, Any)
+            setattr(node, part, {**getattr(node, part), parts[-1]: _coerce(value, value_tp, key)})
+            return
         node = getattr(node, part)
         path += part + "."
 
 
 def merge_dict(cfg: Config, tree: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested mapping (a preset or a saved config) onto ``cfg`` with the same checks as overrides."""
+    """Apply a nested mapping (a preset or a saved config) onto ``cfg`` with the same checks as overrides.
+
+    Keys of older versions are moved to their new place (:data:`LEGACY_KEYS`).
+    """
+    legacy: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
+        if key in LEGACY_KEYS:
+            legacy[key] = v
+            continue
         node: Any = cfg
         for part in key.split(".")[:-1]:
             node = getattr(node, part)
@@ -338,6 +373,10 @@ def merge_dict(cfg: Config, tree: dict[str, Any], prefix: str = "") -> None:
             merge_dict(cfg, v, prefix=key + ".")
         else:
             set_value(cfg, key, v)
+    for key, v in legacy.items():  # after the rest of the section, which the condition may read (the loss name)
+        new_key, applies = LEGACY_KEYS[key]
+        if v is not None and applies(cfg):
+            set_value(cfg, new_key, v)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

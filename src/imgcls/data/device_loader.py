@@ -10,8 +10,9 @@ worker processes, and no image copies from the host per step (the epoch's sample
 
 The semantics match the torch path (:func:`imgcls.data.transforms.build_train_transform`): crop offsets uniform over
 ``[-pad, pad]`` in each axis, flip with probability ``hflip``, Cutout squares of side ``cutout`` centred uniformly
-(clipped at the border) and filled with 0 before normalisation. Augmentations without a batch implementation here
-(rotation, colour jitter, RandAugment, AutoAugment, TrivialAugment, random erasing) raise :class:`ConfigError`.
+(clipped at the border) and filled with 0 before normalisation. Augmentations registered with ``device=False`` in
+:data:`imgcls.data.transforms.AUGMENTATIONS` (rotation, colour jitter, RandAugment, AutoAugment, TrivialAugment, random
+erasing) have no batch implementation here and raise :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -28,25 +29,23 @@ from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data.datasets import Splits, SplitView
 from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo
 from imgcls.data.samplers import BalancedBatchSampler
-from imgcls.data.transforms import FixChannels
-
-#: augmentation.train keys the device path cannot do, with the value that means "off"
-UNSUPPORTED_AUGMENTATIONS: dict[str, Any] = {
-    "rotation": 0.0, "color_jitter": 0.0, "randaugment": False, "autoaugment": False, "trivialaugment": False,
-    "random_erasing": 0.0,
-}  # fmt: skip
+from imgcls.data.transforms import AUGMENTATIONS, FixChannels, augmentations_for
 
 
-def check_device_augmentations(aug: TrainAugConfig) -> None:
-    """Raise :class:`ConfigError` naming every enabled augmentation the device loader cannot apply."""
-    if not aug.enabled:
-        return
-    bad = [k for k, off in UNSUPPORTED_AUGMENTATIONS.items() if getattr(aug, k) != off]
+def check_device_augmentations(aug: TrainAugConfig, *, image_size: int = 32, in_chans: int = 3) -> None:
+    """Raise :class:`ConfigError` naming every augmentation that is on but registered with ``device=False``.
+
+    ``image_size`` and ``in_chans`` only feed the registered functions that decide whether an augmentation is on;
+    the nominal defaults serve callers that check a config before the data is known.
+    """
+    on = [name for name, _ in augmentations_for(aug, image_size=image_size, in_chans=in_chans)]
+    bad = [name for name in on if not AUGMENTATIONS.meta(name)["device"]]
     if bad:
-        keys = ", ".join(f"augmentation.train.{k}={getattr(aug, k)}" for k in bad)
+        keys = ", ".join(f"augmentation.train.{name}={getattr(aug, name)}" for name in bad)
+        batch_ops = [name for name in AUGMENTATIONS.ordered() if AUGMENTATIONS.meta(name)["device"]]
         raise ConfigError(
-            f"data.loader=device cannot apply {keys}: it does random crop, horizontal flip and cutout as batch ops "
-            "(plus CutMix/MixUp). Use data.loader=torch for these augmentations, or switch them off."
+            f"data.loader=device cannot apply {keys}: it does {', '.join(batch_ops)} as batch ops (plus CutMix/MixUp). "
+            "Use data.loader=torch for these augmentations, or switch them off."
         )
 
 
@@ -100,7 +99,7 @@ class BatchAugment:
     @classmethod
     def from_config(cls, aug: TrainAugConfig, image_size: int) -> BatchAugment | None:
         """The device equivalent of the torch path's crop/flip/cutout settings (None when nothing is on)."""
-        check_device_augmentations(aug)
+        check_device_augmentations(aug, image_size=image_size)
         if not aug.enabled:
             return None
         out = cls(image_size=image_size, crop_padding=aug.crop_padding if aug.random_crop else 0, hflip=aug.hflip,
@@ -344,7 +343,7 @@ def build_device_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo
                          rank: int = 0, world_size: int = 1, eval_transform: Callable[[torch.Tensor], torch.Tensor],
                          mix: BatchTransform | None = None) -> Loaders:  # fmt: skip
     """The ``data.loader=device`` counterpart of :func:`imgcls.data.build.build_loaders` (same :class:`Loaders`)."""
-    check_device_augmentations(cfg.augmentation.train)
+    check_device_augmentations(cfg.augmentation.train, image_size=preprocess.image_size, in_chans=preprocess.in_chans)
     views = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
     for name, view in views:
         if view is not None and len(view) and not view.in_memory:

@@ -27,7 +27,7 @@ from imgcls.data.samplers import get_class_weights
 from imgcls.data.transforms import build_eval_transform
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
-from imgcls.engine.losses import LOSSES
+from imgcls.engine.losses import LOSSES, check_loss_config
 from imgcls.engine.optim import OPTIMIZERS
 from imgcls.engine.schedules import SCHEDULES
 from imgcls.models import MODELS, create_model
@@ -59,6 +59,7 @@ def check_config(cfg: Config) -> None:
             raise ConfigError(f"bad value for '{key}': {registry.unknown_message(value)}")
     if not 1 <= cfg.run.test_tta <= MAX_TTA_VIEWS:
         raise ConfigError(f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}")
+    check_loss_config(cfg.training.loss)
     model_kwargs(cfg, model_entry(cfg), image_size=None)
 
 

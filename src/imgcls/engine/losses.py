@@ -1,18 +1,29 @@
 """Losses. Every loss takes ``(logits [B, K], target)`` where target is class indices [B] or soft targets [B, K]
-(from CutMix/MixUp), so batch mixing works with every loss."""
+(from CutMix/MixUp), so batch mixing works with every loss.
+
+A loss is a factory registered in :data:`LOSSES`, called by :func:`build_loss` as
+``factory(label_smoothing=..., weight=..., **training.loss.kwargs)``: ``label_smoothing`` and ``weight`` (class
+weights [K] or None) come from their own config keys, every other parameter of the factory is a loss parameter set in
+``training.loss.kwargs`` (e.g. ``training.loss.kwargs.gamma=3`` for focal). Factories take no ``**kwargs`` catch-all,
+so a misspelt parameter fails (:func:`check_loss_config` says so before any work, naming the valid ones).
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcls.config import LossConfig
+from imgcls.config import ConfigError, LossConfig
 from imgcls.registry import Registry
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+#: factory parameters filled from their own config keys, never from ``training.loss.kwargs``
+CONFIG_PARAMS = {"label_smoothing": "training.loss.label_smoothing", "weight": "training.loss.class_weights"}
 
 
 def _soft(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -109,19 +120,57 @@ class DistillationLoss(nn.Module):
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None, **_: object) -> nn.Module:
+def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
     return SoftTargetCrossEntropy(label_smoothing=label_smoothing, weight=weight)
 
 
 @LOSSES.register("focal")
-def focal(gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None,
-          label_smoothing: float = 0.0, **_: object) -> nn.Module:  # fmt: skip
+def focal(
+    label_smoothing: float = 0.0, weight: torch.Tensor | None = None, gamma: float = 2.0, alpha: float | None = None
+) -> nn.Module:
+    """:class:`FocalLoss`; ``training.loss.kwargs={gamma: 2.0, alpha: 0.25}``."""
     return FocalLoss(gamma=gamma, alpha=alpha, weight=weight, label_smoothing=label_smoothing)
 
 
+def loss_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The parameters loss ``name`` takes in ``training.loss.kwargs``: its factory's, minus :data:`CONFIG_PARAMS`
+    (and minus a ``**kwargs`` catch-all, which a third-party factory may have)."""
+    params = inspect.signature(LOSSES.get(name)).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p for p in params if p.kind in named and p.name not in CONFIG_PARAMS}
+
+
+def check_loss_config(cfg: LossConfig) -> None:
+    """Check the loss name and ``training.loss.kwargs`` against the registered factory's parameters.
+
+    Raises:
+        ConfigError: (one line naming the key and the valid choices) for an unknown loss name, a kwargs key the loss
+            does not take, a kwargs key that has its own config key, or a parameter without default left unset.
+    """
+    if cfg.name not in LOSSES:
+        raise ConfigError(f"bad value for 'training.loss.name': {LOSSES.unknown_message(cfg.name)}")
+    params = loss_parameters(cfg.name)
+    takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(LOSSES.get(cfg.name)).parameters.values()
+    )
+    valid = f"Valid keys in 'training.loss.kwargs' for '{cfg.name}': {', '.join(params) or 'none'}"
+    for key in cfg.kwargs:
+        if key in CONFIG_PARAMS:
+            raise ConfigError(f"'training.loss.kwargs.{key}' has its own key: set '{CONFIG_PARAMS[key]}' instead")
+        if key not in params and not takes_any:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" Did you mean 'training.loss.kwargs.{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key 'training.loss.kwargs.{key}' for loss '{cfg.name}'.{hint} {valid}")
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and cfg.kwargs.get(name) is None:
+            raise ConfigError(f"loss '{cfg.name}' needs 'training.loss.kwargs.{name}'. {valid}")
+
+
 def build_loss(cfg: LossConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
-    """The configured loss; ``class_weights`` [K] when ``cfg.class_weights == "balanced"``."""
-    return LOSSES.create(
-        cfg.name, label_smoothing=cfg.label_smoothing, weight=class_weights, gamma=cfg.focal_gamma,
-        alpha=cfg.focal_alpha,
-    )  # fmt: skip
+    """The configured loss; ``class_weights`` [K] when ``cfg.class_weights == "balanced"``.
+
+    Raises:
+        ConfigError: see :func:`check_loss_config`.
+    """
+    check_loss_config(cfg)
+    return LOSSES.create(cfg.name, label_smoothing=cfg.label_smoothing, weight=class_weights, **cfg.kwargs)

@@ -4,12 +4,22 @@ Each schedule maps ``(step, total_steps, steps_per_epoch, **params) -> multiplie
 ``group["lr"] = group["initial_lr"] * multiplier`` before every optimizer step. Linear warmup (``warmup_epochs``,
 starting at ``warmup_lr`` x base) composes with every schedule. Being pure, a schedule needs no state in a checkpoint
 (except ``plateau``, which reacts to validation metrics: see :class:`PlateauState`), and ``imgcls lr-plot`` draws it.
+
+A schedule is a function registered in :data:`SCHEDULES`. Its keyword parameters are filled from the
+``training.scheduler`` fields of the same name (``plateau_mult`` from :class:`PlateauState`), so a new knob is a
+:class:`~imgcls.config.SchedulerConfig` field plus the parameter. Its metadata says how the warmup composes with it:
+
+- ``decays_after_warmup=True``: the schedule runs over the steps after the warmup, so it still ends at its final value
+  (cosine, linear); otherwise it runs over the whole run and the warmup multiplies its first steps;
+- ``default_warmup_fraction=f``: with ``warmup_epochs=0`` the warmup lasts this fraction of the run (cosine_warmup).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from imgcls.config import SchedulerConfig
@@ -23,31 +33,31 @@ DEFAULT_WARMUP_FRACTION = 0.05
 
 
 @SCHEDULES.register("constant")
-def constant(step: int, total_steps: int, steps_per_epoch: int, **_: float) -> float:
+def constant(step: float, total_steps: float, steps_per_epoch: int) -> float:
     return 1.0
 
 
-@SCHEDULES.register("cosine")
-def cosine(step: int, total_steps: int, steps_per_epoch: int, eta_min: float = 0.0, **_: float) -> float:
+@SCHEDULES.register("cosine", decays_after_warmup=True)
+def cosine(step: float, total_steps: float, steps_per_epoch: int, eta_min: float = 0.0) -> float:
     """Half-cosine from 1 down to ``eta_min`` over the whole run."""
     t = min(max(step / max(1, total_steps), 0.0), 1.0)
     return eta_min + (1.0 - eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-@SCHEDULES.register("cosine_warmup")
-def cosine_warmup(step: int, total_steps: int, steps_per_epoch: int, eta_min: float = 0.0, **_: float) -> float:
+@SCHEDULES.register("cosine_warmup", decays_after_warmup=True, default_warmup_fraction=DEFAULT_WARMUP_FRACTION)
+def cosine_warmup(step: float, total_steps: float, steps_per_epoch: int, eta_min: float = 0.0) -> float:
     """Cosine decay after a linear warmup.
 
     The warmup itself is applied by :func:`lr_multiplier`, which also shifts the cosine so that it starts after the
-    warmup and still ends at ``eta_min``. With ``warmup_epochs=0`` this schedule warms up over the first
-    :data:`DEFAULT_WARMUP_FRACTION` of the run (plain ``cosine`` plus ``warmup_epochs`` does the same with an
-    explicit length).
+    warmup and still ends at ``eta_min`` (``decays_after_warmup``). With ``warmup_epochs=0`` this schedule warms up
+    over the first :data:`DEFAULT_WARMUP_FRACTION` of the run (``default_warmup_fraction``; plain ``cosine`` plus
+    ``warmup_epochs`` does the same with an explicit length).
     """
     return cosine(step, total_steps, steps_per_epoch, eta_min=eta_min)
 
 
-@SCHEDULES.register("linear")
-def linear(step: int, total_steps: int, steps_per_epoch: int, eta_min: float = 0.0, **_: float) -> float:
+@SCHEDULES.register("linear", decays_after_warmup=True)
+def linear(step: float, total_steps: float, steps_per_epoch: int, eta_min: float = 0.0) -> float:
     """Straight line from 1 down to ``eta_min`` over the run (after the warmup, like ``cosine``).
 
     With ``warmup_epochs`` this is the triangular schedule of the CIFAR-10 speed records (airbench, Page's ResNet).
@@ -58,7 +68,7 @@ def linear(step: int, total_steps: int, steps_per_epoch: int, eta_min: float = 0
 
 @SCHEDULES.register("onecycle")
 def onecycle(
-    step: int, total_steps: int, steps_per_epoch: int, max_lr_mult: float = 1.0, pct_start: float = 0.25, **_: float
+    step: float, total_steps: float, steps_per_epoch: int, max_lr_mult: float = 1.0, pct_start: float = 0.25
 ) -> float:
     """Smith's one-cycle: cosine rise from max/25 to max over ``pct_start`` of the run, then cosine down to max/1e4.
 
@@ -75,9 +85,7 @@ def onecycle(
 
 
 @SCHEDULES.register("step")
-def step_decay(
-    step: int, total_steps: int, steps_per_epoch: int, step_size: int = 30, gamma: float = 0.1, **_: float
-) -> float:
+def step_decay(step: float, total_steps: float, steps_per_epoch: int, step_size: int = 30, gamma: float = 0.1) -> float:
     """Multiply by ``gamma`` every ``step_size`` epochs."""
     epoch = step // max(1, steps_per_epoch)
     return gamma ** (epoch // max(1, step_size))
@@ -85,16 +93,15 @@ def step_decay(
 
 @SCHEDULES.register("multistep")
 def multistep(
-    step: int, total_steps: int, steps_per_epoch: int, milestones: tuple[int, ...] = (30, 60, 90), gamma: float = 0.1,
-    **_: float,
-) -> float:  # fmt: skip
+    step: float, total_steps: float, steps_per_epoch: int, milestones: Sequence[int] = (30, 60, 90), gamma: float = 0.1
+) -> float:
     """Multiply by ``gamma`` at each milestone epoch."""
     epoch = step // max(1, steps_per_epoch)
     return gamma ** sum(1 for m in milestones if epoch >= m)
 
 
 @SCHEDULES.register("plateau")
-def plateau(step: int, total_steps: int, steps_per_epoch: int, plateau_mult: float = 1.0, **_: float) -> float:
+def plateau(step: float, total_steps: float, steps_per_epoch: int, plateau_mult: float = 1.0) -> float:
     """Reduce-on-plateau: the multiplier is kept by :class:`PlateauState`, updated once per epoch from val metrics."""
     return plateau_mult
 
@@ -103,13 +110,24 @@ def warmup_steps_for(cfg: SchedulerConfig, *, total_steps: int, steps_per_epoch:
     """Length of the linear warmup in optimizer steps (may be fractional)."""
     if cfg.warmup_epochs > 0:
         return min(float(cfg.warmup_epochs * steps_per_epoch), float(total_steps))
-    if cfg.name == "cosine_warmup":
-        return DEFAULT_WARMUP_FRACTION * total_steps
-    return 0.0
+    return SCHEDULES.meta(cfg.name).get("default_warmup_fraction", 0.0) * total_steps
 
 
-def lr_multiplier(step: int, *, total_steps: int, steps_per_epoch: int, cfg: SchedulerConfig, plateau_mult: float = 1.0
-                  ) -> float:  # fmt: skip
+@functools.cache
+def schedule_parameters(fn: ScheduleFn) -> tuple[str, ...]:
+    """The keyword parameters of schedule ``fn`` (after ``step, total_steps, steps_per_epoch``)."""
+    return tuple(inspect.signature(fn).parameters)[3:]
+
+
+def schedule_kwargs(fn: ScheduleFn, cfg: SchedulerConfig, *, plateau_mult: float = 1.0) -> dict[str, object]:
+    """``fn``'s keyword arguments: the ``training.scheduler`` fields of the same name, and ``plateau_mult``."""
+    runtime = {"plateau_mult": plateau_mult}
+    return {name: runtime[name] if name in runtime else getattr(cfg, name) for name in schedule_parameters(fn)}
+
+
+def lr_multiplier(
+    step: int, *, total_steps: int, steps_per_epoch: int, cfg: SchedulerConfig, plateau_mult: float = 1.0
+) -> float:
     """The lr multiplier at optimizer step ``step`` (0-based) for scheduler config ``cfg``, warmup included.
 
     Conventions (tested in ``tests/test_schedules.py``):
@@ -117,22 +135,19 @@ def lr_multiplier(step: int, *, total_steps: int, steps_per_epoch: int, cfg: Sch
     - the multiplier at ``step == total_steps`` (the end of the run) is the schedule's final value, e.g. ``eta_min``
       for cosine; the last optimizer step, ``total_steps - 1``, is one step before it;
     - warmup rises linearly from ``warmup_lr`` at step 0 to 1 at step ``warmup_steps`` and multiplies the schedule;
-    - ``cosine`` / ``cosine_warmup`` / ``linear`` start their decay after the warmup, so they still end at ``eta_min``;
+    - ``cosine`` / ``cosine_warmup`` / ``linear`` (``decays_after_warmup``) start their decay after the warmup, so
+      they still end at ``eta_min``;
     - ``step`` / ``multistep`` count epochs from the start of the run (warmup included), ``onecycle`` has its own
       rise and the warmup (if any) multiplies it, ``plateau`` uses ``plateau_mult`` from :class:`PlateauState`.
     """
     warmup_steps = warmup_steps_for(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     fn = SCHEDULES.get(cfg.name)
-    if cfg.name in ("cosine", "cosine_warmup", "linear"):
+    kwargs = schedule_kwargs(fn, cfg, plateau_mult=plateau_mult)
+    if SCHEDULES.meta(cfg.name).get("decays_after_warmup", False):
         # decay over the steps after the warmup so the curve still reaches eta_min at the end
-        mult = fn(max(0.0, step - warmup_steps), max(1.0, total_steps - warmup_steps), steps_per_epoch,
-                  eta_min=cfg.eta_min)  # fmt: skip
+        mult = fn(max(0.0, step - warmup_steps), max(1.0, total_steps - warmup_steps), steps_per_epoch, **kwargs)
     else:
-        mult = fn(
-            step, total_steps, steps_per_epoch, eta_min=cfg.eta_min, max_lr_mult=cfg.max_lr_mult,
-            pct_start=cfg.pct_start, step_size=cfg.step_size, gamma=cfg.gamma, milestones=tuple(cfg.milestones),
-            plateau_mult=plateau_mult,
-        )  # fmt: skip
+        mult = fn(step, total_steps, steps_per_epoch, **kwargs)
     if warmup_steps > 0 and step < warmup_steps:
         t = step / warmup_steps
         return mult * (cfg.warmup_lr + (1.0 - cfg.warmup_lr) * t)
@@ -141,8 +156,9 @@ def lr_multiplier(step: int, *, total_steps: int, steps_per_epoch: int, cfg: Sch
 
 def lr_curve(cfg: SchedulerConfig, *, total_steps: int, steps_per_epoch: int) -> list[float]:
     """The multiplier at every optimizer step ``0 .. total_steps - 1`` (``plateau`` drawn as if never reduced)."""
-    return [lr_multiplier(s, total_steps=total_steps, steps_per_epoch=steps_per_epoch, cfg=cfg)
-            for s in range(total_steps)]  # fmt: skip
+    return [
+        lr_multiplier(s, total_steps=total_steps, steps_per_epoch=steps_per_epoch, cfg=cfg) for s in range(total_steps)
+    ]
 
 
 @dataclass

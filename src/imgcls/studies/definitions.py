@@ -490,7 +490,7 @@ register_study(
         variants=(
             Variant("CE"),
             Variant("CE + class weights", ("training.loss.class_weights=balanced",)),
-            Variant("focal", ("training.loss.name=focal", "training.loss.focal_gamma=2.0")),
+            Variant("focal", ("training.loss.name=focal", "training.loss.kwargs.gamma=2.0")),
             Variant("balanced sampler", ("data.sampler=balanced",)),
         ),
         also=("min_class_acc", "f1_macro"),
