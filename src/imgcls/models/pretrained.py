@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
@@ -335,7 +336,6 @@ def remap_torchvision_resnet_keys(state_dict: Mapping[str, torch.Tensor]) -> dic
 
 def _load_torchvision_resnet(model: nn.Module, name: str) -> LoadReport:
     """torchvision's ImageNet weights for an in-house ImageNet-stem ResNet (needs internet)."""
-    import torchvision  # deferred: ~2 s to import, and only this loader needs it
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     check_online(weights.url)

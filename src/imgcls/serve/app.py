@@ -40,6 +40,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import FixChannels
+from imgcls.evaluate.infer import Predictor
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap
 from imgcls.export.onnx import OnnxClassifier
 from imgcls.serve.gradio_ui import mount_gradio
@@ -93,7 +94,6 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
             name=clf.metadata["model"],
             info={"quantized": clf.quantized, "path": str(path)},
         )
-    from imgcls.evaluate.infer import Predictor
 
     if threads:
         torch.set_num_threads(threads)
