@@ -137,3 +137,13 @@ def test_legacy_loss_keys_of_saved_configs_move_to_kwargs():
     )
     with pytest.raises(ConfigError, match="'training.loss.focal_gamma' was renamed: set 'training.loss.kwargs.gamma'"):
         build_config(None, ["training.loss.focal_gamma=2"])
+
+
+@pytest.mark.parametrize("model", ["simple_cnn", "airbench"])
+def test_an_option_the_model_does_not_take_is_one_line_before_any_work(model, tmp_path, capsys):
+    """``model.drop_path_rate`` on a model without stochastic depth: exit 2, one line naming the key, no run folder."""
+    status = main(["train", "quickstart", f"model.name={model}", "model.drop_path_rate=0.1", f"run.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and "model.drop_path_rate" in err and "it takes:" in err
+    assert not any(tmp_path.iterdir())
