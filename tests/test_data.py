@@ -8,7 +8,7 @@ from PIL import Image
 from imgcls.cli import main
 from imgcls.config import build_config
 from imgcls.data.build import build_splits
-from imgcls.data.datasets import DatasetNotFoundError, load_dataset, make_splits
+from imgcls.data.datasets import DATASETS, DatasetNotFoundError, load_dataset, make_splits
 
 
 def _splits(seed: int):
@@ -101,3 +101,18 @@ def test_split_seed_fixes_the_split_independently_of_the_run_seed():
     b = build_splits(build_config(None, ["run.seed=2", "data.split_seed=7"]))
     c = build_splits(build_config(None, ["run.seed=7"]))
     assert np.array_equal(a.test.indices, b.test.indices) and np.array_equal(a.test.indices, c.test.indices)
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_registered_dataset_loads_or_names_its_missing_files(name, tmp_path):
+    """Every registry entry either loads offline (bundled data) or, pointed at an empty folder with downloads off,
+    raises DatasetNotFoundError naming that folder — never a traceback from deeper down."""
+    empty = tmp_path / name
+    empty.mkdir()
+    try:
+        raw = load_dataset(name, root=str(empty), download=False)
+    except DatasetNotFoundError as e:
+        assert str(empty) in str(e)
+        return
+    assert len(raw.train) > 0 and len(raw.classes) >= 2
+    assert set(raw.train.targets.tolist()) <= set(range(len(raw.classes)))
