@@ -21,11 +21,20 @@ from imgcls.config import build_config
 from imgcls.engine.train import train
 
 COMMON = [
-    "data.name=digits", "data.image_size=16", "data.batch_size=32", "training.optimizer.name=sgd",
-    "training.optimizer.lr=0.05", "training.optimizer.momentum=0.9", "training.scheduler.name=cosine",
-    "training.scheduler.warmup_epochs=1", "augmentation.train.random_crop=true", "augmentation.train.crop_padding=2",
-    "run.progress=false", "run.tracker=none", "run.report=false",
-]  # fmt: skip
+    "data.name=digits",
+    "data.image_size=16",
+    "data.batch_size=32",
+    "training.optimizer.name=sgd",
+    "training.optimizer.lr=0.05",
+    "training.optimizer.momentum=0.9",
+    "training.scheduler.name=cosine",
+    "training.scheduler.warmup_epochs=1",
+    "augmentation.train.random_crop=true",
+    "augmentation.train.crop_padding=2",
+    "run.progress=false",
+    "run.tracker=none",
+    "run.report=false",
+]
 
 
 def run(overrides: list[str]) -> tuple[float, Path]:
@@ -60,18 +69,28 @@ def main(argv: list[str] | None = None) -> int:
             common = [*extra, f"run.seed={seed}", f"run.dir={tmp}"]
             teacher_acc, teacher_ckpt = run([*common, f"model.name={args.teacher}", "run.name=teacher"])
             alone, _ = run([*common, f"model.name={args.student}", "run.name=student"])
-            distilled, _ = run([
-                *common, f"model.name={args.student}", "run.name=distilled", f"training.distill.teacher={teacher_ckpt}",
-                f"training.distill.temperature={args.temperature}", f"training.distill.alpha={args.alpha}",
-            ])  # fmt: skip
+            distilled, _ = run(
+                [
+                    *common,
+                    f"model.name={args.student}",
+                    "run.name=distilled",
+                    f"training.distill.teacher={teacher_ckpt}",
+                    f"training.distill.temperature={args.temperature}",
+                    f"training.distill.alpha={args.alpha}",
+                ]
+            )
             for key, value in zip(acc, (teacher_acc, alone, distilled), strict=True):
                 acc[key].append(value)
-            print(f"[seed {seed}] teacher {teacher_acc:.4f}  student alone {alone:.4f}  distilled {distilled:.4f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"[seed {seed}] teacher {teacher_acc:.4f}  student alone {alone:.4f}  distilled {distilled:.4f}",
+                flush=True,
+            )
 
     subset = f", train subset {args.subset}" if args.subset else ""
-    print(f"\ndigits (16x16), {args.epochs} epochs, seeds {args.seeds}, T={args.temperature:g}, alpha={args.alpha:g}"
-          f"{subset}; {time.perf_counter() - t0:.0f}s in all\n")  # fmt: skip
+    print(
+        f"\ndigits (16x16), {args.epochs} epochs, seeds {args.seeds}, T={args.temperature:g}, alpha={args.alpha:g}"
+        f"{subset}; {time.perf_counter() - t0:.0f}s in all\n"
+    )
     print("| model | params | test acc (%) |")
     print("|---|---|---|")
     from imgcls.models import create_model

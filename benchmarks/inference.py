@@ -54,8 +54,9 @@ def model_overrides(name: str) -> tuple[list[str], str]:
 
 def median_result(results: list[BenchResult]) -> BenchResult:
     """One result whose numbers are the medians over repeats, per (backend, batch size)."""
-    keys = sorted({(r.backend, r.batch_size) for res in results for r in res.rows},
-                  key=lambda k: (k[1], BACKENDS.index(k[0])))  # fmt: skip
+    keys = sorted(
+        {(r.backend, r.batch_size) for res in results for r in res.rows}, key=lambda k: (k[1], BACKENDS.index(k[0]))
+    )
     rows = []
     for backend, bs in keys:
         rs = [res.row(backend, bs) for res in results if res.row(backend, bs) is not None]
@@ -90,13 +91,24 @@ def main() -> None:
             t0 = time.perf_counter()
             int8 = quantize_onnx(exp.path) if "onnx-int8" in backends else None
             t_quant = time.perf_counter() - t0
-            console.print(f"[bold]{desc}[/bold]: export {t_export:.1f}s (max |dlogit| {exp.report.max_abs_diff:.2g}), "
-                          f"quantize {t_quant:.1f}s; {args.repeats} repeats x {args.seconds:g}s per cell, "
-                          f"{args.threads} thread(s)")  # fmt: skip
+            console.print(
+                f"[bold]{desc}[/bold]: export {t_export:.1f}s (max |dlogit| {exp.report.max_abs_diff:.2g}), "
+                f"quantize {t_quant:.1f}s; {args.repeats} repeats x {args.seconds:g}s per cell, "
+                f"{args.threads} thread(s)"
+            )
             results = []
             for i in range(args.repeats):
-                results.append(bench(ckpt, batch_sizes=batch_sizes, backends=backends, onnx_path=exp.path,
-                                     int8_path=int8, min_seconds=args.seconds, threads=args.threads))  # fmt: skip
+                results.append(
+                    bench(
+                        ckpt,
+                        batch_sizes=batch_sizes,
+                        backends=backends,
+                        onnx_path=exp.path,
+                        int8_path=int8,
+                        min_seconds=args.seconds,
+                        threads=args.threads,
+                    )
+                )
                 console.print(f"  repeat {i + 1}/{args.repeats} done")
             med = median_result(results)
             console.print(med.table(title=f"{desc}: median of {args.repeats} repeats, {args.threads} thread(s)"))
@@ -118,8 +130,12 @@ def main() -> None:
                 if comp is not None:
                     parts.append(f"compile / eager {comp:.2f}x")
                 console.print(f"  batch {bs}: " + "; ".join(parts))
-            summary[name] = {"description": desc, "ratios": lines, "rows": [r.__dict__ for r in med.rows],
-                             "notes": med.notes}  # fmt: skip
+            summary[name] = {
+                "description": desc,
+                "ratios": lines,
+                "rows": [r.__dict__ for r in med.rows],
+                "notes": med.notes,
+            }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 

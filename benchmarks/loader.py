@@ -81,8 +81,9 @@ def pipeline_rate(batches: Batches, n_images: int, device: torch.device) -> floa
     return seen / (time.perf_counter() - t0)
 
 
-def train_step_times(batches: Batches, steps: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     device: torch.device) -> list[float]:  # fmt: skip
+def train_step_times(
+    batches: Batches, steps: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> list[float]:
     """Wall seconds of each of ``steps`` SGD steps (fetching the batch included)."""
     model.train()
     times = []
@@ -123,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {e}")
         return 0
     device = torch.device(args.device)
-    splits = make_splits(raw, val_fraction=0.0, test_fraction=0.0, seed=0,
-                         mean=[0.4913, 0.4821, 0.4465], std=[0.2452, 0.2428, 0.2606])  # fmt: skip
+    splits = make_splits(
+        raw, val_fraction=0.0, test_fraction=0.0, seed=0, mean=[0.4913, 0.4821, 0.4465], std=[0.2452, 0.2428, 0.2606]
+    )
     preprocess = PreprocessInfo(image_size=32, in_chans=3, mean=splits.mean, std=splits.std, resize=False)
-    print(f"CIFAR-10 train: {len(splits.train)} images 32x32; batch {args.batch_size}; crop(pad 4, reflect) + hflip "
-          f"+ normalise; device {device}; torch threads {torch.get_num_threads()}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"CIFAR-10 train: {len(splits.train)} images 32x32; batch {args.batch_size}; crop(pad 4, reflect) + hflip "
+        f"+ normalise; device {device}; torch threads {torch.get_num_threads()}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
     from imgcls.models import create_model
 
@@ -146,15 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         train_step_times(batches, WARMUP_BATCHES, model, optimizer, device)  # worker start-up, allocator warm-up
         label = f"torch ({args.workers} workers)" if kind == "torch" else "device"
-        paths[kind] = dict(label=label, build_s=build_s, batches=batches, model=model,
-                           optimizer=optimizer, pipe=[], steps=[])  # fmt: skip
+        paths[kind] = dict(
+            label=label, build_s=build_s, batches=batches, model=model, optimizer=optimizer, pipe=[], steps=[]
+        )
     # The two paths alternate in rounds so that both see the same background load on a shared machine; the pipeline
     # figure is the best round, the training figure uses the median step time (robust to stalls from other jobs).
     for _ in range(args.rounds):
         for p in paths.values():
             p["pipe"].append(pipeline_rate(p["batches"], args.pipeline_images // args.rounds, device))
-            p["steps"] += train_step_times(p["batches"], max(1, args.train_steps // args.rounds), p["model"],
-                                           p["optimizer"], device)  # fmt: skip
+            p["steps"] += train_step_times(
+                p["batches"], max(1, args.train_steps // args.rounds), p["model"], p["optimizer"], device
+            )
     rows = {}
     for kind, p in paths.items():
         rows[kind] = (p["label"], p["build_s"], max(p["pipe"]), args.batch_size / statistics.median(p["steps"]))
@@ -166,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label:<20} | {build_s:>8.2f} | {pipe:>14,.0f} | {train:>16,.0f} |")
     pipe_ratio = rows["device"][2] / rows["torch"][2]
     train_ratio = rows["device"][3] / rows["torch"][3]
-    print(f"\ndevice / torch: pipeline {pipe_ratio:.1f}x, end-to-end training {train_ratio:.2f}x "
-          f"(load average at the end {os.getloadavg()[0]:.1f})")  # fmt: skip
+    print(
+        f"\ndevice / torch: pipeline {pipe_ratio:.1f}x, end-to-end training {train_ratio:.2f}x "
+        f"(load average at the end {os.getloadavg()[0]:.1f})"
+    )
     return 0
 
 

@@ -27,31 +27,61 @@ DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cif
 #: optimizer -> overrides: the usual settings for each (SGD with Nesterov momentum; Adam with its classic coupled L2
 #: set to 0 as is customary; AdamW with decoupled decay 0.05)
 RECIPES: dict[str, list[str]] = {
-    "sgd": ["training.optimizer.name=sgd", "training.optimizer.lr=0.05", "training.optimizer.momentum=0.9",
-            "training.optimizer.nesterov=true", "training.optimizer.weight_decay=5e-4"],
+    "sgd": [
+        "training.optimizer.name=sgd",
+        "training.optimizer.lr=0.05",
+        "training.optimizer.momentum=0.9",
+        "training.optimizer.nesterov=true",
+        "training.optimizer.weight_decay=5e-4",
+    ],
     "adam": ["training.optimizer.name=adam", "training.optimizer.lr=2e-3", "training.optimizer.weight_decay=0.0"],
     "adamw": ["training.optimizer.name=adamw", "training.optimizer.lr=2e-3", "training.optimizer.weight_decay=0.05"],
-}  # fmt: skip
+}
 
 
-def run_one(optimizer: str, *, archive: Path, subset: int, epochs: int, seed: int, model: str, device: str,
-            run_dir: Path, batch_size: int) -> dict[str, float]:  # fmt: skip
+def run_one(
+    optimizer: str,
+    *,
+    archive: Path,
+    subset: int,
+    epochs: int,
+    seed: int,
+    model: str,
+    device: str,
+    run_dir: Path,
+    batch_size: int,
+) -> dict[str, float]:
     """Train once; returns best val accuracy, test accuracy and seconds."""
     overrides = [
-        "data.name=cifar10", f"data.root={archive}", "data.loader=device", f"data.subset={subset}",
-        "data.val_fraction=0.02", f"data.batch_size={batch_size}", f"model.name={model}", f"training.epochs={epochs}",
-        "training.scheduler.name=cosine", "training.scheduler.warmup_epochs=0.5",
-        "training.channels_last=true", "augmentation.train.random_crop=true",
-        "augmentation.train.hflip=0.5", f"run.seed={seed}", f"run.device={device}", f"run.dir={run_dir}",
-        f"run.name=opt-{optimizer}", "run.progress=false", "run.tracker=none", "run.report=false",
+        "data.name=cifar10",
+        f"data.root={archive}",
+        "data.loader=device",
+        f"data.subset={subset}",
+        "data.val_fraction=0.02",
+        f"data.batch_size={batch_size}",
+        f"model.name={model}",
+        f"training.epochs={epochs}",
+        "training.scheduler.name=cosine",
+        "training.scheduler.warmup_epochs=0.5",
+        "training.channels_last=true",
+        "augmentation.train.random_crop=true",
+        "augmentation.train.hflip=0.5",
+        f"run.seed={seed}",
+        f"run.device={device}",
+        f"run.dir={run_dir}",
+        f"run.name=opt-{optimizer}",
+        "run.progress=false",
+        "run.tracker=none",
+        "run.report=false",
         *RECIPES[optimizer],
-    ]  # fmt: skip
+    ]
     t0 = time.perf_counter()
     result = train(build_config(None, overrides))
     return {
-        "val_acc": float(result.best_val_acc or 0.0), "test_acc": float(result.test.acc if result.test else "nan"),
+        "val_acc": float(result.best_val_acc or 0.0),
+        "test_acc": float(result.test.acc if result.test else "nan"),
         "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
+    }
 
 
 def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -78,23 +108,37 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict[str, float]]] = {}
         for name in args.optimizers:
             for seed in args.seeds:
-                r = run_one(name, archive=args.archive, subset=args.subset, epochs=args.epochs, seed=seed,
-                            model=args.model, device=args.device, run_dir=run_dir,
-                            batch_size=args.batch_size)  # fmt: skip
+                r = run_one(
+                    name,
+                    archive=args.archive,
+                    subset=args.subset,
+                    epochs=args.epochs,
+                    seed=seed,
+                    model=args.model,
+                    device=args.device,
+                    run_dir=run_dir,
+                    batch_size=args.batch_size,
+                )
                 results.setdefault(name, []).append(r)
-                print(f"[{name} seed {seed}] val {r['val_acc']:.4f} test {r['test_acc']:.4f} ({r['seconds']:.0f}s)",
-                      flush=True)  # fmt: skip
+                print(
+                    f"[{name} seed {seed}] val {r['val_acc']:.4f} test {r['test_acc']:.4f} ({r['seconds']:.0f}s)",
+                    flush=True,
+                )
 
-    print(f"\n{args.model} on CIFAR-10, {args.subset} training images, {args.epochs} epochs, batch {args.batch_size}, "
-          f"cosine after 0.5 warmup epochs, crop + flip; seeds {args.seeds}\n")  # fmt: skip
+    print(
+        f"\n{args.model} on CIFAR-10, {args.subset} training images, {args.epochs} epochs, batch {args.batch_size}, "
+        f"cosine after 0.5 warmup epochs, crop + flip; seeds {args.seeds}\n"
+    )
     print("| optimizer | lr | weight decay | best val acc (%) | test acc (%) | time (s) |")
     print("|---|---|---|---|---|---|")
     for name, rs in results.items():
         cfg = build_config(None, RECIPES[name])
         opt = cfg.training.optimizer
         wd = f"{opt.weight_decay:g}" + (" (decoupled)" if name == "adamw" else " (L2)" if opt.weight_decay else "")
-        print(f"| {name} | {opt.lr:g} | {wd} | {_fmt([r['val_acc'] for r in rs])} | "
-              f"{_fmt([r['test_acc'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |")  # fmt: skip
+        print(
+            f"| {name} | {opt.lr:g} | {wd} | {_fmt([r['val_acc'] for r in rs])} | "
+            f"{_fmt([r['test_acc'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
+        )
     return 0
 
 

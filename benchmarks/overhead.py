@@ -36,8 +36,15 @@ from imgcls.models import create_model
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_jpg.tar.gz"
 
 
-def recipe(subset: int, epochs: int, batch_size: int, tmp: str, model: str = "simple_cnn", amp: bool = False,
-           channels_last: bool = False) -> tuple[list[str], str]:  # fmt: skip
+def recipe(
+    subset: int,
+    epochs: int,
+    batch_size: int,
+    tmp: str,
+    model: str = "simple_cnn",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[list[str], str]:
     if CIFAR.is_file():
         data = ["data.name=cifar10", f"data.root={CIFAR}", f"data.subset={subset}"]
         name = f"CIFAR-10 subset {subset}"
@@ -45,14 +52,28 @@ def recipe(subset: int, epochs: int, batch_size: int, tmp: str, model: str = "si
         data = ["data.name=digits", "data.image_size=null"]
         name = "digits (CIFAR-10 archive not found)"
     overrides = [
-        *data, "data.loader=device", f"data.batch_size={batch_size}", "data.val_fraction=0", "data.test_fraction=0",
-        f"model.name={model}", f"training.epochs={epochs}", "training.optimizer.name=sgd",
-        f"training.amp={str(amp).lower()}", f"training.channels_last={str(channels_last).lower()}",
-        "training.optimizer.lr=0.05", "training.loss.label_smoothing=0.1", "training.scheduler.name=cosine",
-        "augmentation.train.random_crop=true", "augmentation.train.crop_padding=2", "augmentation.train.hflip=0.5",
-        "run.progress=false", "run.eval_test=false", "run.tracker=none", f"run.dir={tmp}",
+        *data,
+        "data.loader=device",
+        f"data.batch_size={batch_size}",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        f"model.name={model}",
+        f"training.epochs={epochs}",
+        "training.optimizer.name=sgd",
+        f"training.amp={str(amp).lower()}",
+        f"training.channels_last={str(channels_last).lower()}",
+        "training.optimizer.lr=0.05",
+        "training.loss.label_smoothing=0.1",
+        "training.scheduler.name=cosine",
+        "augmentation.train.random_crop=true",
+        "augmentation.train.crop_padding=2",
+        "augmentation.train.hflip=0.5",
+        "run.progress=false",
+        "run.eval_test=false",
+        "run.tracker=none",
+        f"run.dir={tmp}",
         "run.report=false",
-    ]  # fmt: skip
+    ]
     return overrides, name
 
 
@@ -88,8 +109,12 @@ def run_hand(overrides: list[str], epochs: int, batch_size: int) -> float:
         model = model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1 and p.requires_grad]
     no_decay = [p for p in model.parameters() if p.ndim <= 1 and p.requires_grad]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
-                          lr=0.05, momentum=0.9, nesterov=True)  # fmt: skip
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+    )
     n = len(labels)
     steps_per_epoch = n // batch_size
     total = steps_per_epoch * epochs
@@ -111,8 +136,12 @@ def run_hand(overrides: list[str], epochs: int, batch_size: int) -> float:
             xs = torch.randint(0, 2 * pad + 1, (b, 1)) + torch.arange(w)
             flip = torch.rand(b, 1) < 0.5
             xs = torch.where(flip, xs.flip(1), xs)
-            x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                       ys[:, None, :, None], xs[:, None, None, :]]  # fmt: skip
+            x = padded[
+                torch.arange(b)[:, None, None, None],
+                torch.arange(x.shape[1])[None, :, None, None],
+                ys[:, None, :, None],
+                xs[:, None, None, :],
+            ]
             x = (x / 255.0 - mean) / std
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -140,16 +169,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        overrides, name = recipe(args.subset, args.epochs, args.batch_size, tmp, args.model, args.amp,
-                                 args.channels_last)  # fmt: skip
+        overrides, name = recipe(
+            args.subset, args.epochs, args.batch_size, tmp, args.model, args.amp, args.channels_last
+        )
         ours, hand = [], []
         for _ in range(args.repeats):  # interleave so drifting machine load hits both alike
             hand.append(run_hand(overrides, args.epochs, args.batch_size))
             ours.append(run_imgcls(overrides))
     h, o = statistics.median(hand), statistics.median(ours)
     extras = "".join(f", {flag}" for flag, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on)
-    print(f"\nframework overhead on {name}, {args.model}{extras}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"\nframework overhead on {name}, {args.model}{extras}, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'loop':<22}{'images/s (median)':>20}{'runs':>30}")
     print(f"{'hand-written PyTorch':<22}{h:>20.0f}{str([round(x) for x in hand]):>30}")
     print(f"{'imgcls':<22}{o:>20.0f}{str([round(x) for x in ours]):>30}")

@@ -59,18 +59,39 @@ def request_bodies(n: int, size: int, channels: int) -> list[bytes]:
         shape = (size, size, 3) if channels == 3 else (size, size)
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
-        head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
-                "Content-Type: image/png\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
         out.append(head + buf.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode())
     return out
 
 
 def start_server(model: Path, port: int, *, max_batch: int, max_wait_ms: float, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "imgcls", "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "4096",
-           "--threads", str(threads), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
-                            "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgcls",
+        "serve",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(max_wait_ms),
+        "--max-queue",
+        "4096",
+        "--threads",
+        str(threads),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -111,8 +132,10 @@ async def load(port: int, payloads: list[bytes], *, requests: int, concurrency: 
     A minimal HTTP/1.1 client on asyncio streams rather than httpx: on this machine httpx's async client tops out
     near 50 requests/s and would measure itself instead of the server.
     """
-    head = ("POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-            f"boundary={BOUNDARY}\r\nContent-Length: {{}}\r\n\r\n")  # fmt: skip
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        f"boundary={BOUNDARY}\r\nContent-Length: {{}}\r\n\r\n"
+    )
     bodies = [head.format(len(p)).encode() + p for p in payloads]
     latencies: list[float] = []
     errors = 0
@@ -139,12 +162,25 @@ async def load(port: int, payloads: list[bytes], *, requests: int, concurrency: 
     after = httpx.get(f"http://127.0.0.1:{port}/health").json()
     lat = np.asarray(latencies) * 1e3
     batches = after["batches"] - before["batches"]
-    return {"rps": len(latencies) / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "errors": errors, "mean_batch": (after["images"] - before["images"]) / max(batches, 1)}  # fmt: skip
+    return {
+        "rps": len(latencies) / wall,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "errors": errors,
+        "mean_batch": (after["images"] - before["images"]) / max(batches, 1),
+    }
 
 
-def run_config(model: Path, payloads: list[bytes], *, max_batch: int, max_wait_ms: float, requests: int,
-               concurrency: int, threads: int) -> dict[str, float]:  # fmt: skip
+def run_config(
+    model: Path,
+    payloads: list[bytes],
+    *,
+    max_batch: int,
+    max_wait_ms: float,
+    requests: int,
+    concurrency: int,
+    threads: int,
+) -> dict[str, float]:
     port = free_port()
     proc = start_server(model, port, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
     try:
@@ -170,40 +206,65 @@ def main() -> None:
     console = Console(width=120)
     with tempfile.TemporaryDirectory(prefix="imgcls-serve-bench-") as tmp:
         size, channels = args.image_size, args.in_chans
-        overrides = ["data.name=digits", f"data.image_size={size}", f"data.in_chans={channels}",
-                     f"model.name={args.model}", "run.progress=false"]  # fmt: skip
+        overrides = [
+            "data.name=digits",
+            f"data.image_size={size}",
+            f"data.in_chans={channels}",
+            f"model.name={args.model}",
+            "run.progress=false",
+        ]
         model = init_checkpoint(Path(tmp) / "model.pt", overrides)
         if args.format == "onnx":
             from imgcls.export.onnx import export_checkpoint
 
             model = export_checkpoint(model, fmt="onnx", dynamic_batch=True).path
         payloads = request_bodies(16, size, channels)
-        configs = {"batch-1": (1, 0.0), f"micro-batch (max {args.max_batch}, {args.max_wait_ms:g} ms)":
-                   (args.max_batch, args.max_wait_ms)}  # fmt: skip
+        configs = {
+            "batch-1": (1, 0.0),
+            f"micro-batch (max {args.max_batch}, {args.max_wait_ms:g} ms)": (args.max_batch, args.max_wait_ms),
+        }
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
         for i in range(args.repeats):
             for name, (mb, wait) in configs.items():
-                res = run_config(model, payloads, max_batch=mb, max_wait_ms=wait, requests=args.requests,
-                                 concurrency=args.concurrency, threads=args.threads)  # fmt: skip
+                res = run_config(
+                    model,
+                    payloads,
+                    max_batch=mb,
+                    max_wait_ms=wait,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    threads=args.threads,
+                )
                 runs[name].append(res)
                 console.print(f"repeat {i + 1}/{args.repeats} {name}: {res['rps']:.1f} req/s, p99 {res['p99']:.1f} ms")
     shape = f"{args.in_chans}x{args.image_size}x{args.image_size}"
-    table = Table(title=f"imgcls serve, {args.model} {shape} ({args.format}), {args.requests} requests, concurrency "
-                        f"{args.concurrency}, {args.threads} model thread(s): median of {args.repeats}")  # fmt: skip
+    table = Table(
+        title=f"imgcls serve, {args.model} {shape} ({args.format}), {args.requests} requests, concurrency "
+        f"{args.concurrency}, {args.threads} model thread(s): median of {args.repeats}"
+    )
     for col in ("config", "req/s", "p50 ms", "p99 ms", "errors", "mean batch", "x batch-1"):
         table.add_column(col, justify="left" if col == "config" else "right")
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     base = med["batch-1"]["rps"]
     for name, m in med.items():
-        table.add_row(name, f"{m['rps']:.1f}", f"{m['p50']:.1f}", f"{m['p99']:.1f}", f"{m['errors']:.0f}",
-                      f"{m['mean_batch']:.1f}", f"{m['rps'] / base:.2f}x")  # fmt: skip
+        table.add_row(
+            name,
+            f"{m['rps']:.1f}",
+            f"{m['p50']:.1f}",
+            f"{m['p99']:.1f}",
+            f"{m['errors']:.0f}",
+            f"{m['mean_batch']:.1f}",
+            f"{m['rps'] / base:.2f}x",
+        )
     console.print(table)
     micro = [m for n, m in med.items() if n != "batch-1"][0]
     ratio = micro["rps"] / base
     met = ratio >= 2 and micro["p99"] <= med["batch-1"]["p99"]
     verdict = "met" if met else "NOT met"
-    console.print(f"micro-batching / batch-1: {ratio:.2f}x requests/s, p99 {micro['p99']:.1f} ms vs "
-                  f"{med['batch-1']['p99']:.1f} ms (target >= 2x at equal p99: {verdict})")  # fmt: skip
+    console.print(
+        f"micro-batching / batch-1: {ratio:.2f}x requests/s, p99 {micro['p99']:.1f} ms vs "
+        f"{med['batch-1']['p99']:.1f} ms (target >= 2x at equal p99: {verdict})"
+    )
 
 
 if __name__ == "__main__":

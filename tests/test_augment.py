@@ -31,8 +31,9 @@ ALL_ON = {k: v for name in TORCH_PATH for k, v in SWITCHES[name].items()}  # eve
 
 def _tf(aug: TrainAugConfig, *, chans: int = 3, size: int = 12, resize: bool = False) -> v2.Compose:
     # mean 0 / std 1: outputs stay in [0, 1] units, so range checks are easy
-    return build_train_transform(aug, image_size=size, resize=resize, in_chans=chans, mean=[0.0] * chans,
-                                 std=[1.0] * chans)  # fmt: skip
+    return build_train_transform(
+        aug, image_size=size, resize=resize, in_chans=chans, mean=[0.0] * chans, std=[1.0] * chans
+    )
 
 
 @pytest.fixture

@@ -14,11 +14,22 @@ def two_runs(tmp_path_factory):
     from imgcls.engine.train import train
 
     runs = tmp_path_factory.mktemp("compare") / "runs"
-    common = ["data.subset=200", "model.name=simple_cnn_tiny", "training.epochs=2", "data.loader=device",
-              "run.progress=false", "run.tracker=none", "run.report=false", f"run.dir={runs}"]  # fmt: skip
+    common = [
+        "data.subset=200",
+        "model.name=simple_cnn_tiny",
+        "training.epochs=2",
+        "data.loader=device",
+        "run.progress=false",
+        "run.tracker=none",
+        "run.report=false",
+        f"run.dir={runs}",
+    ]
     a = train(build_config("quickstart", [*common, "run.name=a"])).run_dir
-    b = train(build_config("quickstart", [*common, "run.name=b", "training.optimizer.lr=0.1",
-                                          "training.optimizer.name=adamw"])).run_dir  # fmt: skip
+    b = train(
+        build_config(
+            "quickstart", [*common, "run.name=b", "training.optimizer.lr=0.1", "training.optimizer.name=adamw"]
+        )
+    ).run_dir
     return runs, a, b
 
 

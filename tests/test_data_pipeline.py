@@ -168,16 +168,22 @@ def test_batch_augment_fixed_params_match_torchvision(mode: str) -> None:
         assert torch.equal(out[i], ref), i
     # gathering from a larger tensor by index equals augmenting the selected rows
     idx = torch.tensor([5, 0, 2, 2, 1, 3])
-    assert torch.equal(aug.apply(images, BatchAugParams(top, left, flip), index=idx),
-                       aug.apply(images[idx], BatchAugParams(top, left, flip)))  # fmt: skip
+    assert torch.equal(
+        aug.apply(images, BatchAugParams(top, left, flip), index=idx),
+        aug.apply(images[idx], BatchAugParams(top, left, flip)),
+    )
 
 
 def test_batch_cutout_matches_per_sample_cutout() -> None:
     img = torch.full((1, 3, 8, 8), 200, dtype=torch.uint8)
     aug = BatchAugment(image_size=8, cutout=4, cutout_count=2)
     centres = [(0, 0), (5, 6)]
-    params = BatchAugParams(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                            torch.zeros(1, dtype=torch.bool), torch.tensor([centres]))  # fmt: skip
+    params = BatchAugParams(
+        torch.zeros(1, dtype=torch.long),
+        torch.zeros(1, dtype=torch.long),
+        torch.zeros(1, dtype=torch.bool),
+        torch.tensor([centres]),
+    )
     assert torch.equal(aug.apply(img, params)[0], Cutout(4, 2).apply(img[0], centres))
 
 
@@ -197,8 +203,15 @@ def test_device_and_torch_paths_have_the_same_augmentation_statistics() -> None:
 
     augment = BatchAugment.from_config(aug_cfg, 8)
     assert augment is not None and augment.padding_mode == "reflect"
-    loader = DeviceLoader(img.expand(n, 3, 8, 8).contiguous(), torch.zeros(n, dtype=torch.long), batch_size=500,
-                          mean=[0.0] * 3, std=[1.0] * 3, augment=augment, shuffle=True)  # fmt: skip
+    loader = DeviceLoader(
+        img.expand(n, 3, 8, 8).contiguous(),
+        torch.zeros(n, dtype=torch.long),
+        batch_size=500,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        augment=augment,
+        shuffle=True,
+    )
     device_out = torch.cat([x for x, _ in loader])
     assert device_out.shape == (n, 3, 8, 8) and device_out.dtype == torch.float32
     _check_uniform_shift_and_flip(*_decode(device_out), pad=pad)
@@ -251,8 +264,10 @@ def test_device_loader_epochs_drop_last_and_shards() -> None:
     # DDP: disjoint equal shards for training; rank::world without padding for evaluation
     seen = [torch.cat([y for _, y in DeviceLoader(images, labels, num_replicas=2, rank=r, **kw)]) for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 24 and not set(seen[0].tolist()) & set(seen[1].tolist())
-    ev = [DeviceLoader(images, labels, batch_size=8, mean=[0.0], std=[1.0], num_replicas=3, rank=r, even_shards=False)
-          for r in range(3)]  # fmt: skip
+    ev = [
+        DeviceLoader(images, labels, batch_size=8, mean=[0.0], std=[1.0], num_replicas=3, rank=r, even_shards=False)
+        for r in range(3)
+    ]
     assert sorted(torch.cat([y for loader in ev for _, y in loader]).tolist()) == list(range(n))
 
 
@@ -389,8 +404,16 @@ def test_augment_preview_writes_png(tmp_path: Path) -> None:
     from imgcls.config import build_config
     from imgcls.data.preview import augment_preview
 
-    cfg = build_config(None, ["data.name=digits", "augmentation.train.hflip=0.5", "augmentation.mix.cutmix_alpha=1",
-                              "augmentation.mix.mixup_alpha=0.4", "data.loader=device"])  # fmt: skip
+    cfg = build_config(
+        None,
+        [
+            "data.name=digits",
+            "augmentation.train.hflip=0.5",
+            "augmentation.mix.cutmix_alpha=1",
+            "augmentation.mix.mixup_alpha=0.4",
+            "data.loader=device",
+        ],
+    )
     out = augment_preview(cfg, tmp_path / "grid.png", n=3)
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parser = argparse.ArgumentParser()
@@ -408,7 +431,8 @@ def test_device_loader_on_cuda_matches_cpu() -> None:
     params = aug.get_params(16, generator=g)
     cuda_params = BatchAugParams(*(t.cuda() for t in (params.top, params.left, params.flip, params.centres)))
     assert torch.equal(aug.apply(images.cuda(), cuda_params).cpu(), aug.apply(images, params))
-    loader = DeviceLoader(images.cuda(), torch.arange(16), batch_size=8, mean=[0.5] * 3, std=[0.2] * 3, augment=aug,
-                          shuffle=True)  # fmt: skip
+    loader = DeviceLoader(
+        images.cuda(), torch.arange(16), batch_size=8, mean=[0.5] * 3, std=[0.2] * 3, augment=aug, shuffle=True
+    )
     x, y = next(iter(loader))
     assert x.is_cuda and y.is_cuda and x.dtype == torch.float32 and len(loader) == 2

@@ -26,16 +26,27 @@ def _free_port() -> int:
 def _overrides(run_dir: Path) -> list[str]:
     # val_fraction 0.095 gives an odd validation split (137): an even shard split could hide padding duplicates
     return [
-        "data.name=digits", "model.name=simple_cnn_tiny", "data.subset=256", "data.batch_size=32",
-        "data.val_fraction=0.095", "training.epochs=2", "training.ema.enabled=true", f"run.dir={run_dir}",
-        "run.progress=false", "run.tracker=none", "run.eval_test=false", "run.report=false", "run.device=cpu",
-    ]  # fmt: skip
+        "data.name=digits",
+        "model.name=simple_cnn_tiny",
+        "data.subset=256",
+        "data.batch_size=32",
+        "data.val_fraction=0.095",
+        "training.epochs=2",
+        "training.ema.enabled=true",
+        f"run.dir={run_dir}",
+        "run.progress=false",
+        "run.tracker=none",
+        "run.eval_test=false",
+        "run.report=false",
+        "run.device=cpu",
+    ]
 
 
 def _worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
     """One rank: the environment torchrun would set, then the ordinary runner. Saves what the test compares."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     import imgcls.engine.train as runner
 
@@ -48,10 +59,18 @@ def _worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
 
     runner.build_model_for = capture  # keep a handle on this rank's model
     rows: list[dict] = []
-    result = runner.train(build_config(None, _overrides(Path(run_dir))),
-                          hooks={"on_epoch_end": lambda epoch, row: rows.append(dict(row))})  # fmt: skip
-    torch.save({"model": models[0].state_dict(), "rows": rows, "run_dir": str(result.run_dir),
-                "world_size": result.summary["world_size"]}, Path(out_dir) / f"rank{rank}.pt")  # fmt: skip
+    result = runner.train(
+        build_config(None, _overrides(Path(run_dir))), hooks={"on_epoch_end": lambda epoch, row: rows.append(dict(row))}
+    )
+    torch.save(
+        {
+            "model": models[0].state_dict(),
+            "rows": rows,
+            "run_dir": str(result.run_dir),
+            "world_size": result.summary["world_size"],
+        },
+        Path(out_dir) / f"rank{rank}.pt",
+    )
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
@@ -69,8 +88,9 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs"
     # fork (Linux) reuses the imports already made in this process: seconds saved per rank on a 2-core CI machine
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), str(run_dir), str(tmp_path)), nprocs=WORLD, join=True,
-                       start_method=method)  # fmt: skip
+    mp.start_processes(
+        _worker, args=(_free_port(), str(run_dir), str(tmp_path)), nprocs=WORLD, join=True, start_method=method
+    )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     assert r0["world_size"] == r1["world_size"] == WORLD
     assert r0["run_dir"] == r1["run_dir"]
@@ -109,8 +129,18 @@ def test_torchrun_cli(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node=2 -m imgcls train ...`` works unchanged (the documented command)."""
     pytest.importorskip("imgcls.cli")
     run_dir = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m", "imgcls",
-           "train", *_overrides(run_dir), "training.epochs=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "imgcls",
+        "train",
+        *_overrides(run_dir),
+        "training.epochs=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -155,8 +155,20 @@ def test_compute_metrics_is_json_ready():
     m = compute_metrics(probs, t, ["a", "b", "c"], topk=(2, 5))
     json.dumps(m, allow_nan=False)
     assert "top2" in m and "top5" not in m  # k >= number of classes is skipped
-    for key in ("accuracy", "nll", "brier", "ece", "f1_macro", "f1_weighted", "roc_auc_macro", "per_class",
-                "calibration", "most_confused", "confusion_matrix", "classification_report"):  # fmt: skip
+    for key in (
+        "accuracy",
+        "nll",
+        "brier",
+        "ece",
+        "f1_macro",
+        "f1_weighted",
+        "roc_auc_macro",
+        "per_class",
+        "calibration",
+        "most_confused",
+        "confusion_matrix",
+        "classification_report",
+    ):
         assert key in m
     assert sum(map(sum, m["confusion_matrix"])) == 50
     with pytest.raises(ValueError, match="probs must be"):

@@ -19,8 +19,14 @@ from imgcls.explain.embeddings import extract_features, project
 from imgcls.explain.gradcam import GradCAM, find_cam_layer, overlay_heatmap, save_png
 from imgcls.models import create_model, list_models
 
-TINY = ["data.name=digits", "data.subset=300", "data.batch_size=32", "model.name=simple_cnn_tiny",
-        "run.progress=false", "run.tracker=none"]  # fmt: skip
+TINY = [
+    "data.name=digits",
+    "data.subset=300",
+    "data.batch_size=32",
+    "model.name=simple_cnn_tiny",
+    "run.progress=false",
+    "run.tracker=none",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -100,8 +106,15 @@ def test_generate_cam_shapes_and_layer_choice(shape_model):
     with pytest.raises(ValueError, match="one image"):
         GradCAM(model).generate_cam(x[:2])
     # a model without cam_layer: the last Conv2d is used; one without convs gets a clear error
-    plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))  # fmt: skip
+    plain = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     assert find_cam_layer(plain)[0] == "2"
     assert GradCAM(plain).generate_cam(x[0]).shape == (16, 16)
     with pytest.raises(ValueError, match="no Conv2d"):
@@ -218,8 +231,16 @@ def _fake_run(tmp_path: Path, model_name: str) -> Path:
     model = build_model_for(cfg, splits.num_classes, splits.in_chans, 16)
     pre = resolve_preprocess(cfg, splits, model)
     run = tmp_path / f"run-{model_name}"
-    atomic_save({"model": model.state_dict(), "config": to_dict(cfg), "classes": splits.classes,
-                 "preprocess": pre.to_dict(), "epoch": 0}, run / "checkpoints" / "best.pt")  # fmt: skip
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "config": to_dict(cfg),
+            "classes": splits.classes,
+            "preprocess": pre.to_dict(),
+            "epoch": 0,
+        },
+        run / "checkpoints" / "best.pt",
+    )
     return run
 
 

@@ -36,8 +36,12 @@ from imgcls.export.onnx import (  # noqa: E402
 def trained(tmp_path_factory):
     """simple_cnn on digits (16x16) for 3 epochs: about 98% test accuracy in a few seconds on a quiet machine."""
     runs = tmp_path_factory.mktemp("deploy_runs")
-    result = train(build_config("quickstart", ["model.name=simple_cnn", "training.epochs=3", "run.progress=false",
-                                               "run.tracker=none", f"run.dir={runs}"]))  # fmt: skip
+    result = train(
+        build_config(
+            "quickstart",
+            ["model.name=simple_cnn", "training.epochs=3", "run.progress=false", "run.tracker=none", f"run.dir={runs}"],
+        )
+    )
     return result.run_dir / "checkpoints" / "best.pt", result.test.acc
 
 
@@ -109,8 +113,10 @@ def _corrupting_writer(good: Path):
 
     def write(model, example, path, *, dynamic_batch, opset=None):
         m = onnx.load(str(good))
-        init = max((t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT),
-                   key=lambda t: int(np.prod(t.dims)))  # fmt: skip
+        init = max(
+            (t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT),
+            key=lambda t: int(np.prod(t.dims)),
+        )
         arr = numpy_helper.to_array(init).copy()
         arr *= 1.5
         init.CopyFrom(numpy_helper.from_array(arr, init.name))
@@ -209,14 +215,24 @@ def test_prune_cli(tiny_ckpt, tmp_path, capsys):
 def test_bench_table(trained, exported, quantized, capsys):
     from imgcls.export.bench import bench
 
-    res = bench(trained[0], batch_sizes=(1, 4), backends=("eager", "onnx-fp32", "onnx-int8"), onnx_path=exported.path,
-                int8_path=quantized.int8_path, min_seconds=0.02, warmup=1)  # fmt: skip
-    assert {(r.backend, r.batch_size) for r in res.rows} == {(b, n) for b in ("eager", "onnx-fp32", "onnx-int8")
-                                                               for n in (1, 4)}  # fmt: skip
+    res = bench(
+        trained[0],
+        batch_sizes=(1, 4),
+        backends=("eager", "onnx-fp32", "onnx-int8"),
+        onnx_path=exported.path,
+        int8_path=quantized.int8_path,
+        min_seconds=0.02,
+        warmup=1,
+    )
+    assert {(r.backend, r.batch_size) for r in res.rows} == {
+        (b, n) for b in ("eager", "onnx-fp32", "onnx-int8") for n in (1, 4)
+    }
     assert all(r.p95_ms >= r.p50_ms > 0 and r.images_per_s > 0 for r in res.rows)
     assert res.speedup("eager", 4) == pytest.approx(1.0)
     # an ONNX file as input: eager rows come from the checkpoint named in its metadata
-    assert main(["bench", str(exported.path), "--batch-sizes", "2", "--backends", "eager,onnx-fp32",
-                 "--seconds", "0.02"]) == 0  # fmt: skip
+    assert (
+        main(["bench", str(exported.path), "--batch-sizes", "2", "--backends", "eager,onnx-fp32", "--seconds", "0.02"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "onnx-fp32" in out and "x eager" in out

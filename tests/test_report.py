@@ -18,8 +18,16 @@ from imgcls.evaluate.post_run import train_and_report as train
 from imgcls.evaluate.report import REPORT_SECTIONS, confidently_wrong, render_report, write_report
 from imgcls.evaluate.run_eval import run_eval
 
-TINY = ["data.name=digits", "data.subset=300", "data.batch_size=32", "model.name=simple_cnn_tiny",
-        "training.epochs=2", "training.optimizer.lr=0.05", "run.progress=false", "run.tracker=none"]  # fmt: skip
+TINY = [
+    "data.name=digits",
+    "data.subset=300",
+    "data.batch_size=32",
+    "model.name=simple_cnn_tiny",
+    "training.epochs=2",
+    "training.optimizer.lr=0.05",
+    "run.progress=false",
+    "run.tracker=none",
+]
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -52,8 +60,14 @@ def test_training_ends_with_the_report(run_dir):
 
 
 def test_report_flag_off(tmp_path):
-    overrides = [*TINY, "training.epochs=1", "data.subset=100", "run.eval_test=false", "run.report=false",
-                 f"run.dir={tmp_path}"]  # fmt: skip
+    overrides = [
+        *TINY,
+        "training.epochs=1",
+        "data.subset=100",
+        "run.eval_test=false",
+        "run.report=false",
+        f"run.dir={tmp_path}",
+    ]
     run = train(build_config("quickstart", overrides)).run_dir
     assert (run / "summary.json").is_file() and not (run / "eval").exists()
 
@@ -62,9 +76,27 @@ def test_run_eval_tta_ensembles_and_metrics(run_dir, tmp_path):
     plain, m_plain = run_eval(run_dir, out_dir=tmp_path / "plain", quiet=True)
     assert (tmp_path / "plain" / "report.html").is_file()
     saved = json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    keys = ("accuracy", "top5", "nll", "ece", "brier", "f1_macro", "f1_weighted", "precision_macro", "recall_weighted",
-            "roc_auc_macro", "per_class", "per_class_accuracy", "calibration", "confusion_matrix", "most_confused",
-            "classification_report", "checkpoint", "split", "tta")  # fmt: skip
+    keys = (
+        "accuracy",
+        "top5",
+        "nll",
+        "ece",
+        "brier",
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_weighted",
+        "roc_auc_macro",
+        "per_class",
+        "per_class_accuracy",
+        "calibration",
+        "confusion_matrix",
+        "most_confused",
+        "classification_report",
+        "checkpoint",
+        "split",
+        "tta",
+    )
     for key in keys:
         assert key in saved, key
     assert saved["accuracy"] == pytest.approx(plain.acc) and saved["nll"] == pytest.approx(plain.loss)
@@ -83,8 +115,10 @@ def test_run_eval_tta_ensembles_and_metrics(run_dir, tmp_path):
 
 def test_eval_cli(run_dir, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["eval", str(run_dir), "--split", "val", "--tta", "2", "--ensemble-mode", "weights",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(["eval", str(run_dir), "--split", "val", "--tta", "2", "--ensemble-mode", "weights", "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "macro F1" in text and "ECE" in text and "report written" in text
     assert json.loads((out / "metrics.json").read_text())["split"] == "val"
@@ -114,17 +148,30 @@ def test_report_without_run_or_model_and_gallery_order(tmp_path):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium(run_dir, tmp_path):
     report = run_dir / "eval" / "report.html"
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-broken-images="0"' in dom.stdout  # the page's script ran and every embedded PNG decoded
     assert _sections(dom.stdout) == list(REPORT_SECTIONS)
     assert "Uncaught" not in dom.stderr
     shot = tmp_path / "shot.png"
-    res = subprocess.run([*flags, "--window-size=1200,3000", f"--screenshot={shot}", report.as_uri()],
-                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    res = subprocess.run(
+        [*flags, "--window-size=1200,3000", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0 and shot.stat().st_size > 50_000
     from PIL import Image
 

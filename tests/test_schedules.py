@@ -25,8 +25,9 @@ TOTAL = SPE * EPOCHS
 
 
 def mult(step: int, total: int = TOTAL, spe: int = SPE, plateau_mult: float = 1.0, **kw: object) -> float:
-    return lr_multiplier(step, total_steps=total, steps_per_epoch=spe, cfg=SchedulerConfig(**kw),
-                         plateau_mult=plateau_mult)  # fmt: skip
+    return lr_multiplier(
+        step, total_steps=total, steps_per_epoch=spe, cfg=SchedulerConfig(**kw), plateau_mult=plateau_mult
+    )
 
 
 #: schedules whose warmup multiplies the first steps of the unshifted curve (the others decay after the warmup)
@@ -133,8 +134,9 @@ def test_onecycle_matches_torch_onecyclelr_shape() -> None:
     opt = torch.optim.SGD([p], lr=0.1)
     # torch puts the peak at step pct_start * total_steps - 1 and the end at total_steps - 1; ours at pct * total and
     # total: with total_steps = total + 1 and pct_start = 26/101 both peak at step 25 and end at step 100
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=total + 1, pct_start=26 / 101,
-                                                anneal_strategy="cos", cycle_momentum=False)  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.4, total_steps=total + 1, pct_start=26 / 101, anneal_strategy="cos", cycle_momentum=False
+    )
     ours = [mult(s, total=total, name="onecycle", max_lr_mult=4.0, pct_start=0.25) * 0.1 for s in range(total + 1)]
     theirs = []
     for _ in range(total + 1):

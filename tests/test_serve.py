@@ -98,8 +98,9 @@ def test_predict_batch_matches_single(client):
     for b, res in zip(images, results, strict=True):
         single = client.post("/predict", files={"file": ("x.png", b, "image/png")}).json()["predictions"]
         assert [p["label"] for p in single] == [p["label"] for p in res["predictions"]]
-        assert np.allclose([p["probability"] for p in single], [p["probability"] for p in res["predictions"]],
-                           atol=1e-5)  # fmt: skip
+        assert np.allclose(
+            [p["probability"] for p in single], [p["probability"] for p in res["predictions"]], atol=1e-5
+        )
 
 
 def test_gradcam_overlay(client):
@@ -134,8 +135,10 @@ def test_oversize_body_413(client):
     assert r.status_code == 413
     # without Content-Length (chunked upload): the limit is enforced while the body streams in
     boundary = "imgclsboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def chunks():
         yield head
@@ -264,8 +267,15 @@ def test_serve_onnx_model(ckpt, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -308,8 +318,9 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
             labels = page.locator("#predictions .label").all_text_contents()
             assert len(labels) == 5 and all(label in CLASSES for label in labels)
             # the Grad-CAM overlay arrives after the bars
-            page.wait_for_function("document.getElementById('overlay').src.startsWith('data:image/png')",
-                                   timeout=30_000)  # fmt: skip
+            page.wait_for_function(
+                "document.getElementById('overlay').src.startsWith('data:image/png')", timeout=30_000
+            )
             assert page.locator("#error").text_content() == ""
         finally:
             browser.close()

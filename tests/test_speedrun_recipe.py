@@ -73,10 +73,19 @@ def test_dirac_init_passes_the_input_through() -> None:
 def test_train_initialises_the_whitening_stem_from_the_data(tmp_path) -> None:
     from imgcls.engine.train import train
 
-    cfg = build_config("quickstart", [
-        "model.name=airbench_small", "data.image_size=16", "data.subset=200", "training.epochs=1",
-        f"run.dir={tmp_path}", "run.progress=false", "run.tracker=none", "run.report=false",
-    ])  # fmt: skip
+    cfg = build_config(
+        "quickstart",
+        [
+            "model.name=airbench_small",
+            "data.image_size=16",
+            "data.subset=200",
+            "training.epochs=1",
+            f"run.dir={tmp_path}",
+            "run.progress=false",
+            "run.tracker=none",
+            "run.report=false",
+        ],
+    )
     result = train(cfg)
     weights = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]["stem.0.weight"]
     reference = create_model("airbench_small", num_classes=10, in_chans=1)
@@ -101,8 +110,12 @@ def test_linear_schedule_is_a_triangle_with_warmup() -> None:
 def test_lookahead_moves_slow_weights_every_k_steps() -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 1, bias=False)
-    opt = build_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, lookahead=True,
-                                                 lookahead_k=2, lookahead_alpha=0.5))  # fmt: skip
+    opt = build_optimizer(
+        model,
+        OptimizerConfig(
+            name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, lookahead=True, lookahead_k=2, lookahead_alpha=0.5
+        ),
+    )
     assert isinstance(opt, Lookahead)
     w0 = model.weight.detach().clone()
     grad = torch.tensor([[1.0, -2.0, 0.5]])

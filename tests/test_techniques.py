@@ -31,10 +31,18 @@ CPU = torch.device("cpu")
 
 def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "data.name=digits", "model.name=simple_cnn_tiny", "data.subset=160", "data.batch_size=32",
-        "training.epochs=2", f"run.dir={tmp_path / 'runs'}", "run.progress=false", "run.tracker=none",
-        "run.eval_test=false", "run.report=false", *extra,
-    ]  # fmt: skip
+        "data.name=digits",
+        "model.name=simple_cnn_tiny",
+        "data.subset=160",
+        "data.batch_size=32",
+        "training.epochs=2",
+        f"run.dir={tmp_path / 'runs'}",
+        "run.progress=false",
+        "run.tracker=none",
+        "run.eval_test=false",
+        "run.report=false",
+        *extra,
+    ]
 
 
 def run_train(tmp_path: Path, *extra: str, hooks: dict | None = None):  # noqa: ANN201
@@ -228,7 +236,10 @@ def test_nonfinite_raises_after_k_in_a_row() -> None:
     before = [p.detach().clone() for p in a.parameters()]
     with pytest.raises(NonFiniteLossError, match="3 non-finite"):
         train_one_epoch(
-            a, _nan_batches(6, nan_at={1, 2, 3, 4}), OptimState(sgd(a)), nn.CrossEntropyLoss(),
+            a,
+            _nan_batches(6, nan_at={1, 2, 3, 4}),
+            OptimState(sgd(a)),
+            nn.CrossEntropyLoss(),
             TrainOptions(max_nonfinite_steps=3),
         )
     assert all(torch.isfinite(p).all() for p in a.parameters())
@@ -242,7 +253,10 @@ def test_nonfinite_raises_after_k_in_a_row() -> None:
 
     with pytest.raises(NonFiniteLossError):
         train_one_epoch(
-            b, _nan_batches(2, nan_at=set()), OptimState(sgd(b)), finite_loss_infinite_grad,
+            b,
+            _nan_batches(2, nan_at=set()),
+            OptimState(sgd(b)),
+            finite_loss_infinite_grad,
             TrainOptions(max_nonfinite_steps=2),
         )
     assert all(torch.isfinite(p).all() for p in b.parameters())
@@ -264,15 +278,24 @@ def test_assert_finite_state_covers_buffers() -> None:
 def test_early_stopping_stops_at_the_right_epoch(tmp_path: Path) -> None:
     # min_delta=1 means val accuracy can never improve after epoch 1: with patience 2 the run stops after epoch 3
     epochs_seen = []
-    result = run_train(tmp_path, "training.epochs=10", "training.early_stopping.patience=2",
-                       "training.early_stopping.min_delta=1.0",
-                       hooks={"on_epoch_end": lambda e, row: epochs_seen.append(e)})  # fmt: skip
+    result = run_train(
+        tmp_path,
+        "training.epochs=10",
+        "training.early_stopping.patience=2",
+        "training.early_stopping.min_delta=1.0",
+        hooks={"on_epoch_end": lambda e, row: epochs_seen.append(e)},
+    )
     assert result.epochs_run == 3 and result.summary["stopped_early"] and result.summary["best_epoch"] == 1
     assert epochs_seen == [0, 1, 2]
     assert len(metrics_rows(result.run_dir)) == 3
     # monitor val_loss: an absurd min_delta likewise stops at epoch patience + 1
-    result = run_train(tmp_path, "training.epochs=10", "training.early_stopping.patience=1",
-                       "training.early_stopping.min_delta=100", "training.early_stopping.monitor=val_loss")  # fmt: skip
+    result = run_train(
+        tmp_path,
+        "training.epochs=10",
+        "training.early_stopping.patience=1",
+        "training.early_stopping.min_delta=100",
+        "training.early_stopping.monitor=val_loss",
+    )
     assert result.epochs_run == 2 and result.summary["stopped_early"]
 
 
@@ -281,8 +304,14 @@ def test_ema_evaluated_and_used_for_best_checkpoint(tmp_path: Path) -> None:
     from imgcls.engine.build import load_model
     from imgcls.engine.checkpoint import load_checkpoint
 
-    result = run_train(tmp_path, "training.epochs=3", "training.ema.enabled=true", "training.ema.decay=0.9",
-                       "training.optimizer.lr=0.2", "data.image_size=16")  # fmt: skip
+    result = run_train(
+        tmp_path,
+        "training.epochs=3",
+        "training.ema.enabled=true",
+        "training.ema.decay=0.9",
+        "training.optimizer.lr=0.2",
+        "data.image_size=16",
+    )
     rows = metrics_rows(result.run_dir)
     assert all(r["ema_val_acc"] != "" for r in rows)
     best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
@@ -310,8 +339,9 @@ def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_distillation_alpha_zero_equals_plain_training(tmp_path: Path, teacher_ckpt: Path) -> None:
     plain = run_train(tmp_path, "data.image_size=16")
-    distilled = run_train(tmp_path, "data.image_size=16", f"training.distill.teacher={teacher_ckpt}",
-                          "training.distill.alpha=0.0")  # fmt: skip
+    distilled = run_train(
+        tmp_path, "data.image_size=16", f"training.distill.teacher={teacher_ckpt}", "training.distill.alpha=0.0"
+    )
     a, b = metrics_rows(plain.run_dir), metrics_rows(distilled.run_dir)
     for ra, rb in zip(a, b, strict=True):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -320,8 +350,13 @@ def test_distillation_alpha_zero_equals_plain_training(tmp_path: Path, teacher_c
 
 def test_distillation_changes_training(tmp_path: Path, teacher_ckpt: Path) -> None:
     plain = run_train(tmp_path, "data.image_size=16", "training.epochs=1")
-    distilled = run_train(tmp_path, "data.image_size=16", "training.epochs=1",
-                          f"training.distill.teacher={teacher_ckpt}", "training.distill.alpha=0.9")  # fmt: skip
+    distilled = run_train(
+        tmp_path,
+        "data.image_size=16",
+        "training.epochs=1",
+        f"training.distill.teacher={teacher_ckpt}",
+        "training.distill.alpha=0.9",
+    )
     assert metrics_rows(plain.run_dir)[0]["train_loss"] != metrics_rows(distilled.run_dir)[0]["train_loss"]
 
 
@@ -358,8 +393,13 @@ def test_nonfinite_training_stops_without_saving_nonfinite_weights(tmp_path: Pat
     from imgcls.engine.checkpoint import load_checkpoint
 
     with pytest.raises(NonFiniteLossError):
-        run_train(tmp_path, "training.optimizer.lr=1e30", "training.optimizer.momentum=0.0",
-                  "training.max_nonfinite_steps=2", "training.epochs=3")  # fmt: skip
+        run_train(
+            tmp_path,
+            "training.optimizer.lr=1e30",
+            "training.optimizer.momentum=0.0",
+            "training.max_nonfinite_steps=2",
+            "training.epochs=3",
+        )
     for path in (tmp_path / "runs").rglob("*.pt"):
         ckpt = load_checkpoint(path)
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point()), path
@@ -395,8 +435,9 @@ def test_runner_default_tracker_is_tensorboard(tmp_path: Path) -> None:
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_tracker_errors_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_tracker_errors_and_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from imgcls.engine.tracking import NullTracker, TrackerNotInstalledError, create_tracker
 
     assert isinstance(create_tracker("none", tmp_path, {}), NullTracker)
@@ -469,8 +510,9 @@ def test_lr_range_test_restores_weights_and_suggests(tmp_path: Path) -> None:
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = lr_range_test(model, loader, opt, nn.CrossEntropyLoss(), device=CPU, start_lr=1e-4, end_lr=100.0,
-                           num_steps=40)  # fmt: skip
+    result = lr_range_test(
+        model, loader, opt, nn.CrossEntropyLoss(), device=CPU, start_lr=1e-4, end_lr=100.0, num_steps=40
+    )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.param_groups[0]["lr"] == 0.123 and not opt.state  # optimizer state restored (empty momentum)
@@ -499,8 +541,17 @@ def test_cli_registration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "sched.png"
-    args = parser.parse_args(["lr-plot", "training.scheduler.name=onecycle", "training.epochs=3", "--out", str(out),
-                              "--steps-per-epoch", "7"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "lr-plot",
+            "training.scheduler.name=onecycle",
+            "training.epochs=3",
+            "--out",
+            str(out),
+            "--steps-per-epoch",
+            "7",
+        ]
+    )
     assert args.func(args) == 0 and out.is_file()
     assert "LR PLOT" in capsys.readouterr().out
     args = parser.parse_args(["lr-find", "--num-steps", "5"])

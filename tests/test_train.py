@@ -62,11 +62,16 @@ class _Stop(Exception):
     [
         [],
         # the speedrun recipe's state: a data-initialised (whitening) stem, and Lookahead's slow weights and step count
-        ["model.name=airbench_small", "data.image_size=16", "training.optimizer.lookahead=true",
-         "training.optimizer.lookahead_k=3", "training.scheduler.name=linear"],
+        [
+            "model.name=airbench_small",
+            "data.image_size=16",
+            "training.optimizer.lookahead=true",
+            "training.optimizer.lookahead_k=3",
+            "training.scheduler.name=linear",
+        ],
     ],
     ids=["ema", "whitening+lookahead"],
-)  # fmt: skip
+)
 def test_resume_is_exact(tiny_overrides, extra):
     overrides = [*tiny_overrides, "training.epochs=3", "training.ema.enabled=true", *extra]
     full = train(build_config("quickstart", overrides))
@@ -178,9 +183,14 @@ def test_amp_bf16_and_accumulation_and_clipping_run_on_cpu(tiny_overrides):
     result = train(
         build_config(
             "quickstart",
-            [*tiny_overrides, "training.epochs=1", "training.amp=true", "training.accum_steps=2",
-             "training.clip_grad_norm=1.0"],
+            [
+                *tiny_overrides,
+                "training.epochs=1",
+                "training.amp=true",
+                "training.accum_steps=2",
+                "training.clip_grad_norm=1.0",
+            ],
         )
-    )  # fmt: skip
+    )
     rows = _rows(result.run_dir)
     assert float(rows[0]["train_loss"]) < 2.5 and result.test is not None

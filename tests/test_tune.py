@@ -12,8 +12,15 @@ pytest.importorskip("optuna")
 from imgcls.config import ConfigError, build_config, validate_config  # noqa: E402
 from imgcls.tune.search import TuneError, parse_param, parse_params, tune  # noqa: E402
 
-TINY = ["data.subset=200", "model.name=simple_cnn_tiny", "training.epochs=2", "data.loader=device",
-        "run.progress=false", "run.tracker=none", "run.report=false"]  # fmt: skip
+TINY = [
+    "data.subset=200",
+    "model.name=simple_cnn_tiny",
+    "training.epochs=2",
+    "data.loader=device",
+    "run.progress=false",
+    "run.tracker=none",
+    "run.report=false",
+]
 
 
 def test_parse_param_kinds():
@@ -71,19 +78,44 @@ def test_median_pruning_and_best_value(tmp_path):
         good = cfg.training.optimizer.lr >= 0.01
         return [0.8, 0.9, 0.95] if good else [0.1, 0.2, 0.3]
 
-    result = tune("quickstart", [f"run.dir={tmp_path}"], params=["training.optimizer.lr=log:1e-4:1e-1"], trials=8,
-                  study_name="p", startup_trials=2, seed=0, train_fn=_fake_train(values), quiet=True)  # fmt: skip
+    result = tune(
+        "quickstart",
+        [f"run.dir={tmp_path}"],
+        params=["training.optimizer.lr=log:1e-4:1e-1"],
+        trials=8,
+        study_name="p",
+        startup_trials=2,
+        seed=0,
+        train_fn=_fake_train(values),
+        quiet=True,
+    )
     states = {r["state"] for r in result.trials}
     assert "PRUNED" in states and "COMPLETE" in states
     pruned = [r for r in result.trials if r["state"] == "PRUNED"]
     assert all(r["epochs"] < 3 for r in pruned)
     assert result.best_value == pytest.approx(0.95)
     with pytest.raises(TuneError, match="already exists"):
-        tune("quickstart", [f"run.dir={tmp_path}"], params=["training.optimizer.lr=log:1e-4:1e-1"], trials=8,
-             study_name="p", train_fn=_fake_train(values), quiet=True)  # fmt: skip
+        tune(
+            "quickstart",
+            [f"run.dir={tmp_path}"],
+            params=["training.optimizer.lr=log:1e-4:1e-1"],
+            trials=8,
+            study_name="p",
+            train_fn=_fake_train(values),
+            quiet=True,
+        )
     with pytest.raises(TuneError, match="searches"):
-        tune(None, [], runs_dir=tmp_path, params=["training.optimizer.lr=log:1e-3:1e-1"], trials=8, study_name="p",
-             resume=True, train_fn=_fake_train(values), quiet=True)  # fmt: skip
+        tune(
+            None,
+            [],
+            runs_dir=tmp_path,
+            params=["training.optimizer.lr=log:1e-3:1e-1"],
+            trials=8,
+            study_name="p",
+            resume=True,
+            train_fn=_fake_train(values),
+            quiet=True,
+        )
 
 
 def test_tune_resumes_after_crash(tmp_path):
@@ -138,6 +170,7 @@ def test_tune_resumes_after_crash(tmp_path):
 def test_tune_cli_wiring(tmp_path, capsys):
     from imgcls.cli import main
 
-    code = main(["tune", "quickstart", f"run.dir={tmp_path}", "--param", "training.optimizer.lr=log:0:1", "--trials",
-                 "1"])  # fmt: skip
+    code = main(
+        ["tune", "quickstart", f"run.dir={tmp_path}", "--param", "training.optimizer.lr=log:0:1", "--trials", "1"]
+    )
     assert code == 2 and "log bounds" in capsys.readouterr().err

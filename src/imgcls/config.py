@@ -510,12 +510,13 @@ def validate_config(cfg: Config) -> None:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1)")
     probabilities = {
-        "data.max_bad_fraction": cfg.data.max_bad_fraction, "augmentation.mix.prob": cfg.augmentation.mix.prob,
+        "data.max_bad_fraction": cfg.data.max_bad_fraction,
+        "augmentation.mix.prob": cfg.augmentation.mix.prob,
         "augmentation.mix.switch_prob": cfg.augmentation.mix.switch_prob,
         "augmentation.train.hflip": cfg.augmentation.train.hflip,
         "augmentation.train.random_erasing": cfg.augmentation.train.random_erasing,
         "training.optimizer.lookahead_alpha": cfg.training.optimizer.lookahead_alpha,
-    }  # fmt: skip
+    }
     for key, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1]")

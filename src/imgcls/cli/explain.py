@@ -74,8 +74,10 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
         shown = int(probs.argmax()) if target is None else target
         overlay = overlay_heatmap(_display_base(raw, predictor.preprocess.image_size), maps[0].numpy())
         dest = save_png(overlay, out / f"{Path(path).stem}_{name}_{classes[shown]}.png")
-        print(f"{path}: predicted {classes[int(probs.argmax())]} ({float(probs.max()):.3f}); {name} for "
-              f"'{classes[shown]}' at {cam.layer_name} -> {dest}")  # fmt: skip
+        print(
+            f"{path}: predicted {classes[int(probs.argmax())]} ({float(probs.max()):.3f}); {name} for "
+            f"'{classes[shown]}' at {cam.layer_name} -> {dest}"
+        )
         n += 1
     return 0 if n == len(args.images) else 2
 
@@ -88,15 +90,21 @@ def cmd_attention(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint)
     model = predictor.model
     if not hasattr(model, "get_attention_maps"):
-        raise ValueError(f"{predictor.checkpoint['config']['model']['name']} has no attention maps; "
-                         "use 'imgcls explain gradcam' for CNNs")  # fmt: skip
+        raise ValueError(
+            f"{predictor.checkpoint['config']['model']['name']} has no attention maps; "
+            "use 'imgcls explain gradcam' for CNNs"
+        )
     out = _out_dir(args, predictor.checkpoint["path"], "attention")
     n = 0
     for path, raw, x in _images(predictor, args.images):
         base = _display_base(raw, predictor.preprocess.image_size)
         heads = layer_attention(model, x[None], args.layer_idx)[0]
-        dest = save_head_grid(base, heads, out / f"{Path(path).stem}_attention_layer{args.layer_idx}.png",
-                              title=f"class-token attention, layer {args.layer_idx}")  # fmt: skip
+        dest = save_head_grid(
+            base,
+            heads,
+            out / f"{Path(path).stem}_attention_layer{args.layer_idx}.png",
+            title=f"class-token attention, layer {args.layer_idx}",
+        )
         print(f"{path}: layer {args.layer_idx} attention ({heads.shape[0]} heads) -> {dest}")
         if args.rollout:
             grid = attention_rollout(model, x[None], head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
@@ -110,9 +118,15 @@ def cmd_attention(args: argparse.Namespace) -> int:
 def cmd_embeddings(args: argparse.Namespace) -> int:
     from imgcls.explain.embeddings import write_embeddings
 
-    png, csv_path = write_embeddings(args.checkpoint, split=args.split, method=args.method, out_dir=args.out,
-                                     max_samples=args.max_samples or None, overrides=args.overrides,
-                                     seed=args.seed)  # fmt: skip
+    png, csv_path = write_embeddings(
+        args.checkpoint,
+        split=args.split,
+        method=args.method,
+        out_dir=args.out,
+        max_samples=args.max_samples or None,
+        overrides=args.overrides,
+        seed=args.seed,
+    )
     print(f"embedding plot: {png}\nembedding coordinates: {csv_path}")
     return 0
 

@@ -51,9 +51,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from imgcls.export.onnx import ExportError, ExportParityError, export_checkpoint
 
     try:
-        result = export_checkpoint(args.checkpoint, fmt=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
-                                   batch_size=args.batch_size, opset=args.opset, atol=args.atol,
-                                   min_top1_agreement=args.min_agreement, num_images=args.num_images)  # fmt: skip
+        result = export_checkpoint(
+            args.checkpoint,
+            fmt=args.format,
+            out=args.out,
+            dynamic_batch=args.dynamic_batch,
+            batch_size=args.batch_size,
+            opset=args.opset,
+            atol=args.atol,
+            min_top1_agreement=args.min_agreement,
+            num_images=args.num_images,
+        )
     except ExportParityError as e:
         if e.report is not None:
             print("\n".join(e.report.lines()), file=sys.stderr)
@@ -68,9 +76,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("onnx.checker: ok")
     meta = result.metadata
     pre = meta["preprocess"]
-    print(f"input '{meta['input']}' [{'N' if meta['dynamic_batch'] else meta['batch_size']}, {pre['in_chans']}, "
-          f"{pre['image_size']}, {pre['image_size']}], {len(meta['classes'])} classes, mean {pre['mean']}, "
-          f"std {pre['std']}, {pre['interpolation']}")  # fmt: skip
+    print(
+        f"input '{meta['input']}' [{'N' if meta['dynamic_batch'] else meta['batch_size']}, {pre['in_chans']}, "
+        f"{pre['image_size']}, {pre['image_size']}], {len(meta['classes'])} classes, mean {pre['mean']}, "
+        f"std {pre['std']}, {pre['interpolation']}"
+    )
     print(f"EXPORTED {result.path}")
     return 0
 
@@ -81,10 +91,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from imgcls.export.quantize import quantize
 
     try:
-        result = quantize(args.model, args.out, num_calibration=args.calibration_images,
-                          per_channel=not args.per_tensor, reduce_range=args.reduce_range,
-                          calibrate_method=args.calibration, evaluate_models=not args.no_eval,
-                          eval_limit=args.eval_limit, timing_seconds=args.timing_seconds)  # fmt: skip
+        result = quantize(
+            args.model,
+            args.out,
+            num_calibration=args.calibration_images,
+            per_channel=not args.per_tensor,
+            reduce_range=args.reduce_range,
+            calibrate_method=args.calibration,
+            evaluate_models=not args.no_eval,
+            eval_limit=args.eval_limit,
+            timing_seconds=args.timing_seconds,
+        )
     except ExportError as e:  # a checkpoint given: its ONNX export failed or was refused
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -99,9 +116,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from imgcls.export.prune import prune_checkpoint
 
-    result = prune_checkpoint(args.checkpoint, amount=args.amount, structured=args.structured,
-                              finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, out=args.out,
-                              device=args.device, evaluate_models=not args.no_eval, log=print)  # fmt: skip
+    result = prune_checkpoint(
+        args.checkpoint,
+        amount=args.amount,
+        structured=args.structured,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        out=args.out,
+        device=args.device,
+        evaluate_models=not args.no_eval,
+        log=print,
+    )
     print("\n".join(result.lines()))
     return 0
 
@@ -116,9 +141,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     if any(b.startswith("onnx") for b in backends) or args.model.endswith(".onnx"):
         _need_export_extra()
-    result = bench(args.model, batch_sizes=args.batch_sizes, backends=backends, onnx_path=args.onnx,
-                   int8_path=args.int8, min_seconds=args.seconds, threads=args.threads,
-                   log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    result = bench(
+        args.model,
+        batch_sizes=args.batch_sizes,
+        backends=backends,
+        onnx_path=args.onnx,
+        int8_path=args.int8,
+        min_seconds=args.seconds,
+        threads=args.threads,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     console = _console()
     console.print(result.table())
     for note in dict.fromkeys(result.notes):
@@ -130,9 +162,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``imgcls`` parser."""
     p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified vs PyTorch")
     p.add_argument("checkpoint", help="a checkpoint file or a run folder")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch-export"],
-                   help="onnx (default), torchscript (deprecated upstream in favour of torch.export) or torch-export "
-                        "(an ExportedProgram .pt2)")  # fmt: skip
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "torchscript", "torch-export"],
+        help="onnx (default), torchscript (deprecated upstream in favour of torch.export) or torch-export "
+        "(an ExportedProgram .pt2)",
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
     p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")

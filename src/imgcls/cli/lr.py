@@ -27,8 +27,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if result.suggested_lr is None:
         print("SUGGESTED LR none (too few steps before divergence: lower --start-lr or raise --num-steps)")
     else:
-        print(f"SUGGESTED LR {result.suggested_lr:.3g}  (set training.optimizer.lr={result.suggested_lr:.3g}; many "
-              "prefer a value a few times lower)")  # fmt: skip
+        print(
+            f"SUGGESTED LR {result.suggested_lr:.3g}  (set training.optimizer.lr={result.suggested_lr:.3g}; many "
+            "prefer a value a few times lower)"
+        )
     print(f"LR FIND PLOT {result.plot}")
     return 0
 
@@ -38,8 +40,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("lr-plot", help="draw the learning-rate schedule a config would use (PNG)")
     p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
     p.add_argument("--out", default="lr_schedule.png", help="PNG path (default: lr_schedule.png)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="optimizer steps per epoch (default: from the dataset size and batch size)")  # fmt: skip
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="optimizer steps per epoch (default: from the dataset size and batch size)",
+    )
     p.set_defaults(func=_cmd_lr_plot)
 
     p = subparsers.add_parser("lr-find", help="LR range test: loss-vs-lr plot and a suggested learning rate")

@@ -60,9 +60,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from imgcls.evaluate.run_eval import run_eval  # deferred
 
-    run_eval(args.checkpoint, split=args.split, overrides=args.overrides, tta=args.tta, ensemble=args.ensemble,
-             ensemble_mode=args.ensemble_mode, batch_size=args.batch_size, out_dir=args.out,
-             report=not args.no_report)  # fmt: skip
+    run_eval(
+        args.checkpoint,
+        split=args.split,
+        overrides=args.overrides,
+        tta=args.tta,
+        ensemble=args.ensemble,
+        ensemble_mode=args.ensemble_mode,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        report=not args.no_report,
+    )
     return 0
 
 
@@ -100,8 +108,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches '{args.pattern}'; `imgcls models` lists them all")
-    rows = model_table(names, num_classes=args.num_classes, input_size=args.input_size,
-                       freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers)  # fmt: skip
+    rows = model_table(
+        names,
+        num_classes=args.num_classes,
+        input_size=args.input_size,
+        freeze_backbone=args.freeze_backbone,
+        freeze_layers=args.freeze_layers,
+    )
     table = Table(title="imgcls models")
     for col in ("model", "params", "trainable", "MACs", "input"):
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
@@ -131,8 +144,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     size = splits.train.source.image_size
     size_text = f"{size[0]}x{size[1]}" if size else "varies"
     mean, std = [round(m, 4) for m in splits.mean], [round(s, 4) for s in splits.std]
-    console.print(f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
-                  f"image size {size_text}, mean {mean}, std {std}")  # fmt: skip
+    console.print(
+        f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
+        f"image size {size_text}, mean {mean}, std {std}"
+    )
     table = Table(title="samples per class and split")
     table.add_column("class")
     views = {n: v for n, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v is not None}
@@ -170,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
     p.add_argument("--ensemble", nargs="*", default=[], metavar="CKPT", help="more checkpoints to average with")
-    p.add_argument("--ensemble-mode", default="probs", choices=["probs", "weights"],
-                   help="average probabilities, or weights (alone: the run's best and last)")  # fmt: skip
+    p.add_argument(
+        "--ensemble-mode",
+        default="probs",
+        choices=["probs", "weights"],
+        help="average probabilities, or weights (alone: the run's best and last)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")

@@ -10,8 +10,10 @@ import sys
 def cmd_serve(args: argparse.Namespace) -> int:
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
-        print(f"error: the serve extra is not installed: pip install 'imgcls[serve]' (missing: {', '.join(missing)})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: the serve extra is not installed: pip install 'imgcls[serve]' (missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
         return 2
     if args.gradio and importlib.util.find_spec("gradio") is None:
         print("error: --gradio needs gradio: pip install 'imgcls[gradio]'", file=sys.stderr)
@@ -21,9 +23,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls.serve.app import create_app
 
     try:
-        app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, topk=args.topk,
-                         device=args.device, threads=args.threads, gradio_ui=args.gradio)  # fmt: skip
+        app = create_app(
+            args.model,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_pixels=args.max_pixels,
+            topk=args.topk,
+            device=args.device,
+            threads=args.threads,
+            gradio_ui=args.gradio,
+        )
     except ValueError as e:  # e.g. an ONNX file without imgcls metadata
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,9 +36,17 @@ def cmd_study(args: argparse.Namespace) -> int:
     from imgcls.studies.runner import print_result, run_study
 
     for name in names:
-        result = run_study(name, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, out_dir=args.out,
-                           overrides=overrides, runs_dir=args.runs_dir, fresh=args.fresh,
-                           threads=args.threads)  # fmt: skip
+        result = run_study(
+            name,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            seeds=args.seeds,
+            out_dir=args.out,
+            overrides=overrides,
+            runs_dir=args.runs_dir,
+            fresh=args.fresh,
+            threads=args.threads,
+        )
         print_result(result)
     return 0
 
@@ -46,10 +54,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``imgcls study``."""
     p = subparsers.add_parser(
-        "study", help="run a classic experiment (variants x seeds) and write a table, plots and a reading",
+        "study",
+        help="run a classic experiment (variants x seeds) and write a table, plots and a reading",
         description="Run one or more registered studies (`imgcls study --list`; `all` runs every study). Extra "
-                    "key=value overrides apply to every run, after the study's own.",
-    )  # fmt: skip
+        "key=value overrides apply to every run, after the study's own.",
+    )
     p.add_argument("items", nargs="*", metavar="NAME | key=value", help="study names and dotted overrides")
     p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
     p.add_argument("--epochs", type=int, default=None, help="training.epochs for every run")
@@ -57,9 +66,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <runs-dir>/studies/<study>-<dataset>)")
     p.add_argument("--runs-dir", default="runs", help="runs folder for the default output folder")
     p.add_argument("--fresh", action="store_true", help="retrain even if a finished run with the same config exists")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads during the study (1 is fastest on a busy shared CPU)")  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads during the study (1 is fastest on a busy shared CPU)"
+    )
     p.add_argument("--list", action="store_true", help="list the studies")
-    p.add_argument("--collect", default=None, metavar="DIR",
-                   help="print (or write to --out) every study result under DIR as Markdown")  # fmt: skip
+    p.add_argument(
+        "--collect",
+        default=None,
+        metavar="DIR",
+        help="print (or write to --out) every study result under DIR as Markdown",
+    )
     p.set_defaults(func=cmd_study)

@@ -11,8 +11,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from imgcls.tune.compare import CompareError, compare, print_comparison
 
     try:
-        comparison, outputs = compare(args.runs, all_runs=args.all, runs_dir=args.runs_dir, out_dir=args.out,
-                                      keep_all=args.keep_all)  # fmt: skip
+        comparison, outputs = compare(
+            args.runs, all_runs=args.all, runs_dir=args.runs_dir, out_dir=args.out, keep_all=args.keep_all
+        )
     except CompareError as e:
         raise ConfigError(str(e)) from None
     print_comparison(comparison)
@@ -25,9 +26,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from imgcls.tune.search import tune
 
     preset, overrides = split_preset_and_overrides(args.args)
-    tune(preset, overrides, params=args.param, trials=args.trials, study_name=args.study_name, resume=args.resume,
-         metric=args.metric, runs_dir=args.runs_dir, prune=not args.no_prune, startup_trials=args.startup_trials,
-         seed=args.seed, timeout_s=args.timeout)  # fmt: skip
+    tune(
+        preset,
+        overrides,
+        params=args.param,
+        trials=args.trials,
+        study_name=args.study_name,
+        resume=args.resume,
+        metric=args.metric,
+        runs_dir=args.runs_dir,
+        prune=not args.no_prune,
+        startup_trials=args.startup_trials,
+        seed=args.seed,
+        timeout_s=args.timeout,
+    )
     return 0
 
 
@@ -42,11 +54,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser(
-        "tune", help="hyperparameter search with Optuna (SQLite study in the runs folder, median pruning)",
+        "tune",
+        help="hyperparameter search with Optuna (SQLite study in the runs folder, median pruning)",
         description="imgcls tune [PRESET] [key=value ...] --param KEY=SPEC ... --trials N. SPEC: log:LOW:HIGH, "
-                    "float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:A,B,C. Run the same command with "
-                    "--resume in several processes for parallel workers, or after a crash.",
-    )  # fmt: skip
+        "float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:A,B,C. Run the same command with "
+        "--resume in several processes for parallel workers, or after a crash.",
+    )
     p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and fixed overrides")
     p.add_argument("--param", action="append", default=[], metavar="KEY=SPEC", help="a search dimension (repeat)")
     p.add_argument("--trials", type=int, default=20, help="finished trials the study should reach")

@@ -219,9 +219,11 @@ def build_mixer(mix_cfg: MixConfig, num_classes: int) -> Mixer | None:
     use_cutmix, use_mixup = mix_cfg.cutmix_alpha > 0, mix_cfg.mixup_alpha > 0
     if use_cutmix and use_mixup:
         return MixSwitch(
-            CutMix(mix_cfg.cutmix_alpha, num_classes=num_classes), MixUp(mix_cfg.mixup_alpha, num_classes=num_classes),
-            switch_prob=mix_cfg.switch_prob, prob=mix_cfg.prob,
-        )  # fmt: skip
+            CutMix(mix_cfg.cutmix_alpha, num_classes=num_classes),
+            MixUp(mix_cfg.mixup_alpha, num_classes=num_classes),
+            switch_prob=mix_cfg.switch_prob,
+            prob=mix_cfg.prob,
+        )
     if use_cutmix:
         return CutMix(mix_cfg.cutmix_alpha, mix_cfg.prob, num_classes=num_classes)
     if use_mixup:

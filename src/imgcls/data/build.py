@@ -30,6 +30,7 @@ from imgcls.data.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
+
 class TooManyBadFilesError(BadImageError):
     """More image files failed to decode than ``data.max_bad_fraction`` allows. The message names some of them.
 
@@ -41,10 +42,15 @@ def build_splits(cfg: Config) -> Splits:
     """Load the configured dataset and derive its deterministic splits (``data.split_seed``, else ``run.seed``)."""
     raw = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, in_chans=cfg.data.in_chans)
     return make_splits(
-        raw, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        raw,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
         seed=cfg.run.seed if cfg.data.split_seed is None else cfg.data.split_seed,
-        subset=cfg.data.subset, imbalance=cfg.data.imbalance, mean=cfg.data.mean, std=cfg.data.std,
-    )  # fmt: skip
+        subset=cfg.data.subset,
+        imbalance=cfg.data.imbalance,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+    )
 
 
 def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> PreprocessInfo:
@@ -74,10 +80,13 @@ def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> Prepro
     if len(mean) != in_chans:  # e.g. grayscale data fed to an RGB model: repeat the statistics
         mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
     return PreprocessInfo(
-        image_size=size, in_chans=in_chans, mean=[float(m) for m in mean], std=[float(s) for s in std],
+        image_size=size,
+        in_chans=in_chans,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
         interpolation=str(data_cfg.get("interpolation", "bilinear")) if from_weights else "bilinear",
         resize=native is None or tuple(native) != (size, size),
-    )  # fmt: skip
+    )
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -94,12 +103,14 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def build_eval_loader(view: SplitView, transform: Callable, *, batch_size: int, num_workers: int = 0, rank: int = 0,
-                      world_size: int = 1) -> Any:  # fmt: skip
+def build_eval_loader(
+    view: SplitView, transform: Callable, *, batch_size: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
+) -> Any:
     """A deterministic loader over a split (sharded without padding when ``world_size`` > 1, for DDP)."""
     sampler = ShardSampler(len(view), rank, world_size) if world_size > 1 else None
-    return make_loader(TransformDataset(view, transform), batch_size=batch_size, sampler=sampler,
-                       num_workers=num_workers)  # fmt: skip
+    return make_loader(
+        TransformDataset(view, transform), batch_size=batch_size, sampler=sampler, num_workers=num_workers
+    )
 
 
 def build_mix(cfg: Config, num_classes: int) -> BatchTransform | None:
@@ -179,13 +190,50 @@ def drop_bad_files(splits: Splits, *, max_bad_fraction: float, num_threads: int 
         if view is not None and isinstance(view.source, FileSource):
             keep = np.array([view.source.paths[int(i)] not in bad for i in view.indices], dtype=bool)
             setattr(splits, name, SplitView(view.source, view.indices[keep]))
-    log.warning("%d of %d image files could not be decoded and are skipped (see bad_files in the run summary)",
-                len(bad), total)  # fmt: skip
+    log.warning(
+        "%d of %d image files could not be decoded and are skipped (see bad_files in the run summary)", len(bad), total
+    )
     return sorted(bad)
 
 
-def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device, rank: int = 0,
-                  world_size: int = 1) -> Loaders:  # fmt: skip
+def _train_loader(
+    cfg: Config, splits: Splits, transform: Callable, device: torch.device, rank: int, world_size: int
+) -> Any:
+    """The DataLoader path's train loader: per-epoch shuffling from the seed (or balanced batches), DDP-sharded."""
+    train_ds = TransformDataset(splits.train, transform)
+    drop_last = len(train_ds) // world_size > cfg.data.batch_size  # avoid a 1-sample BatchNorm batch
+    pin = device.type == "cuda"
+    if cfg.data.sampler == "balanced":
+        batch_sampler = BalancedBatchSampler(
+            splits.train.targets.numpy(),
+            cfg.data.batch_size,
+            seed=cfg.run.seed,
+            num_replicas=world_size,
+            rank=rank,
+        )
+        return make_loader(
+            train_ds,
+            batch_size=cfg.data.batch_size,
+            batch_sampler=batch_sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=pin,
+        )
+    sampler = epoch_sampler(
+        len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=world_size, rank=rank, drop_last=world_size > 1
+    )
+    return make_loader(
+        train_ds,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        drop_last=drop_last,
+        pin_memory=pin,
+    )
+
+
+def build_loaders(
+    cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Loaders:
     """Train loader (shuffled per epoch from the seed), val/test loaders, and the batch mixing transform.
 
     ``rank`` / ``world_size``: this process's shard under DDP (the train sampler and the eval loaders split the data).
@@ -197,37 +245,47 @@ def build_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, de
         ConfigError: ``data.loader=device`` with a file-backed dataset or an augmentation it cannot apply.
     """
     bad_files = drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
-    common = dict(image_size=preprocess.image_size, resize=preprocess.resize, in_chans=preprocess.in_chans,
-                  mean=preprocess.mean, std=preprocess.std, interpolation=preprocess.interpolation)  # fmt: skip
+    common = dict(
+        image_size=preprocess.image_size,
+        resize=preprocess.resize,
+        in_chans=preprocess.in_chans,
+        mean=preprocess.mean,
+        std=preprocess.std,
+        interpolation=preprocess.interpolation,
+    )
     eval_tf = build_eval_transform(**common)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     if cfg.data.loader == "device":
-        loaders = build_device_loaders(cfg, splits, preprocess, device=device, rank=rank, world_size=world_size,
-                                       eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes))  # fmt: skip
+        loaders = build_device_loaders(
+            cfg,
+            splits,
+            preprocess,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            eval_transform=eval_tf,
+            mix=build_mix(cfg, splits.num_classes),
+        )
         loaders.bad_files = bad_files
         return loaders
-    train_tf = build_train_transform(cfg.augmentation.train, **common)
-    train_ds = TransformDataset(splits.train, train_tf)
-    drop_last = len(train_ds) // world_size > cfg.data.batch_size  # avoid a 1-sample BatchNorm batch
-    pin = device.type == "cuda"
-    if cfg.data.sampler == "balanced":
-        batch_sampler = BalancedBatchSampler(
-            splits.train.targets.numpy(), cfg.data.batch_size, seed=cfg.run.seed,
-            num_replicas=world_size, rank=rank,
-        )  # fmt: skip
-        train = make_loader(train_ds, batch_size=cfg.data.batch_size, batch_sampler=batch_sampler,
-                            num_workers=cfg.data.num_workers, pin_memory=pin)  # fmt: skip
-    else:
-        sampler = epoch_sampler(len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=world_size,
-                                rank=rank, drop_last=world_size > 1)  # fmt: skip
-        train = make_loader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                            drop_last=drop_last, pin_memory=pin)  # fmt: skip
+    train = _train_loader(
+        cfg, splits, build_train_transform(cfg.augmentation.train, **common), device, rank, world_size
+    )
     val = test = None
     if splits.val is not None and len(splits.val):
-        val = build_eval_loader(splits.val, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers,
-                                rank=rank, world_size=world_size)  # fmt: skip
+        val = build_eval_loader(
+            splits.val, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers, rank=rank, world_size=world_size
+        )
     if splits.test is not None and len(splits.test):
-        test = build_eval_loader(splits.test, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers,
-                                 rank=rank, world_size=world_size)  # fmt: skip
-    return Loaders(train=train, val=val, test=test, eval_transform=eval_tf, mix=build_mix(cfg, splits.num_classes),
-                   mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs, bad_files=bad_files)  # fmt: skip
+        test = build_eval_loader(
+            splits.test, eval_tf, batch_size=eval_bs, num_workers=cfg.data.num_workers, rank=rank, world_size=world_size
+        )
+    return Loaders(
+        train=train,
+        val=val,
+        test=test,
+        eval_transform=eval_tf,
+        mix=build_mix(cfg, splits.num_classes),
+        mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs,
+        bad_files=bad_files,
+    )

@@ -274,10 +274,13 @@ def imagefolder(root: str | None = None, in_chans: int | None = None, **_: Any) 
         raise DatasetNotFoundError(f"no images found in {base} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     assert classes is not None
     return RawDataset(
-        train=splits["train"], val=splits.get("val"), test=splits.get("test"), classes=classes,
+        train=splits["train"],
+        val=splits.get("val"),
+        test=splits.get("test"),
+        classes=classes,
         mean=[0.485, 0.456, 0.406][:chans] if chans == 3 else None,
         std=[0.229, 0.224, 0.225][:chans] if chans == 3 else None,
-    )  # fmt: skip
+    )
 
 
 def imagefolder_archive(path: str | Path, image_size: int | None = None) -> RawDataset:
@@ -467,9 +470,15 @@ def make_splits(
         else:
             mean, std = channel_stats(train_view, seed=seed)
     return Splits(
-        train=train_view, val=val_view, test=test_view, classes=raw.classes, in_chans=raw.train.in_chans,
-        mean=[float(m) for m in mean], std=[float(s) for s in std], info=dict(raw.info),
-    )  # fmt: skip
+        train=train_view,
+        val=val_view,
+        test=test_view,
+        classes=raw.classes,
+        in_chans=raw.train.in_chans,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        info=dict(raw.info),
+    )
 
 
 def load_dataset(name: str, **kwargs: Any) -> RawDataset:

@@ -87,8 +87,16 @@ class BatchAugment:
         cutout_count: squares per image.
     """
 
-    def __init__(self, *, image_size: int, crop_padding: int = 0, padding_mode: Literal["reflect", "zero"] = "reflect",
-                 hflip: float = 0.0, cutout: int = 0, cutout_count: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        crop_padding: int = 0,
+        padding_mode: Literal["reflect", "zero"] = "reflect",
+        hflip: float = 0.0,
+        cutout: int = 0,
+        cutout_count: int = 1,
+    ) -> None:
         if padding_mode not in ("reflect", "zero"):
             raise ValueError(f"padding_mode must be reflect or zero, got {padding_mode!r}")
         if padding_mode == "reflect" and crop_padding >= image_size:
@@ -102,16 +110,22 @@ class BatchAugment:
         check_device_augmentations(aug, image_size=image_size)
         if not aug.enabled:
             return None
-        out = cls(image_size=image_size, crop_padding=aug.crop_padding if aug.random_crop else 0, hflip=aug.hflip,
-                  cutout=aug.cutout, cutout_count=aug.cutout_count)  # fmt: skip
+        out = cls(
+            image_size=image_size,
+            crop_padding=aug.crop_padding if aug.random_crop else 0,
+            hflip=aug.hflip,
+            cutout=aug.cutout,
+            cutout_count=aug.cutout_count,
+        )
         return out if out.active else None
 
     @property
     def active(self) -> bool:
         return self.crop_padding > 0 or self.hflip > 0 or self.cutout > 0
 
-    def get_params(self, batch_size: int, *, device: torch.device | str = "cpu",
-                   generator: torch.Generator | None = None) -> BatchAugParams:  # fmt: skip
+    def get_params(
+        self, batch_size: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> BatchAugParams:
         """Draw one batch's parameters on ``device`` (``generator`` must live there too)."""
         b, p, s = batch_size, self.crop_padding, self.image_size
         kw: dict[str, Any] = dict(device=device, generator=generator)
@@ -186,9 +200,11 @@ class BatchAugment:
         return self.apply(images, self.get_params(images.shape[0], device=images.device, generator=generator))
 
     def __repr__(self) -> str:
-        return (f"BatchAugment(image_size={self.image_size}, crop_padding={self.crop_padding}, "
-                f"padding_mode={self.padding_mode!r}, hflip={self.hflip}, cutout={self.cutout}, "
-                f"cutout_count={self.cutout_count})")  # fmt: skip
+        return (
+            f"BatchAugment(image_size={self.image_size}, crop_padding={self.crop_padding}, "
+            f"padding_mode={self.padding_mode!r}, hflip={self.hflip}, cutout={self.cutout}, "
+            f"cutout_count={self.cutout_count})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -196,8 +212,16 @@ class BatchAugment:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def prepare_images(view: SplitView, *, image_size: int, resize: bool, in_chans: int, interpolation: str = "bilinear",
-                   device: torch.device | str = "cpu", chunk: int = 4096) -> torch.Tensor:  # fmt: skip
+def prepare_images(
+    view: SplitView,
+    *,
+    image_size: int,
+    resize: bool,
+    in_chans: int,
+    interpolation: str = "bilinear",
+    device: torch.device | str = "cpu",
+    chunk: int = 4096,
+) -> torch.Tensor:
     """A split's images as one uint8 tensor [N, C, S, S] on ``device``, resized and channel-reduced once.
 
     The ops are the torch path's (FixChannels, then v2 Resize with antialias), applied to chunks of images, so the
@@ -251,10 +275,24 @@ class DeviceLoader:
             batching and sharding, and gets ``set_epoch`` forwarded.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], in_chans: int | None = None, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, augment: BatchAugment | None = None, num_replicas: int = 1, rank: int = 0,
-                 even_shards: bool = True, batch_sampler: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        in_chans: int | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        augment: BatchAugment | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = True,
+        batch_sampler: Any = None,
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"DeviceLoader needs uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if len(labels) != len(images):
@@ -339,9 +377,17 @@ class DeviceLoader:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_device_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device,
-                         rank: int = 0, world_size: int = 1, eval_transform: Callable[[torch.Tensor], torch.Tensor],
-                         mix: BatchTransform | None = None) -> Loaders:  # fmt: skip
+def build_device_loaders(
+    cfg: Config,
+    splits: Splits,
+    preprocess: PreprocessInfo,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    eval_transform: Callable[[torch.Tensor], torch.Tensor],
+    mix: BatchTransform | None = None,
+) -> Loaders:
     """The ``data.loader=device`` counterpart of :func:`imgcls.data.build.build_loaders` (same :class:`Loaders`)."""
     check_device_augmentations(cfg.augmentation.train, image_size=preprocess.image_size, in_chans=preprocess.in_chans)
     views = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
@@ -352,26 +398,54 @@ def build_device_loaders(cfg: Config, splits: Splits, preprocess: PreprocessInfo
                 "decoded from image files per sample. Use data.loader=torch, or point data.root at a .tar.gz archive "
                 "of same-size images (decoded into memory once)."
             )
-    prep = dict(image_size=preprocess.image_size, resize=preprocess.resize, in_chans=preprocess.in_chans,
-                interpolation=preprocess.interpolation, device=device)  # fmt: skip
+    prep = dict(
+        image_size=preprocess.image_size,
+        resize=preprocess.resize,
+        in_chans=preprocess.in_chans,
+        interpolation=preprocess.interpolation,
+        device=device,
+    )
     norm = dict(mean=preprocess.mean, std=preprocess.std, in_chans=preprocess.in_chans)
     train_images = prepare_images(splits.train, **prep)
     train_labels = splits.train.targets
     augment = BatchAugment.from_config(cfg.augmentation.train, preprocess.image_size)
     batch_sampler = None
     if cfg.data.sampler == "balanced":
-        batch_sampler = BalancedBatchSampler(train_labels.numpy(), cfg.data.batch_size, seed=cfg.run.seed,
-                                             num_replicas=world_size, rank=rank)  # fmt: skip
+        batch_sampler = BalancedBatchSampler(
+            train_labels.numpy(), cfg.data.batch_size, seed=cfg.run.seed, num_replicas=world_size, rank=rank
+        )
     drop_last = len(splits.train) // world_size > cfg.data.batch_size  # as the torch path
-    train = DeviceLoader(train_images, train_labels, batch_size=cfg.data.batch_size, shuffle=True, drop_last=drop_last,
-                         seed=cfg.run.seed, augment=augment, num_replicas=world_size, rank=rank,
-                         batch_sampler=batch_sampler, **norm)  # fmt: skip
+    train = DeviceLoader(
+        train_images,
+        train_labels,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        seed=cfg.run.seed,
+        augment=augment,
+        num_replicas=world_size,
+        rank=rank,
+        batch_sampler=batch_sampler,
+        **norm,
+    )
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     evals: dict[str, DeviceLoader | None] = {"val": None, "test": None}
     for name, view in views[1:]:
         if view is not None and len(view):
-            evals[name] = DeviceLoader(prepare_images(view, **prep), view.targets, batch_size=eval_bs,
-                                       num_replicas=world_size, rank=rank, even_shards=False,
-                                       **norm)  # fmt: skip
-    return Loaders(train=train, val=evals["val"], test=evals["test"], eval_transform=eval_transform, mix=mix,
-                   mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs)  # fmt: skip
+            evals[name] = DeviceLoader(
+                prepare_images(view, **prep),
+                view.targets,
+                batch_size=eval_bs,
+                num_replicas=world_size,
+                rank=rank,
+                even_shards=False,
+                **norm,
+            )
+    return Loaders(
+        train=train,
+        val=evals["val"],
+        test=evals["test"],
+        eval_transform=eval_transform,
+        mix=mix,
+        mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs,
+    )

@@ -91,13 +91,21 @@ def make_loader(
     """A DataLoader with the project's defaults (persistent workers when there are workers)."""
     if batch_sampler is not None:
         return DataLoader(
-            dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
-        )  # fmt: skip
+        )
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=pin_memory, persistent_workers=num_workers > 0,
-    )  # fmt: skip
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def set_epoch(loader: Any, epoch: int) -> None:

@@ -43,23 +43,38 @@ def _pick(view: SplitView, n: int, seed: int) -> tuple[np.ndarray, list[torch.Te
     return np.array(pos, dtype=np.int64), images, labels
 
 
-def _augmented(cfg: Config, train: SplitView, pre: dict[str, Any], pos: np.ndarray, raw_images: list[torch.Tensor],
-               labels: list[int]) -> tuple[torch.Tensor, str]:  # fmt: skip
+def _augmented(
+    cfg: Config,
+    train: SplitView,
+    pre: dict[str, Any],
+    pos: np.ndarray,
+    raw_images: list[torch.Tensor],
+    labels: list[int],
+) -> tuple[torch.Tensor, str]:
     """The samples through the path training uses, as normalised float images; and the path's name."""
     size, in_chans = pre["image_size"], pre["in_chans"]
     if cfg.data.loader == "device":
         subset = SplitView(train.source, train.indices[pos])
         prepared = prepare_images(subset, image_size=size, resize=pre["resize"], in_chans=in_chans)
         augment = BatchAugment.from_config(cfg.augmentation.train, size)
-        loader = DeviceLoader(prepared, torch.tensor(labels), batch_size=len(labels), mean=pre["mean"], std=pre["std"],
-                              in_chans=in_chans, augment=augment, seed=cfg.run.seed)  # fmt: skip
+        loader = DeviceLoader(
+            prepared,
+            torch.tensor(labels),
+            batch_size=len(labels),
+            mean=pre["mean"],
+            std=pre["std"],
+            in_chans=in_chans,
+            augment=augment,
+            seed=cfg.run.seed,
+        )
         return next(iter(loader))[0], "device loader"
     train_tf = build_train_transform(cfg.augmentation.train, **pre)
     return torch.stack([train_tf(img) for img in raw_images]), "torch loader"
 
 
-def _mixed(mixer: Any, augmented: torch.Tensor, labels: list[int], classes: list[str], size: int
-           ) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+def _mixed(
+    mixer: Any, augmented: torch.Tensor, labels: list[int], classes: list[str], size: int
+) -> tuple[torch.Tensor, list[str]]:
     """One independent CutMix/MixUp draw per column (to show the spread of lambda and kinds), with captions."""
     label_t = torch.tensor(labels)
     images, captions = [], []
@@ -70,8 +85,9 @@ def _mixed(mixer: Any, augmented: torch.Tensor, labels: list[int], classes: list
         # the mixers pair image i with image i - 1 (roll by one); read the two weights back from the targets
         own, partner = labels[i], labels[i - 1]
         w_own = float(targets[i, own]) if own != partner else params.lam
-        captions.append(f"{params.kind} λ={params.lam:.2f}\n{classes[own]} {w_own:.2f} + "
-                        f"{classes[partner]} {1.0 - w_own:.2f}")  # fmt: skip
+        captions.append(
+            f"{params.kind} λ={params.lam:.2f}\n{classes[own]} {w_own:.2f} + {classes[partner]} {1.0 - w_own:.2f}"
+        )
     return torch.stack(images), captions
 
 

@@ -83,8 +83,14 @@ class BalancedBatchSampler(Sampler[list[int]]):
         rank: this process's rank.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray | torch.Tensor, batch_size: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         labels_np, _ = _labels_of(labels)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

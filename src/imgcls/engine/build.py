@@ -35,9 +35,12 @@ from imgcls.models.pretrained import load_pretrained
 
 #: config keys whose value names a registry entry, checked by :func:`check_config`
 REGISTRY_KEYS: dict[str, Any] = {
-    "data.name": DATASETS, "model.name": MODELS, "training.optimizer.name": OPTIMIZERS,
-    "training.scheduler.name": SCHEDULES, "training.loss.name": LOSSES,
-}  # fmt: skip
+    "data.name": DATASETS,
+    "model.name": MODELS,
+    "training.optimizer.name": OPTIMIZERS,
+    "training.scheduler.name": SCHEDULES,
+    "training.loss.name": LOSSES,
+}
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -58,7 +61,9 @@ def check_config(cfg: Config) -> None:
         if value not in registry:
             raise ConfigError(f"bad value for '{key}': {registry.unknown_message(value)}")
     if not 1 <= cfg.run.test_tta <= MAX_TTA_VIEWS:
-        raise ConfigError(f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}")
+        raise ConfigError(
+            f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}"
+        )
     check_loss_config(cfg.training.loss)
     model_kwargs(cfg, model_entry(cfg), image_size=None)
 
@@ -86,10 +91,13 @@ def model_kwargs(cfg: Config, entry: Callable[..., Any] | None, image_size: int 
         ConfigError: a set option (``model.activation``, ``model.kwargs.x`` ...) that the entry point does not take.
     """
     wanted: dict[str, Any] = {
-        "activation": cfg.model.activation, "dropout_rate": cfg.model.dropout_rate,
-        "drop_path_rate": cfg.model.drop_path_rate, "stem": cfg.model.stem, "image_size": image_size,
+        "activation": cfg.model.activation,
+        "dropout_rate": cfg.model.dropout_rate,
+        "drop_path_rate": cfg.model.drop_path_rate,
+        "stem": cfg.model.stem,
+        "image_size": image_size,
         **cfg.model.kwargs,
-    }  # fmt: skip
+    }
     wanted = {k: v for k, v in wanted.items() if v is not None}
     if entry is None:
         return wanted
@@ -98,8 +106,9 @@ def model_kwargs(cfg: Config, entry: Callable[..., Any] | None, image_size: int 
         return wanted
     unsupported = [k for k in wanted if k not in params and k != "image_size"]
     if unsupported:
-        keys = ", ".join(k if k in ("activation", "dropout_rate", "drop_path_rate", "stem") else f"kwargs.{k}"
-                         for k in unsupported)  # fmt: skip
+        keys = ", ".join(
+            k if k in ("activation", "dropout_rate", "drop_path_rate", "stem") else f"kwargs.{k}" for k in unsupported
+        )
         takes = ", ".join(p for p in params if p not in ("num_classes", "in_chans", "image_size", "pretrained"))
         raise ConfigError(f"model '{cfg.model.name}' does not take model.{keys}; it takes: {takes or 'nothing'}")
     return {k: v for k, v in wanted.items() if k in params}
@@ -128,8 +137,13 @@ def model_size_hint(cfg: Config, splits: Splits) -> int | None:
     return cfg.data.image_size or (native[0] if native else (None if cfg.model.pretrained else 224))
 
 
-def data_init_sample(splits: Splits, eval_transform: Callable[[torch.Tensor], torch.Tensor], *, max_images: int = 5000,
-                     max_files: int = 1000) -> torch.Tensor:  # fmt: skip
+def data_init_sample(
+    splits: Splits,
+    eval_transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    max_images: int = 5000,
+    max_files: int = 1000,
+) -> torch.Tensor:
     """The first training images, preprocessed as for evaluation (no augmentation): float [N, C, S, S].
 
     Used by data-dependent initialisation (``model.init_from_data``, e.g. airbench's whitening stem). Taken from the
@@ -160,11 +174,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.to(device).eval(), ckpt
 
 
-def eval_transform_of(preprocess: PreprocessInfo, *, resize: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def eval_transform_of(
+    preprocess: PreprocessInfo, *, resize: bool | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The eval pipeline (uint8 image -> model input) a checkpoint's preprocessing describes."""
     p = preprocess
-    return build_eval_transform(image_size=p.image_size, resize=p.resize if resize is None else resize,
-                                in_chans=p.in_chans, mean=p.mean, std=p.std, interpolation=p.interpolation)  # fmt: skip
+    return build_eval_transform(
+        image_size=p.image_size,
+        resize=p.resize if resize is None else resize,
+        in_chans=p.in_chans,
+        mean=p.mean,
+        std=p.std,
+        interpolation=p.interpolation,
+    )
 
 
 def load_split(

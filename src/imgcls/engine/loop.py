@@ -167,8 +167,15 @@ class _EpochSums:
         self.correct += (logits.detach().argmax(1) == labels).sum()
 
 
-def _forward_backward(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
-                      opts: TrainOptions, scaler: torch.amp.GradScaler | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _forward_backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    opts: TrainOptions,
+    scaler: torch.amp.GradScaler | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One micro-batch: forward under autocast, loss (with the teacher's logits when distilling), scaled backward.
     Returns (detached fp32 loss, logits)."""
     with autocast_context(opts.device, opts.amp, opts.amp_dtype):
@@ -187,8 +194,9 @@ def _forward_backward(model: nn.Module, images: torch.Tensor, targets: torch.Ten
     return loss.detach().float(), logits
 
 
-def _optimizer_step(model: nn.Module, params: list[torch.Tensor], opt: OptimState, opts: TrainOptions,
-                    sums: _EpochSums) -> bool:  # fmt: skip
+def _optimizer_step(
+    model: nn.Module, params: list[torch.Tensor], opt: OptimState, opts: TrainOptions, sums: _EpochSums
+) -> bool:
     """Set the lr for this step, clip, guard against non-finite values, step, update the EMA. Returns whether the
     update was applied (False: skipped by the non-finite guard)."""
     optimizer = opt.optimizer
@@ -234,8 +242,13 @@ def _optimizer_step(model: nn.Module, params: list[torch.Tensor], opt: OptimStat
     return True
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], opt: OptimState,
-                    loss_fn: Callable[..., torch.Tensor], opts: TrainOptions | None = None) -> EpochStats:  # fmt: skip
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    opt: OptimState,
+    loss_fn: Callable[..., torch.Tensor],
+    opts: TrainOptions | None = None,
+) -> EpochStats:
     """Train ``model`` (possibly DDP-wrapped or compiled) for one pass over ``loader``.
 
     Args:
@@ -282,9 +295,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch
     seconds = time.perf_counter() - t0
     count = float(sums.loss_count)
     return EpochStats(
-        loss=float(sums.loss_sum) / count if count > 0 else float("nan"), acc=float(sums.correct) / max(sums.seen, 1),
-        images=sums.seen, seconds=seconds, steps=opt.step - start_step, skipped_steps=sums.skipped,
-    )  # fmt: skip
+        loss=float(sums.loss_sum) / count if count > 0 else float("nan"),
+        acc=float(sums.correct) / max(sums.seen, 1),
+        images=sums.seen,
+        seconds=seconds,
+        steps=opt.step - start_step,
+        skipped_steps=sums.skipped,
+    )
 
 
 @dataclass
@@ -403,7 +420,6 @@ def evaluate(
             all_logits.append(logp.cpu())
             all_targets.append(targets.cpu())
     if distributed:
-
         for t in (confusion, nll_sum, topk_hits):
             dist.all_reduce(t)
     n = int(confusion.sum())

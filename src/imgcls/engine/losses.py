@@ -65,8 +65,13 @@ class FocalLoss(nn.Module):
     form: per-class balancing is ``weight``, i.e. ``training.loss.class_weights=balanced``).
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, weight: torch.Tensor | None = None,
-                 label_smoothing: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | None = None,
+        weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.gamma, self.alpha, self.label_smoothing = gamma, alpha, label_smoothing
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
@@ -98,8 +103,12 @@ class DistillationLoss(nn.Module):
         alpha: weight of the soft (teacher) term, in [0, 1].
     """
 
-    def __init__(self, base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], temperature: float = 4.0,
-                 alpha: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"distillation temperature must be > 0, got {temperature}")

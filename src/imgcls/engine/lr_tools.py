@@ -85,8 +85,11 @@ def lr_plot(cfg: Config, out: str | Path, steps_per_epoch: int | None = None) ->
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
     note = " (drawn without plateau reductions)" if sched.name == "plateau" else ""
-    ax.set_title(f"{sched.name} schedule, {cfg.training.optimizer.name} lr {cfg.training.optimizer.lr:g}, "
-                 f"{cfg.training.epochs} epochs x {spe} steps{note}", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{sched.name} schedule, {cfg.training.optimizer.name} lr {cfg.training.optimizer.lr:g}, "
+        f"{cfg.training.epochs} epochs x {spe} steps{note}",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out)
@@ -136,9 +139,15 @@ def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 5, ski
     return float(lrs[lo + int(np.argmin(slope))])
 
 
-def _sweep_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
-                batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, batch_transform: Callable | None,
-                autocast: Callable[[], Any] | None) -> float | None:  # fmt: skip
+def _sweep_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    batch_transform: Callable | None,
+    autocast: Callable[[], Any] | None,
+) -> float | None:
     """One optimizer step of the sweep; returns its loss, or None (and no step) when the loss is not finite."""
     images, targets = batch[0].to(device), batch[1].to(device)
     if batch_transform is not None:
@@ -225,8 +234,9 @@ def lr_range_test(
             group["lr"] = b
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
-    return LrFindResult(lrs=lrs, losses=losses, smoothed=smoothed, suggested_lr=suggest_lr(lrs, smoothed),
-                        diverged=diverged)  # fmt: skip
+    return LrFindResult(
+        lrs=lrs, losses=losses, smoothed=smoothed, suggested_lr=suggest_lr(lrs, smoothed), diverged=diverged
+    )
 
 
 def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range test") -> Path:
@@ -236,8 +246,13 @@ def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range t
     ax.plot(result.lrs, result.losses, color="lightgray", lw=1, label="loss")
     ax.plot(result.lrs, result.smoothed, lw=1.8, label="smoothed loss")
     if result.suggested_lr is not None:
-        ax.axvline(result.suggested_lr, color="tab:red", ls="--", lw=1,
-                   label=f"suggested lr {result.suggested_lr:.2g} (steepest descent)")  # fmt: skip
+        ax.axvline(
+            result.suggested_lr,
+            color="tab:red",
+            ls="--",
+            lw=1,
+            label=f"suggested lr {result.suggested_lr:.2g} (steepest descent)",
+        )
     ax.set_xscale("log")
     if result.smoothed:
         lo = min(result.smoothed)
@@ -252,8 +267,9 @@ def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range t
     return save_figure(fig, out)
 
 
-def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100) -> LrFindResult:  # fmt: skip
+def lr_find(
+    cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100
+) -> LrFindResult:
     """Run the LR range test with the model, data, loss and optimizer that ``cfg`` describes.
 
     Args:
@@ -272,12 +288,21 @@ def lr_find(cfg: Config, out: str | Path | None = None, *, start_lr: float = 1e-
     loss_fn = build_loss(cfg.training.loss, weights).to(device)
     optimizer = build_optimizer(model, cfg.training.optimizer)
     result = lr_range_test(
-        model, loaders.train, optimizer, loss_fn, device=device, start_lr=start_lr, end_lr=end_lr,
-        num_steps=num_steps, batch_transform=loaders.batch_transform_for(0, cfg.training.epochs),
+        model,
+        loaders.train,
+        optimizer,
+        loss_fn,
+        device=device,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_steps=num_steps,
+        batch_transform=loaders.batch_transform_for(0, cfg.training.epochs),
         autocast=lambda: autocast_context(device, cfg.training.amp, cfg.training.amp_dtype),
-    )  # fmt: skip
+    )
     if out is not None:
-        title = (f"LR range test: {cfg.model.name} on {cfg.data.name}, {cfg.training.optimizer.name}, "
-                 f"batch {cfg.data.batch_size}, {len(result.lrs)} steps")  # fmt: skip
+        title = (
+            f"LR range test: {cfg.model.name} on {cfg.data.name}, {cfg.training.optimizer.name}, "
+            f"batch {cfg.data.batch_size}, {len(result.lrs)} steps"
+        )
         result.plot = plot_lr_find(result, out, title=title)
     return result

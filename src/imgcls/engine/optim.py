@@ -66,8 +66,13 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     ``backbone_lr_mult`` survive scheduling.
     """
 
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
-                          bias_lr_mult=cfg.bias_lr_mult)  # fmt: skip
+    groups = param_groups(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        backbone_lr_mult=cfg.backbone_lr_mult,
+        bias_lr_mult=cfg.bias_lr_mult,
+    )
     optimizer = OPTIMIZERS.get(cfg.name)(groups, cfg)
     if cfg.lookahead:
         optimizer = Lookahead(optimizer, alpha=cfg.lookahead_alpha, k=cfg.lookahead_k)

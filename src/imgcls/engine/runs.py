@@ -23,9 +23,18 @@ from imgcls.engine.checkpoint import load_checkpoint
 log = logging.getLogger("imgcls")
 
 METRIC_FIELDS = [
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "ema_val_loss", "ema_val_acc", "lr",
-    "seconds", "images_per_s",
-]  # fmt: skip
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "ema_val_loss",
+    "ema_val_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+]
 
 
 class RunFolderError(ValueError):
@@ -116,8 +125,6 @@ class MetricsLog:
             if new:
                 w.writeheader()
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in METRIC_FIELDS})
-
-
 
 
 @dataclass

@@ -162,8 +162,13 @@ class WandbTracker:
             ) from e
         run_dir = Path(run_dir)
         self.run = wandb.init(
-            project=project, name=run_dir.name, dir=str(run_dir), config=config, mode="offline", reinit=True,
-        )  # fmt: skip
+            project=project,
+            name=run_dir.name,
+            dir=str(run_dir),
+            config=config,
+            mode="offline",
+            reinit=True,
+        )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(numeric_metrics(metrics), step=step)

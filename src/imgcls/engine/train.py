@@ -127,8 +127,9 @@ class RunFolder:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_data_and_model(cfg: Config, device: torch.device, dist: DistInfo) -> tuple[Splits, PreprocessInfo, nn.Module,
-                                                                                      Loaders]:  # fmt: skip
+def build_data_and_model(
+    cfg: Config, device: torch.device, dist: DistInfo
+) -> tuple[Splits, PreprocessInfo, nn.Module, Loaders]:
     """Splits, preprocessing, the model (frozen as configured, on ``device``, data-initialised) and the loaders."""
     splits = build_splits(cfg)
     in_chans = cfg.data.in_chans or splits.in_chans
@@ -176,27 +177,50 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
     total_steps = steps_per_epoch * cfg.training.epochs
     loss_fn, teacher = _loss(cfg, splits, device)
     tr = cfg.training
-    plateau = PlateauState(gamma=tr.scheduler.gamma, patience=tr.scheduler.patience,
-                           mode="max" if tr.early_stopping.monitor == "val_acc" else "min")  # fmt: skip
+    plateau = PlateauState(
+        gamma=tr.scheduler.gamma,
+        patience=tr.scheduler.patience,
+        mode="max" if tr.early_stopping.monitor == "val_acc" else "min",
+    )
 
     def lr_at(step: int) -> float:
-        return lr_multiplier(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch, cfg=tr.scheduler,
-                             plateau_mult=plateau.mult)  # fmt: skip
+        return lr_multiplier(
+            step, total_steps=total_steps, steps_per_epoch=steps_per_epoch, cfg=tr.scheduler, plateau_mult=plateau.mult
+        )
 
     opt = OptimState(
-        optimizer=build_optimizer(model, tr.optimizer), lr_at=lr_at,
+        optimizer=build_optimizer(model, tr.optimizer),
+        lr_at=lr_at,
         scaler=torch.amp.GradScaler("cuda") if needs_grad_scaler(device, tr.amp, tr.amp_dtype) else None,
         ema=ModelEma(model, tr.ema.decay, tr.ema.warmup) if tr.ema.enabled else None,
-    )  # fmt: skip
-    return TrainSetup(cfg=cfg, dist=dist, device=device, splits=splits, preprocess=preprocess, model=model,
-                      train_model=_wrap(cfg, model, device, dist), loaders=loaders, loss_fn=loss_fn, teacher=teacher,
-                      opt=opt, plateau=plateau, steps_per_epoch=steps_per_epoch)  # fmt: skip
+    )
+    return TrainSetup(
+        cfg=cfg,
+        dist=dist,
+        device=device,
+        splits=splits,
+        preprocess=preprocess,
+        model=model,
+        train_model=_wrap(cfg, model, device, dist),
+        loaders=loaders,
+        loss_fn=loss_fn,
+        teacher=teacher,
+        opt=opt,
+        plateau=plateau,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def _unfreeze_one(s: TrainSetup) -> bool:
     o = s.cfg.training.optimizer
-    released = unfreeze_next_group(s.model, s.opt.optimizer, lr=o.lr, weight_decay=o.weight_decay,
-                                   backbone_lr_mult=o.backbone_lr_mult, bias_lr_mult=o.bias_lr_mult)  # fmt: skip
+    released = unfreeze_next_group(
+        s.model,
+        s.opt.optimizer,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        backbone_lr_mult=o.backbone_lr_mult,
+        bias_lr_mult=o.bias_lr_mult,
+    )
     for group in s.opt.optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return released
@@ -209,8 +233,12 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         if s.dist.enabled:
             seed_everything(cfg.run.seed + s.dist.rank, cfg.run.deterministic)  # per-rank augmentation draws
         return TrainState()
-    state = TrainState(epoch=int(ckpt["epoch"]), best_score=ckpt["best"]["score"], best_epoch=ckpt["best"]["epoch"],
-                       bad_epochs=ckpt["best"]["bad_epochs"])  # fmt: skip
+    state = TrainState(
+        epoch=int(ckpt["epoch"]),
+        best_score=ckpt["best"]["score"],
+        best_epoch=ckpt["best"]["epoch"],
+        bad_epochs=ckpt["best"]["bad_epochs"],
+    )
     # re-apply the gradual unfreezing that had happened before the checkpoint, so the optimizer's groups match
     for e in cfg.training.unfreeze_epochs:
         if e < state.epoch:
@@ -258,9 +286,12 @@ class _Progress:
         self.bar = None
         if enabled and sys.stdout.isatty():
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
-            )  # fmt: skip
+            )
             self.bar.start()
             self.task = self.bar.add_task("train", total=1, info="")
 
@@ -287,8 +318,14 @@ def _validate(s: TrainSetup, row: dict[str, Any]) -> float | None:
     if s.loaders.val is None:
         return None
     tr = s.cfg.training
-    kw = dict(device=s.device, num_classes=s.splits.num_classes, amp=tr.amp, amp_dtype=tr.amp_dtype,
-              channels_last=tr.channels_last, distributed=s.dist.enabled)  # fmt: skip
+    kw = dict(
+        device=s.device,
+        num_classes=s.splits.num_classes,
+        amp=tr.amp,
+        amp_dtype=tr.amp_dtype,
+        channels_last=tr.channels_last,
+        distributed=s.dist.enabled,
+    )
     val = scored = evaluate(s.model, s.loaders.val, **kw)
     row.update(val_loss=val.loss, val_acc=val.acc, val_top5=val.topk.get(5, ""))
     if s.ema is not None:
@@ -311,11 +348,19 @@ def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[di
     progress.start_epoch(epoch, tr.epochs, s.steps_per_epoch)
     start = s.opt.step
     opts = TrainOptions(
-        device=s.device, amp=tr.amp, amp_dtype=tr.amp_dtype, accum_steps=tr.accum_steps,
-        clip_grad_norm=tr.clip_grad_norm, channels_last=tr.channels_last, max_nonfinite_steps=tr.max_nonfinite_steps,
-        log_interval=cfg.run.log_interval, batch_transform=s.loaders.batch_transform_for(epoch, tr.epochs),
-        teacher=s.teacher, on_log=lambda step, loss: progress.log(step - start, loss), after_train_mode=freeze_bn_eval,
-    )  # fmt: skip
+        device=s.device,
+        amp=tr.amp,
+        amp_dtype=tr.amp_dtype,
+        accum_steps=tr.accum_steps,
+        clip_grad_norm=tr.clip_grad_norm,
+        channels_last=tr.channels_last,
+        max_nonfinite_steps=tr.max_nonfinite_steps,
+        log_interval=cfg.run.log_interval,
+        batch_transform=s.loaders.batch_transform_for(epoch, tr.epochs),
+        teacher=s.teacher,
+        on_log=lambda step, loss: progress.log(step - start, loss),
+        after_train_mode=freeze_bn_eval,
+    )
     stats = train_one_epoch(s.train_model, s.loaders.train, s.opt, s.loss_fn, opts)
     if hasattr(s.opt.optimizer, "sync_lookahead"):
         s.opt.optimizer.sync_lookahead()  # evaluate and save the slow (lookahead) weights, as timm does
@@ -328,9 +373,13 @@ def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[di
     if s.ema is not None:
         assert_finite_state(s.ema.module, "EMA model")
     row: dict[str, Any] = {
-        "epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc,
-        "lr": s.opt.optimizer.param_groups[0]["lr"], "seconds": stats.seconds, "images_per_s": stats.images_per_s,
-    }  # fmt: skip
+        "epoch": epoch + 1,
+        "train_loss": stats.loss,
+        "train_acc": stats.acc,
+        "lr": s.opt.optimizer.param_groups[0]["lr"],
+        "seconds": stats.seconds,
+        "images_per_s": stats.images_per_s,
+    }
     return row, _validate(s, row)
 
 
@@ -342,13 +391,21 @@ def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[di
 def checkpoint_state(s: TrainSetup, state: TrainState, metrics: dict[str, Any]) -> dict[str, Any]:
     """The self-describing checkpoint of the run after ``state.epoch`` epochs."""
     return {
-        "format": FORMAT_VERSION, "model": s.model.state_dict(), "optimizer": s.opt.optimizer.state_dict(),
+        "format": FORMAT_VERSION,
+        "model": s.model.state_dict(),
+        "optimizer": s.opt.optimizer.state_dict(),
         "scaler": s.opt.scaler.state_dict() if s.opt.scaler is not None else None,
-        "ema": s.ema.state_dict() if s.ema is not None else None, "schedule": {"plateau": s.plateau.state_dict()},
-        "epoch": state.epoch, "step": s.opt.step, "rng": rng_state(), "config": to_dict(s.cfg),
-        "classes": s.splits.classes, "preprocess": s.preprocess.to_dict(), "metrics": metrics,
+        "ema": s.ema.state_dict() if s.ema is not None else None,
+        "schedule": {"plateau": s.plateau.state_dict()},
+        "epoch": state.epoch,
+        "step": s.opt.step,
+        "rng": rng_state(),
+        "config": to_dict(s.cfg),
+        "classes": s.splits.classes,
+        "preprocess": s.preprocess.to_dict(),
+        "metrics": metrics,
         "best": {"score": state.best_score, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
-    }  # fmt: skip
+    }
 
 
 def _update_best(s: TrainSetup, state: TrainState, score: float | None) -> bool:
@@ -381,8 +438,14 @@ def _save_checkpoints(s: TrainSetup, state: TrainState, row: dict[str, Any], run
     atomic_save(ckpt, run.path / "checkpoints" / "last.pt")
 
 
-def end_epoch(s: TrainSetup, state: TrainState, row: dict[str, Any], score: float | None, run: RunFolder,
-              hooks: dict[str, Callable[..., Any]]) -> bool:  # fmt: skip
+def end_epoch(
+    s: TrainSetup,
+    state: TrainState,
+    row: dict[str, Any],
+    score: float | None,
+    run: RunFolder,
+    hooks: dict[str, Callable[..., Any]],
+) -> bool:
     """Best score and early stopping, metrics.csv, tracker, checkpoints, the ``on_epoch_end`` hook. Returns whether
     training should stop now."""
     state.epoch += 1
@@ -399,8 +462,11 @@ def end_epoch(s: TrainSetup, state: TrainState, row: dict[str, Any], score: floa
         hooks["on_epoch_end"](state.epoch - 1, row)
     es = s.cfg.training.early_stopping
     if es.patience is not None and state.bad_epochs >= es.patience:
-        _say(s.dist, f"early stopping: no improvement of {es.monitor} for {es.patience} epochs (best at epoch "
-                     f"{state.best_epoch})")  # fmt: skip
+        _say(
+            s.dist,
+            f"early stopping: no improvement of {es.monitor} for {es.patience} epochs (best at epoch "
+            f"{state.best_epoch})",
+        )
         state.stopped_early = True
     return state.stopped_early
 
@@ -427,11 +493,22 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
     tr = s.cfg.training
     best = load_checkpoint(run.path / "checkpoints" / "best.pt", map_location=s.device)
     s.model.load_state_dict(best["model"])
-    result = evaluate(s.model, s.loaders.test, device=s.device, num_classes=s.splits.num_classes, amp=tr.amp,
-                      amp_dtype=tr.amp_dtype, distributed=s.dist.enabled, tta=s.cfg.run.test_tta,
-                      channels_last=tr.channels_last)  # fmt: skip
-    _say(s.dist, f"test accuracy: {result.acc:.4f} (top-5 {result.topk.get(5, float('nan')):.4f}, loss "
-                 f"{result.loss:.4f}) from the best checkpoint (epoch {best['epoch']})")  # fmt: skip
+    result = evaluate(
+        s.model,
+        s.loaders.test,
+        device=s.device,
+        num_classes=s.splits.num_classes,
+        amp=tr.amp,
+        amp_dtype=tr.amp_dtype,
+        distributed=s.dist.enabled,
+        tta=s.cfg.run.test_tta,
+        channels_last=tr.channels_last,
+    )
+    _say(
+        s.dist,
+        f"test accuracy: {result.acc:.4f} (top-5 {result.topk.get(5, float('nan')):.4f}, loss "
+        f"{result.loss:.4f}) from the best checkpoint (epoch {best['epoch']})",
+    )
     return result
 
 
@@ -441,23 +518,39 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder, t_start: float) -> 
     test = _test(s, run)
     seconds = time.perf_counter() - t_start
     summary = {
-        "run_dir": str(run.path), "model": cfg.model.name, "dataset": cfg.data.name, "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
+        "run_dir": str(run.path),
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "best_epoch": state.best_epoch,
         "best_val_" + cfg.training.early_stopping.monitor.removeprefix("val_"): state.best_score,
-        "test_acc": test.acc if test else None, "test_top5": test.topk.get(5) if test else None,
-        "test_loss": test.loss if test else None, "params": sum(p.numel() for p in s.model.parameters()),
+        "test_acc": test.acc if test else None,
+        "test_top5": test.topk.get(5) if test else None,
+        "test_loss": test.loss if test else None,
+        "params": sum(p.numel() for p in s.model.parameters()),
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
-        "seconds": seconds, "classes": s.splits.classes, "preprocess": s.preprocess.to_dict(),
-        "bad_files": s.loaders.bad_files, "device": str(s.device), "world_size": s.dist.world_size,
-    }  # fmt: skip
+        "seconds": seconds,
+        "classes": s.splits.classes,
+        "preprocess": s.preprocess.to_dict(),
+        "bad_files": s.loaders.bad_files,
+        "device": str(s.device),
+        "world_size": s.dist.world_size,
+    }
     if s.dist.is_main:
         (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
         if run.tracker is not None:
             run.tracker.close()
         _say(s.dist, f"done in {seconds:.1f}s; run folder: {run.path}")
     monitor_max = cfg.training.early_stopping.monitor == "val_acc"
-    return RunResult(run_dir=run.path, best_val_acc=state.best_score if monitor_max else None, test=test,
-                     epochs_run=state.epoch, seconds=seconds, summary=summary)  # fmt: skip
+    return RunResult(
+        run_dir=run.path,
+        best_val_acc=state.best_score if monitor_max else None,
+        test=test,
+        epochs_run=state.epoch,
+        seconds=seconds,
+        summary=summary,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -468,8 +561,13 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder, t_start: float) -> 
 FinishHook = Callable[[RunResult, TrainSetup], None]
 
 
-def train(cfg: Config, *, resume_path: Path | None = None, hooks: dict[str, Callable[..., Any]] | None = None,
-          on_finish: tuple[FinishHook, ...] = ()) -> RunResult:  # fmt: skip
+def train(
+    cfg: Config,
+    *,
+    resume_path: Path | None = None,
+    hooks: dict[str, Callable[..., Any]] | None = None,
+    on_finish: tuple[FinishHook, ...] = (),
+) -> RunResult:
     """Train a model as configured; returns where the run folder is and the final metrics.
 
     Args:
@@ -504,9 +602,12 @@ def train(cfg: Config, *, resume_path: Path | None = None, hooks: dict[str, Call
 def _announce(s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dict[str, Any] | None) -> None:
     cfg, p, n = s.cfg, s.preprocess, sum(q.numel() for q in s.model.parameters())
     _say(s.dist, f"run folder: {run.path}")
-    _say(s.dist, f"data: {cfg.data.name} train={len(s.splits.train)} val={len(s.splits.val or [])} "
-                 f"test={len(s.splits.test or [])} classes={s.splits.num_classes} input={p.in_chans}x{p.image_size}x"
-                 f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}")  # fmt: skip
+    _say(
+        s.dist,
+        f"data: {cfg.data.name} train={len(s.splits.train)} val={len(s.splits.val or [])} "
+        f"test={len(s.splits.test or [])} classes={s.splits.num_classes} input={p.in_chans}x{p.image_size}x"
+        f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}",
+    )
     if ckpt is not None:
         _say(s.dist, f"resumed from {resume_path} at epoch {ckpt['epoch']} (step {ckpt['step']})")
 

@@ -69,7 +69,7 @@ class ReliabilityBins:
 
     @property
     def verdict(self) -> str:
-        """"well calibrated" (ECE < 2 points), else "over-confident" / "under-confident" when most of the ECE has
+        """ "well calibrated" (ECE < 2 points), else "over-confident" / "under-confident" when most of the ECE has
         one sign, else "mixed" (over-confident in some bins, under-confident in others)."""
         if self.ece < 0.02:
             return "well calibrated"
@@ -86,10 +86,16 @@ class ReliabilityBins:
             return [None if np.isnan(v) else float(v) for v in a]
 
         return {
-            "n_bins": len(self.counts), "edges": [float(e) for e in self.edges], "counts": self.counts.tolist(),
-            "confidence": clean(self.confidence), "accuracy": clean(self.accuracy), "ece": self.ece, "mce": self.mce,
-            "signed_gap": self.signed_gap, "verdict": self.verdict,
-        }  # fmt: skip
+            "n_bins": len(self.counts),
+            "edges": [float(e) for e in self.edges],
+            "counts": self.counts.tolist(),
+            "confidence": clean(self.confidence),
+            "accuracy": clean(self.accuracy),
+            "ece": self.ece,
+            "mce": self.mce,
+            "signed_gap": self.signed_gap,
+            "verdict": self.verdict,
+        }
 
 
 def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -146,10 +152,25 @@ def plot_reliability_diagram(bins: ReliabilityBins, *, title: str = "Reliability
     conf = np.nan_to_num(bins.confidence)
     ax.bar(centres[filled], acc[filled], width=width, edgecolor="#1f3b73", color="#4c78a8", label="accuracy")
     # the gap between accuracy and mean confidence of each bin (hatched, so it reads over the bar when under-confident)
-    ax.bar(centres[filled], (conf - acc)[filled], bottom=acc[filled], width=width, facecolor="none",
-           edgecolor="#e45756", hatch="///", linewidth=0.8, label="gap to mean confidence")  # fmt: skip
-    ax.hlines(conf[filled], centres[filled] - width / 2, centres[filled] + width / 2, colors="#b22222", linewidth=2,
-              label="mean confidence")  # fmt: skip
+    ax.bar(
+        centres[filled],
+        (conf - acc)[filled],
+        bottom=acc[filled],
+        width=width,
+        facecolor="none",
+        edgecolor="#e45756",
+        hatch="///",
+        linewidth=0.8,
+        label="gap to mean confidence",
+    )
+    ax.hlines(
+        conf[filled],
+        centres[filled] - width / 2,
+        centres[filled] + width / 2,
+        colors="#b22222",
+        linewidth=2,
+        label="mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -34,8 +34,13 @@ class Predictor:
         pre = dict(ckpt["preprocess"])
         # a checkpoint's images may come from anywhere at predict time: always resize to the trained size
         pre["resize"] = True
-        return cls(model=model, classes=list(ckpt["classes"]), preprocess=PreprocessInfo(**pre),
-                   device=torch.device(device), checkpoint=ckpt)  # fmt: skip
+        return cls(
+            model=model,
+            classes=list(ckpt["classes"]),
+            preprocess=PreprocessInfo(**pre),
+            device=torch.device(device),
+            checkpoint=ckpt,
+        )
 
     @cached_property
     def transform(self):  # noqa: ANN201
@@ -54,5 +59,7 @@ class Predictor:
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         k = min(k, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
-        return [[(self.classes[i], float(v)) for v, i in zip(vs, ids, strict=True)]
-                for vs, ids in zip(values.tolist(), indices.tolist(), strict=True)]  # fmt: skip
+        return [
+            [(self.classes[i], float(v)) for v, i in zip(vs, ids, strict=True)]
+            for vs, ids in zip(values.tolist(), indices.tolist(), strict=True)
+        ]

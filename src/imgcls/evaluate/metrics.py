@@ -65,9 +65,12 @@ def precision_recall_f1(confusion: ArrayLike) -> dict[str, Any]:
     total = support.sum()
     w = support / total if total > 0 else np.zeros_like(support)
     out: dict[str, Any] = {
-        "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-        "support": support.astype(np.int64).tolist(), "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
-    }  # fmt: skip
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.astype(np.int64).tolist(),
+        "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+    }
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
         out[f"{name}_macro"] = float(values.mean()) if len(values) else 0.0
         out[f"{name}_weighted"] = float((values * w).sum())
@@ -164,8 +167,14 @@ def most_confused_pairs(confusion: ArrayLike, classes: Sequence[str], k: int = 1
         i, j = divmod(int(flat), cm.shape[1])
         if off[i, j] == 0:
             break
-        pairs.append({"true": classes[i], "predicted": classes[j], "count": int(off[i, j]),
-                      "fraction_of_true": float(off[i, j] / max(support[i], 1))})  # fmt: skip
+        pairs.append(
+            {
+                "true": classes[i],
+                "predicted": classes[j],
+                "count": int(off[i, j]),
+                "fraction_of_true": float(off[i, j] / max(support[i], 1)),
+            }
+        )
     return pairs
 
 
@@ -228,17 +237,28 @@ def compute_metrics(
     for kk in topk:
         if kk < k:
             out[f"top{kk}"] = top_k_accuracy(p, t, kk)
-    out.update({
-        "nll": negative_log_likelihood(p, t), "brier": brier_score(p, t), "ece": bins.ece, "mce": bins.mce,
-        "calibration_verdict": bins.verdict,
-        **{f"{m}_{a}": prf[f"{m}_{a}"] for a in ("macro", "weighted") for m in ("precision", "recall", "f1")},
-        "roc_auc_macro": _finite_or_none(auc["macro"]), "roc_auc_weighted": _finite_or_none(auc["weighted"]),
-    })  # fmt: skip
+    out.update(
+        {
+            "nll": negative_log_likelihood(p, t),
+            "brier": brier_score(p, t),
+            "ece": bins.ece,
+            "mce": bins.mce,
+            "calibration_verdict": bins.verdict,
+            **{f"{m}_{a}": prf[f"{m}_{a}"] for a in ("macro", "weighted") for m in ("precision", "recall", "f1")},
+            "roc_auc_macro": _finite_or_none(auc["macro"]),
+            "roc_auc_weighted": _finite_or_none(auc["weighted"]),
+        }
+    )
     out["per_class"] = {
-        name: {"precision": prf["precision"][i], "recall": prf["recall"][i], "f1": prf["f1"][i],
-               "support": prf["support"][i], "roc_auc": _finite_or_none(auc["per_class"][i])}
+        name: {
+            "precision": prf["precision"][i],
+            "recall": prf["recall"][i],
+            "f1": prf["f1"][i],
+            "support": prf["support"][i],
+            "roc_auc": _finite_or_none(auc["per_class"][i]),
+        }
         for i, name in enumerate(classes)
-    }  # fmt: skip
+    }
     out["calibration"] = bins.to_dict()
     out["most_confused"] = most_confused_pairs(cm, classes, confused_pairs)
     out["classes"] = list(classes)

@@ -32,8 +32,14 @@ def train_and_report(cfg: Config, **kwargs: Any) -> RunResult:
 
 def report_step(result: RunResult, setup: TrainSetup) -> None:
     """``on_finish`` hook: the report of the run's best checkpoint on its test split (val if there is none)."""
-    write_run_report(result.run_dir, model=setup.model, splits=setup.splits, eval_transform=setup.loaders.eval_transform,
-                     device=setup.device, tta=setup.cfg.run.test_tta)  # fmt: skip
+    write_run_report(
+        result.run_dir,
+        model=setup.model,
+        splits=setup.splits,
+        eval_transform=setup.loaders.eval_transform,
+        device=setup.device,
+        tta=setup.cfg.run.test_tta,
+    )
 
 
 def write_run_report(
@@ -65,8 +71,9 @@ def write_run_report(
         The report's path, or None when there is no split to evaluate or it failed.
     """
     run_dir = Path(run_dir)
-    split, view = next(((n, v) for n, v in (("test", splits.test), ("val", splits.val)) if v is not None and len(v)),
-                       (None, None))  # fmt: skip
+    split, view = next(
+        ((n, v) for n, v in (("test", splits.test), ("val", splits.val)) if v is not None and len(v)), (None, None)
+    )
     if view is None:
         return None
     t0 = time.perf_counter()
@@ -76,12 +83,26 @@ def write_run_report(
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         cfg = (ckpt or {}).get("config", {})
-        meta = {"checkpoint": str(best) if ckpt else None, "split": split,
-                "model": cfg.get("model", {}).get("name"), "dataset": cfg.get("data", {}).get("name")}  # fmt: skip
+        meta = {
+            "checkpoint": str(best) if ckpt else None,
+            "split": split,
+            "model": cfg.get("model", {}).get("name"),
+            "dataset": cfg.get("data", {}).get("name"),
+        }
         title = f"{meta['model'] or 'model'} on {meta['dataset'] or 'data'} ({split})"
-        _, metrics = evaluate_split(model, view, eval_transform, classes=splits.classes, device=device,
-                                    batch_size=batch_size, tta=tta, out_dir=run_dir / "eval", run_dir=run_dir,
-                                    meta=meta, title=title)  # fmt: skip
+        _, metrics = evaluate_split(
+            model,
+            view,
+            eval_transform,
+            classes=splits.classes,
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+            out_dir=run_dir / "eval",
+            run_dir=run_dir,
+            meta=meta,
+            title=title,
+        )
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:
             raise
@@ -89,6 +110,9 @@ def write_run_report(
         print(f"warning: could not write the evaluation report ({type(e).__name__}: {e})", flush=True)
         return None
     path = run_dir / "eval" / "report.html"
-    print(f"report: {path} ({split}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)", flush=True)  # fmt: skip
+    print(
+        f"report: {path} ({split}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+        f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
     return path

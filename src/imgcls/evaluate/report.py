@@ -41,9 +41,15 @@ log = logging.getLogger("imgcls")
 
 #: section ids, in page order
 REPORT_SECTIONS = (
-    "summary", "classification-report", "confusion-matrix", "calibration", "per-class", "training-curves",
-    "most-confused", "confidently-wrong",
-)  # fmt: skip
+    "summary",
+    "classification-report",
+    "confusion-matrix",
+    "calibration",
+    "per-class",
+    "training-curves",
+    "most-confused",
+    "confidently-wrong",
+)
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -125,8 +131,15 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(cm[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (rows normalised, counts annotated)")
@@ -231,7 +244,6 @@ def explanation_maps(model: nn.Module, images: torch.Tensor, class_idx: Sequence
     """
 
     if not getattr(model, "cam_layer", "") and hasattr(model, "get_attention_maps"):
-
         device = next(model.parameters()).device
         grid = attention_rollout(model, images.to(device)).cpu()
         return np.stack([upsample_map(g, tuple(images.shape[-2:])) for g in grid]), "attention rollout"
@@ -244,16 +256,23 @@ def explanation_maps(model: nn.Module, images: torch.Tensor, class_idx: Sequence
     return maps.numpy(), f"Grad-CAM ({cam.layer_name})"
 
 
-def build_gallery(model: nn.Module, view: SplitView, transform: Callable[[torch.Tensor], torch.Tensor],
-                  probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], *, k: int = 12,
-                  display_size: int = 100) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+def build_gallery(
+    model: nn.Module,
+    view: SplitView,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    k: int = 12,
+    display_size: int = 100,
+) -> tuple[list[dict[str, Any]], str | None]:
     """The most confidently wrong images with heatmaps for the predicted class.
 
     Returns:
         (cards with ``index``, ``true``, ``predicted``, ``confidence``, ``image`` and ``overlay`` base64 PNGs;
         the heatmap method or None).
     """
-
 
     indices = confidently_wrong(probs, targets, k)
     if not indices:
@@ -267,10 +286,16 @@ def build_gallery(model: nn.Module, view: SplitView, transform: Callable[[torch.
         base = to_display_image(img)
         scale = max(1, math.ceil(display_size / max(base.shape[:2])))
         if scale > 1:
-            base = np.asarray(Image.fromarray(base).resize((base.shape[1] * scale, base.shape[0] * scale),
-                                                           Image.NEAREST))  # fmt: skip
-        card = {"index": i, "true": classes[int(targets[i])], "predicted": classes[preds[n]],
-                "confidence": float(probs[i].max()), "image": array_to_base64(base)}  # fmt: skip
+            base = np.asarray(
+                Image.fromarray(base).resize((base.shape[1] * scale, base.shape[0] * scale), Image.NEAREST)
+            )
+        card = {
+            "index": i,
+            "true": classes[int(targets[i])],
+            "predicted": classes[preds[n]],
+            "confidence": float(probs[i].max()),
+            "image": array_to_base64(base),
+        }
         if maps is not None:
             card["overlay"] = array_to_base64(overlay_heatmap(base, maps[0][n]))
         cards.append(card)
@@ -286,15 +311,23 @@ def _summary_html(metrics: dict[str, Any]) -> str:
     keys = [("num_samples", "images"), ("accuracy", "accuracy")]
     keys += [(k, k.replace("top", "top-") + " accuracy") for k in metrics if k.startswith("top") and k[3:].isdigit()]
     keys += [
-        ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)"),
-        ("precision_weighted", "precision (weighted)"), ("recall_weighted", "recall (weighted)"),
-        ("f1_weighted", "F1 (weighted)"), ("roc_auc_macro", "ROC-AUC one-vs-rest (macro)"),
-        ("roc_auc_weighted", "ROC-AUC one-vs-rest (weighted)"), ("nll", "negative log-likelihood"),
-        ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)"),
-        ("mce", "maximum calibration error"), ("calibration_verdict", "calibration"),
-    ]  # fmt: skip
-    rows = "".join(f"<tr><th>{label}</th><td class='num'>{_fmt(metrics.get(k))}</td></tr>" for k, label in keys
-                   if k in metrics)  # fmt: skip
+        ("precision_macro", "precision (macro)"),
+        ("recall_macro", "recall (macro)"),
+        ("f1_macro", "F1 (macro)"),
+        ("precision_weighted", "precision (weighted)"),
+        ("recall_weighted", "recall (weighted)"),
+        ("f1_weighted", "F1 (weighted)"),
+        ("roc_auc_macro", "ROC-AUC one-vs-rest (macro)"),
+        ("roc_auc_weighted", "ROC-AUC one-vs-rest (weighted)"),
+        ("nll", "negative log-likelihood"),
+        ("brier", "Brier score"),
+        ("ece", "expected calibration error (15 bins)"),
+        ("mce", "maximum calibration error"),
+        ("calibration_verdict", "calibration"),
+    ]
+    rows = "".join(
+        f"<tr><th>{label}</th><td class='num'>{_fmt(metrics.get(k))}</td></tr>" for k, label in keys if k in metrics
+    )
     return f"<table>{rows}</table>"
 
 
@@ -314,8 +347,63 @@ def _meta_html(metrics: dict[str, Any]) -> str:
     return "<p class='meta'>" + " &middot; ".join(parts) + "</p>"
 
 
-def render_report(*, title: str, metrics: dict[str, Any], figures: dict[str, str | None],
-                  gallery: Sequence[dict[str, Any]], gallery_method: str | None) -> str:  # fmt: skip
+def _gallery_html(gallery: Sequence[dict[str, Any]], gallery_method: str | None) -> str:
+    """The most-confidently-wrong cards: image, heatmap overlay (when a method applies) and caption."""
+    if gallery:
+        cards = []
+        for c in gallery:
+            imgs = _img(c["image"], f"image {c['index']}", "thumb")
+            if "overlay" in c:
+                imgs += " " + _img(c["overlay"], f"heatmap {c['index']}", "thumb")
+            caption = (
+                f"#{c['index']}: true <b>{html.escape(c['true'])}</b>, predicted "
+                f"<b>{html.escape(c['predicted'])}</b> ({100 * c['confidence']:.1f}%)"
+            )
+            cards.append(f"<div class='card'>{imgs}<br>{caption}</div>")
+        how = (
+            f"Right: {html.escape(gallery_method)} for the predicted class (red = most evidence)."
+            if gallery_method
+            else "No heatmap method applies to this model."
+        )
+        return f"<p>{how}</p><div class='gallery'>{''.join(cards)}</div>"
+    return "<p class='note'>no wrong predictions</p>"
+
+
+def _tables_html(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The most-confused pairs table and the per-class metrics table."""
+    pairs = metrics.get("most_confused", [])
+    pair_rows = "".join(
+        f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['predicted'])}</td><td class='num'>{p['count']}</td>"
+        f"<td class='num'>{100 * p['fraction_of_true']:.1f}%</td></tr>"
+        for p in pairs
+    )
+    pair_table = (
+        f"<table><tr><th>true</th><th>predicted as</th><th>images</th><th>of the true class</th></tr>"
+        f"{pair_rows}</table>"
+        if pairs
+        else "<p class='note'>no mistakes</p>"
+    )
+    per_class_rows = "".join(
+        f"<tr><td>{html.escape(n)}</td>"
+        + "".join(f"<td class='num'>{_fmt(v[c])}</td>" for c in ("precision", "recall", "f1", "roc_auc"))
+        + f"<td class='num'>{v['support']}</td></tr>"
+        for n, v in metrics["per_class"].items()
+    )
+    per_class_table = (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>ROC-AUC</th>"
+        f"<th>support</th></tr>{per_class_rows}</table>"
+    )
+    return pair_table, per_class_table
+
+
+def render_report(
+    *,
+    title: str,
+    metrics: dict[str, Any],
+    figures: dict[str, str | None],
+    gallery: Sequence[dict[str, Any]],
+    gallery_method: str | None,
+) -> str:
     """The HTML page from the metrics, base64 figures (by section id) and gallery cards."""
 
     def section(sid: str, heading: str, body: str) -> str:
@@ -326,53 +414,39 @@ def render_report(*, title: str, metrics: dict[str, Any], figures: dict[str, str
         return _img(b64, alt) if b64 else f"<p class='note'>{note}</p>"
 
     bins = metrics["calibration"]
-    cal_text = (f"<p>ECE {100 * metrics['ece']:.2f}% over {bins['n_bins']} equal-width confidence bins; mean "
-                f"confidence minus accuracy {100 * bins['signed_gap']:+.2f} points (positive: over-confident). "
-                f"Verdict: <b>{html.escape(bins['verdict'])}</b>. Bars below the diagonal are bins where the model is "
-                "more confident than it is accurate.</p>")  # fmt: skip
-    pairs = metrics.get("most_confused", [])
-    pair_rows = "".join(
-        f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['predicted'])}</td><td class='num'>{p['count']}</td>"
-        f"<td class='num'>{100 * p['fraction_of_true']:.1f}%</td></tr>" for p in pairs
-    )  # fmt: skip
-    pair_table = (f"<table><tr><th>true</th><th>predicted as</th><th>images</th><th>of the true class</th></tr>"
-                  f"{pair_rows}</table>" if pairs else "<p class='note'>no mistakes</p>")  # fmt: skip
-    per_class_rows = "".join(
-        f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td class='num'>{_fmt(v[c])}</td>"
-                                                   for c in ("precision", "recall", "f1", "roc_auc"))
-        + f"<td class='num'>{v['support']}</td></tr>" for n, v in metrics["per_class"].items()
-    )  # fmt: skip
-    per_class_table = ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>ROC-AUC</th>"
-                       f"<th>support</th></tr>{per_class_rows}</table>")  # fmt: skip
-    if gallery:
-        cards = []
-        for c in gallery:
-            imgs = _img(c["image"], f"image {c['index']}", "thumb")
-            if "overlay" in c:
-                imgs += " " + _img(c["overlay"], f"heatmap {c['index']}", "thumb")
-            caption = (f"#{c['index']}: true <b>{html.escape(c['true'])}</b>, predicted "
-                       f"<b>{html.escape(c['predicted'])}</b> ({100 * c['confidence']:.1f}%)")  # fmt: skip
-            cards.append(f"<div class='card'>{imgs}<br>{caption}</div>")
-        how = (f"Right: {html.escape(gallery_method)} for the predicted class (red = most evidence)."
-               if gallery_method else "No heatmap method applies to this model.")  # fmt: skip
-        gallery_html = f"<p>{how}</p><div class='gallery'>{''.join(cards)}</div>"
-    else:
-        gallery_html = "<p class='note'>no wrong predictions</p>"
+    cal_text = (
+        f"<p>ECE {100 * metrics['ece']:.2f}% over {bins['n_bins']} equal-width confidence bins; mean "
+        f"confidence minus accuracy {100 * bins['signed_gap']:+.2f} points (positive: over-confident). "
+        f"Verdict: <b>{html.escape(bins['verdict'])}</b>. Bars below the diagonal are bins where the model is "
+        "more confident than it is accurate.</p>"
+    )
+    pair_table, per_class_table = _tables_html(metrics)
+    gallery_html = _gallery_html(gallery, gallery_method)
     nav = "".join(f'<a href="#{s}">{s.replace("-", " ")}</a>' for s in REPORT_SECTIONS)
     body = (
         section("summary", "Summary", _summary_html(metrics))
-        + section("classification-report", "Classification report",
-                  f"<pre>{html.escape(metrics['classification_report'])}</pre>")
+        + section(
+            "classification-report",
+            "Classification report",
+            f"<pre>{html.escape(metrics['classification_report'])}</pre>",
+        )
         + section("confusion-matrix", "Confusion matrix", fig_or_note("confusion-matrix", "confusion matrix", ""))
-        + section("calibration", "Calibration: reliability diagram",
-                  cal_text + fig_or_note("calibration", "reliability diagram", ""))
+        + section(
+            "calibration",
+            "Calibration: reliability diagram",
+            cal_text + fig_or_note("calibration", "reliability diagram", ""),
+        )
         + section("per-class", "Per-class metrics", fig_or_note("per-class", "per-class bars", "") + per_class_table)
-        + section("training-curves", "Training curves",
-                  fig_or_note("training-curves", "training curves", "no metrics.csv next to this checkpoint"))
-        + section("most-confused", "Most-confused pairs",
-                  fig_or_note("most-confused", "most-confused pairs", "") + pair_table)
+        + section(
+            "training-curves",
+            "Training curves",
+            fig_or_note("training-curves", "training curves", "no metrics.csv next to this checkpoint"),
+        )
+        + section(
+            "most-confused", "Most-confused pairs", fig_or_note("most-confused", "most-confused pairs", "") + pair_table
+        )
         + section("confidently-wrong", "Most confidently wrong", gallery_html)
-    )  # fmt: skip
+    )
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
@@ -420,10 +494,11 @@ def write_report(
     }
     cal = metrics["calibration"]
     bins = ReliabilityBins(
-        edges=np.array(cal["edges"]), counts=np.array(cal["counts"]),
+        edges=np.array(cal["edges"]),
+        counts=np.array(cal["counts"]),
         confidence=np.array([np.nan if v is None else v for v in cal["confidence"]], dtype=np.float64),
         accuracy=np.array([np.nan if v is None else v for v in cal["accuracy"]], dtype=np.float64),
-    )  # fmt: skip
+    )
     figures["calibration"] = figure_to_base64(plot_reliability_diagram(bins))
     csv_path = Path(run_dir) / "metrics.csv" if run_dir is not None else None
     curves = plot_training_curves(csv_path) if csv_path is not None and csv_path.is_file() else None

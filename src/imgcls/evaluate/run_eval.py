@@ -47,8 +47,10 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, 
     first = states[0]
     for i, s in enumerate(states[1:], start=1):
         if s.keys() != first.keys() or any(s[k].shape != v.shape for k, v in first.items()):
-            raise ConfigError(f"checkpoint {i} has other weights than the first: weight averaging needs one "
-                              "architecture (use --ensemble-mode probs)")  # fmt: skip
+            raise ConfigError(
+                f"checkpoint {i} has other weights than the first: weight averaging needs one "
+                "architecture (use --ensemble-mode probs)"
+            )
     out = {}
     for k, v in first.items():
         if v.is_floating_point():
@@ -66,13 +68,16 @@ def weight_average_paths(checkpoint: str | Path, ensemble: Sequence[str | Path])
     folder = first.parent
     paths = [p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()]
     if len(paths) < 2:
-        raise ConfigError(f"--ensemble-mode weights with one checkpoint averages best.pt and last.pt of its run, "
-                          f"but {folder} does not have both; list the checkpoints with --ensemble")  # fmt: skip
+        raise ConfigError(
+            f"--ensemble-mode weights with one checkpoint averages best.pt and last.pt of its run, "
+            f"but {folder} does not have both; list the checkpoints with --ensemble"
+        )
     return paths
 
 
-def build_ensemble(model: nn.Module, ckpt: dict[str, Any], ensemble: Sequence[str | Path], mode: str,
-                   device: str | torch.device) -> tuple[nn.Module | list[nn.Module], list[str]]:  # fmt: skip
+def build_ensemble(
+    model: nn.Module, ckpt: dict[str, Any], ensemble: Sequence[str | Path], mode: str, device: str | torch.device
+) -> tuple[nn.Module | list[nn.Module], list[str]]:
     """``model`` plus ``ensemble`` as ``evaluate()`` takes them: a list (probability averaging) or one averaged model.
 
     Returns:
@@ -152,8 +157,18 @@ def evaluate_split(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
             first = models[0] if isinstance(models, list) else models
-            write_report(out / "report.html", metrics=metrics, probs=probs, targets=result.targets, view=view,
-                         transform=transform, model=first, run_dir=run_dir, device=device, title=title)  # fmt: skip
+            write_report(
+                out / "report.html",
+                metrics=metrics,
+                probs=probs,
+                targets=result.targets,
+                view=view,
+                transform=transform,
+                model=first,
+                run_dir=run_dir,
+                device=device,
+                title=title,
+            )
     return result, metrics
 
 
@@ -202,17 +217,29 @@ def run_eval(
     run_dir = Path(ckpt["path"]).parent.parent
     is_ensemble = bool(ensemble) or ensemble_mode == "weights"
     meta = {
-        "checkpoint": ckpt["path"], "split": split, "model": cfg["model"]["name"], "dataset": cfg["data"]["name"],
-        "ensemble": [str(p) for p in ensemble], "ensemble_mode": ensemble_mode if is_ensemble else None,
+        "checkpoint": ckpt["path"],
+        "split": split,
+        "model": cfg["model"]["name"],
+        "dataset": cfg["data"]["name"],
+        "ensemble": [str(p) for p in ensemble],
+        "ensemble_mode": ensemble_mode if is_ensemble else None,
         "members": members,
-    }  # fmt: skip
+    }
     out = Path(out_dir) if out_dir else run_dir / "eval"
     result, metrics = evaluate_split(
-        models, view, tf, classes=classes, device=device, tta=tta,
-        batch_size=batch_size or 2 * int(cfg["data"]["batch_size"]), out_dir=out, report=report,
-        run_dir=run_dir if (run_dir / "metrics.csv").is_file() else None, meta=meta,
+        models,
+        view,
+        tf,
+        classes=classes,
+        device=device,
+        tta=tta,
+        batch_size=batch_size or 2 * int(cfg["data"]["batch_size"]),
+        out_dir=out,
+        report=report,
+        run_dir=run_dir if (run_dir / "metrics.csv").is_file() else None,
+        meta=meta,
         title=f"{cfg['model']['name']} on {cfg['data']['name']} ({split})",
-    )  # fmt: skip
+    )
     if not quiet:
         print_eval(result, classes, split, metrics)
         print(f"metrics written to {out / 'metrics.json'}")
@@ -225,13 +252,16 @@ def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict
     """Summary line, per-class table (precision/recall/F1/AUC when ``metrics`` is given) and confusion matrix."""
     console = Console(width=160)
     tops = "  ".join(f"top-{k} {v:.4f}" for k, v in result.topk.items())
-    console.print(f"[bold]{split}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  "
-                  f"NLL {result.loss:.4f}")  # fmt: skip
+    console.print(
+        f"[bold]{split}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  NLL {result.loss:.4f}"
+    )
     if metrics is not None:
         auc = metrics.get("roc_auc_macro")
-        console.print(f"macro F1 {metrics['f1_macro']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
-                      f"ROC-AUC (ovr, macro) {auc if auc is None else f'{auc:.4f}'}  ECE {metrics['ece']:.4f} "
-                      f"({metrics['calibration_verdict']})  Brier {metrics['brier']:.4f}")  # fmt: skip
+        console.print(
+            f"macro F1 {metrics['f1_macro']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
+            f"ROC-AUC (ovr, macro) {auc if auc is None else f'{auc:.4f}'}  ECE {metrics['ece']:.4f} "
+            f"({metrics['calibration_verdict']})  Brier {metrics['brier']:.4f}"
+        )
     per_class = Table(title="per-class metrics")
     per_class.add_column("class")
     cols = ["precision", "recall", "f1", "roc_auc"] if metrics is not None else ["accuracy"]

@@ -49,11 +49,13 @@ def all_attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     _require_attention(model)
     model.eval()
     blocks = getattr(model, "blocks", None)
-    if blocks is not None and all(hasattr(b, "norm1") and hasattr(getattr(b, "attn", None), "attention_weights")
-                                  for b in blocks):  # fmt: skip
+    if blocks is not None and all(
+        hasattr(b, "norm1") and hasattr(getattr(b, "attn", None), "attention_weights") for b in blocks
+    ):
         maps: list[torch.Tensor] = []
-        handles = [b.attn.register_forward_pre_hook(lambda m, args: maps.append(m.attention_weights(args[0])))
-                   for b in blocks]  # fmt: skip
+        handles = [
+            b.attn.register_forward_pre_hook(lambda m, args: maps.append(m.attention_weights(args[0]))) for b in blocks
+        ]
         try:
             model(x)
         finally:
@@ -82,8 +84,9 @@ def layer_attention(model: nn.Module, x: torch.Tensor, layer_idx: int = -1) -> t
 
 
 @torch.no_grad()
-def attention_rollout(model: nn.Module, x: torch.Tensor, *, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                      residual: bool = True) -> torch.Tensor:  # fmt: skip
+def attention_rollout(
+    model: nn.Module, x: torch.Tensor, *, head_fusion: str = "mean", discard_ratio: float = 0.0, residual: bool = True
+) -> torch.Tensor:
     """Attention rollout: how much each patch contributes to the class token through all layers.
 
     Args:
@@ -144,10 +147,10 @@ def upsample_map(grid_map: torch.Tensor | np.ndarray, size: tuple[int, int]) -> 
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def save_head_grid(image: torch.Tensor | np.ndarray, head_maps: torch.Tensor, path: str | Path, *,
-                   title: str = "") -> Path:  # fmt: skip
+def save_head_grid(
+    image: torch.Tensor | np.ndarray, head_maps: torch.Tensor, path: str | Path, *, title: str = ""
+) -> Path:
     """One figure: the image, then each head's class-token attention [heads, h, w] overlaid on it, as PNG."""
-
 
     base = to_display_image(image)
     maps = normalize_maps(head_maps.float())

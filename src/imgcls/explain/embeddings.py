@@ -28,8 +28,9 @@ METHODS = ("tsne", "umap", "pca")
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
-                     device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def extract_features(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled penultimate features (``forward_head(forward_features(x), pre_logits=True)``) of every batch.
 
     Returns:
@@ -73,7 +74,6 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
     if n < 3:
         raise ValueError(f"need at least 3 samples to project, got {n}")
     if method == "pca":
-
         return PCA(n_components=2, random_state=seed).fit_transform(x).astype(np.float32)
     if method == "umap":
         import umap
@@ -82,7 +82,6 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
         return np.asarray(reducer.fit_transform(x), dtype=np.float32)
 
     if x.shape[1] > 50:  # the usual t-SNE recipe: PCA to 50 dims first (faster, less noise)
-
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     tsne = TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed)
     return tsne.fit_transform(x).astype(np.float32)

@@ -72,8 +72,9 @@ class GradCAM:
         alpha = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
         return (alpha * grads.clamp_min(0)).sum(dim=(2, 3), keepdim=True)
 
-    def __call__(self, images: torch.Tensor, class_idx: int | list[int] | torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def __call__(
+        self, images: torch.Tensor, class_idx: int | list[int] | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps for a batch.
 
         Args:
@@ -87,8 +88,10 @@ class GradCAM:
 
         def forward_hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ValueError(f"Grad-CAM needs a layer with [B, C, h, w] output; '{self.layer_name}' gives "
-                                 f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")  # fmt: skip
+                raise ValueError(
+                    f"Grad-CAM needs a layer with [B, C, h, w] output; '{self.layer_name}' gives "
+                    f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}"
+                )
             store["acts"] = output
             output.register_hook(lambda g: store.__setitem__("grads", g))
 
@@ -157,8 +160,9 @@ def to_display_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return a
 
 
-def overlay_heatmap(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45,
-                    cmap: str = "jet") -> np.ndarray:  # fmt: skip
+def overlay_heatmap(
+    image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, cmap: str = "jet"
+) -> np.ndarray:
     """Blend a [h, w] map in [0, 1] (resized to the image if needed) over an image; returns uint8 [H, W, 3]."""
 
     base = to_display_image(image).astype(np.float32) / 255.0

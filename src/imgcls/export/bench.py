@@ -169,7 +169,6 @@ def bench(
         runners: dict[str, Callable[[torch.Tensor], Any]] = {}
         pre: dict[str, Any]
         if checkpoint is not None:
-
             model, ckpt = load_model(checkpoint, "cpu")
             pre, model_name = ckpt["preprocess"], ckpt["config"]["model"]["name"]
             runners.update(_torch_runners(model, backends, notes))

@@ -206,8 +206,16 @@ def prune_checkpoint(
     return result
 
 
-def _finetune(model: nn.Module, cfg: Config, splits: Splits, loaders: Loaders, *, epochs: int, lr: float | None,
-              device: torch.device) -> Iterator[dict[str, float]]:  # fmt: skip
+def _finetune(
+    model: nn.Module,
+    cfg: Config,
+    splits: Splits,
+    loaders: Loaders,
+    *,
+    epochs: int,
+    lr: float | None,
+    device: torch.device,
+) -> Iterator[dict[str, float]]:
     """Train the pruned model (masks on) with its own config for ``epochs``; yields each epoch's metrics row.
 
     The peak lr (default: a tenth of the config's) decays to 0 by a cosine over the whole fine-tuning.

@@ -26,8 +26,11 @@ class ImageClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.data_cfg: dict[str, Any] = {
-            "input_size": (3, 32, 32), "mean": None, "std": None, "interpolation": "bilinear",
-        }  # fmt: skip
+            "input_size": (3, 32, 32),
+            "mean": None,
+            "std": None,
+            "interpolation": "bilinear",
+        }
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features: [B, C, H, W] for CNNs, [B, tokens, dim] for transformers."""

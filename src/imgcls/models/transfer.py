@@ -104,9 +104,13 @@ def _split_decay(
 
 
 def _groups(
-    prefix: str, named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, no_decay_names: set[str],
+    prefix: str,
+    named: list[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    no_decay_names: set[str],
     bias_lr_mult: float = 1.0,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     decay, no_decay = _split_decay(named, no_decay_names)
     out = [{"name": prefix, "params": decay, "lr": lr, "weight_decay": weight_decay}]
     if bias_lr_mult == 1.0:

@@ -103,14 +103,20 @@ class ParamSpec:
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.kind == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))  # type: ignore[arg-type]
-        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.kind == "log",  # type: ignore[arg-type]
-                                   step=self.step)  # fmt: skip
+        return trial.suggest_float(
+            self.key,
+            float(self.low),
+            float(self.high),
+            log=self.kind == "log",  # type: ignore[arg-type]
+            step=self.step,
+        )
 
     def to_text(self) -> str:
         """Back to the ``KEY=SPEC`` form."""
         if self.kind == "choice":
-            return f"{self.key}=choice:" + ",".join(yaml.safe_dump(c, default_flow_style=True).strip().removesuffix(
-                "\n...").strip() for c in self.choices)  # fmt: skip
+            return f"{self.key}=choice:" + ",".join(
+                yaml.safe_dump(c, default_flow_style=True).strip().removesuffix("\n...").strip() for c in self.choices
+            )
         parts = [self.kind, _num(self.low), _num(self.high)] + ([_num(self.step)] if self.step is not None else [])
         return f"{self.key}=" + ":".join(parts)
 
@@ -139,8 +145,10 @@ def parse_param(text: str) -> ParamSpec:
     key, spec = (s.strip() for s in text.split("=", 1))
     kind, _, args = spec.partition(":")
     if kind not in KINDS:
-        raise TuneError(f"--param {text}: unknown kind '{kind}'. Valid: log:LOW:HIGH, float:LOW:HIGH[:STEP], "
-                        "int:LOW:HIGH[:STEP], choice:A,B,C")  # fmt: skip
+        raise TuneError(
+            f"--param {text}: unknown kind '{kind}'. Valid: log:LOW:HIGH, float:LOW:HIGH[:STEP], "
+            "int:LOW:HIGH[:STEP], choice:A,B,C"
+        )
     if kind == "choice":
         raw = [a for a in args.split(",") if a.strip() != ""]
         if not raw:
@@ -291,9 +299,15 @@ def recover_trials(study: optuna.Study, *, max_retries: int = MAX_RETRIES) -> di
             continue
         system_attrs = {"failed_trial": history[0], "retry_history": history}
         user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("worker", "run_dir", "error")}
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=t.params,
-                                                  distributions=t.distributions, user_attrs=user_attrs,
-                                                  system_attrs=system_attrs))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
         requeued.append(t.number)
     return {"failed": failed, "requeued": requeued}
 
@@ -428,23 +442,32 @@ def make_objective(
     return objective
 
 
-def _base_of(study: optuna.Study, preset: str | None, overrides: Sequence[str], params: Sequence[str], metric: str
-             ) -> tuple[str | None, list[str], list[str], str]:  # fmt: skip
+def _base_of(
+    study: optuna.Study, preset: str | None, overrides: Sequence[str], params: Sequence[str], metric: str
+) -> tuple[str | None, list[str], list[str], str]:
     """Reconcile this command line with what the study recorded when it was created (empty pieces are taken from
     the study; given pieces must match)."""
     attrs = study.user_attrs
     if not attrs:
         return preset, list(overrides), list(params), metric
-    stored = (attrs.get("preset"), list(attrs.get("overrides", [])), list(attrs.get("params", [])),
-              attrs.get("metric", metric))  # fmt: skip
+    stored = (
+        attrs.get("preset"),
+        list(attrs.get("overrides", [])),
+        list(attrs.get("params", [])),
+        attrs.get("metric", metric),
+    )
     given_params = [parse_param(p).to_text() for p in params]
     if given_params and given_params != stored[2]:
-        raise TuneError(f"study '{study.study_name}' searches {' '.join(stored[2])}; this command asks for "
-                        f"{' '.join(given_params)}. Use another --study-name for another search space.")  # fmt: skip
+        raise TuneError(
+            f"study '{study.study_name}' searches {' '.join(stored[2])}; this command asks for "
+            f"{' '.join(given_params)}. Use another --study-name for another search space."
+        )
     if (preset is not None or overrides) and (preset, list(overrides)) != (stored[0], stored[1]):
-        raise TuneError(f"study '{study.study_name}' was created with preset {stored[0]!r} and overrides "
-                        f"{stored[1]}; this command gives {preset!r} {list(overrides)}. Resume without them, or use "
-                        "another --study-name.")  # fmt: skip
+        raise TuneError(
+            f"study '{study.study_name}' was created with preset {stored[0]!r} and overrides "
+            f"{stored[1]}; this command gives {preset!r} {list(overrides)}. Resume without them, or use "
+            "another --study-name."
+        )
     return stored[0], stored[1], stored[2], stored[3]
 
 
@@ -497,24 +520,37 @@ def tune(
     name = study_name or (Path(preset).stem if preset else "quickstart")
     sdir = study_dir(runs_root, name)
     exists = (sdir / "study.db").is_file()
-    study = _open_study(name, sdir / "study.db", exists=exists, resume=resume, params=params, metric=metric,
-                        seed=seed, prune=prune, startup_trials=startup_trials)  # fmt: skip
+    study = _open_study(
+        name,
+        sdir / "study.db",
+        exists=exists,
+        resume=resume,
+        params=params,
+        metric=metric,
+        seed=seed,
+        prune=prune,
+        startup_trials=startup_trials,
+    )
     preset_used, overrides_used, param_texts, metric_used = _base_of(
-        study, preset if exists else (preset or "quickstart"), overrides, params, metric)  # fmt: skip
+        study, preset if exists else (preset or "quickstart"), overrides, params, metric
+    )
     specs = parse_params(param_texts)
     if not study.user_attrs:  # a new study records its definition so that --resume needs no arguments
-        for k, v in {"preset": preset_used, "overrides": list(overrides_used),
-                     "params": [p.to_text() for p in specs], "metric": metric_used}.items():  # fmt: skip
+        definition = {"preset": preset_used, "overrides": list(overrides_used), "metric": metric_used}
+        for k, v in {**definition, "params": [p.to_text() for p in specs]}.items():
             study.set_user_attr(k, v)
     # the fixed part must be valid before any trial starts
     check_config(trial_config(preset_used, overrides_used, {}))
 
-    recovered = recover_trials(study) if resume else {"failed": [], "requeued": []}
-    if (recovered["failed"] or recovered["requeued"]) and not quiet:
-        print(f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
-              f"failed trials queued again: {recovered['requeued'] or 'none'}")  # fmt: skip
-    objective = make_objective(preset=preset_used, overrides=overrides_used, params=specs, metric=metric_used,
-                               trials_dir=sdir / "trials", train_fn=train_fn)  # fmt: skip
+    recovered = _recover(study, quiet) if resume else {"failed": [], "requeued": []}
+    objective = make_objective(
+        preset=preset_used,
+        overrides=overrides_used,
+        params=specs,
+        metric=metric_used,
+        trials_dir=sdir / "trials",
+        train_fn=train_fn,
+    )
     ran = _optimize(study, objective, trials=trials, timeout_s=timeout_s)
     result = summarize(study, sdir, preset_used, overrides_used)
     result.recovered, result.ran = recovered, ran
@@ -523,19 +559,45 @@ def tune(
     return result
 
 
-def _open_study(name: str, db: Path, *, exists: bool, resume: bool, params: Sequence[str], metric: str,
-                seed: int | None, prune: bool, startup_trials: int) -> optuna.Study:  # fmt: skip
+def _recover(study: optuna.Study, quiet: bool) -> dict[str, list[int]]:
+    """Trials a crash left running are marked failed and failed ones queued again (see :func:`recover_trials`)."""
+    recovered = recover_trials(study)
+    if (recovered["failed"] or recovered["requeued"]) and not quiet:
+        print(
+            f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
+            f"failed trials queued again: {recovered['requeued'] or 'none'}"
+        )
+    return recovered
+
+
+def _open_study(
+    name: str,
+    db: Path,
+    *,
+    exists: bool,
+    resume: bool,
+    params: Sequence[str],
+    metric: str,
+    seed: int | None,
+    prune: bool,
+    startup_trials: int,
+) -> optuna.Study:
     """Load the study stored in ``db`` (``resume``) or create it; the sampler and pruner are built per process."""
     import optuna  # optional: the [tune] extra
 
     if exists and not resume:
-        raise TuneError(f"study '{name}' already exists in {db.parent}: pass --resume to continue it, or choose "
-                        "another --study-name")  # fmt: skip
+        raise TuneError(
+            f"study '{name}' already exists in {db.parent}: pass --resume to continue it, or choose "
+            "another --study-name"
+        )
     storage = open_storage(db)
     # the sampler and pruner are not stored with the study: every process builds its own
     sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, interval_steps=1)
-              if prune else optuna.pruners.NopPruner())  # fmt: skip
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, interval_steps=1)
+        if prune
+        else optuna.pruners.NopPruner()
+    )
     if exists:
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -543,12 +605,19 @@ def _open_study(name: str, db: Path, *, exists: bool, resume: bool, params: Sequ
             raise TuneError(f"{db} holds no study named '{name}'") from None
     if not params:
         raise TuneError("a new study needs at least one --param, e.g. --param training.optimizer.lr=log:1e-4:1e-1")
-    return optuna.create_study(study_name=name, storage=storage, direction=metric_direction(metric),
-                               sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=metric_direction(metric),
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
 
 
-def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, trials: int,
-              timeout_s: float | None) -> int:  # fmt: skip
+def _optimize(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], *, trials: int, timeout_s: float | None
+) -> int:
     """Run trials until the study has ``trials`` finished ones (or the timeout); returns how many this call ran."""
     from optuna.study import MaxTrialsCallback  # optional: the [tune] extra
     from optuna.trial import TrialState
@@ -563,8 +632,13 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *
     if remaining > 0:
         stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
         with _quiet_experimental():
-            study.optimize(counted, n_trials=remaining, timeout=timeout_s, callbacks=[stop],
-                           catch=(ConfigError, ValueError, FloatingPointError, RuntimeError))  # fmt: skip
+            study.optimize(
+                counted,
+                n_trials=remaining,
+                timeout=timeout_s,
+                callbacks=[stop],
+                catch=(ConfigError, ValueError, FloatingPointError, RuntimeError),
+            )
     return len(started)
 
 
@@ -574,10 +648,18 @@ def summarize(study: optuna.Study, sdir: Path, preset: str | None, overrides: Se
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value if t.values else None,
-                     "epochs": len(t.intermediate_values), "retry_of": t.system_attrs.get("failed_trial"),
-                     **{f"param:{k}": v for k, v in t.params.items()},
-                     "test_acc": t.user_attrs.get("test_acc"), "run_dir": t.user_attrs.get("run_dir")})  # fmt: skip
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if t.values else None,
+                "epochs": len(t.intermediate_values),
+                "retry_of": t.system_attrs.get("failed_trial"),
+                **{f"param:{k}": v for k, v in t.params.items()},
+                "test_acc": t.user_attrs.get("test_acc"),
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+        )
     sdir.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
     for r in rows:
@@ -594,8 +676,9 @@ def summarize(study: optuna.Study, sdir: Path, preset: str | None, overrides: Se
     return TuneResult(study.study_name, sdir, best.value, dict(best.params), path, rows)
 
 
-def write_best_config(study: optuna.Study, best: optuna.trial.FrozenTrial, path: Path, preset: str | None,
-                      overrides: Sequence[str]) -> Path:  # fmt: skip
+def write_best_config(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, path: Path, preset: str | None, overrides: Sequence[str]
+) -> Path:
     """The best trial's resolved config as a preset file (``imgcls train <path>`` trains it).
 
     ``run.dir`` points back at the runs folder and ``run.name`` is ``tune-<study>-best``; the header comment records
@@ -627,12 +710,15 @@ def print_trials(result: TuneResult) -> None:
         table.add_column(c, justify="right" if c != "state" else "left")
     for r in result.trials:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        table.add_row(str(r["number"]), r["state"], value, str(r["epochs"]),
-                      *(_fmt_param(r.get(k)) for k in param_keys))  # fmt: skip
+        table.add_row(
+            str(r["number"]), r["state"], value, str(r["epochs"]), *(_fmt_param(r.get(k)) for k in param_keys)
+        )
     console = Console(width=160)
     console.print(table)
-    console.print(f"study database: {result.study_dir / 'study.db'}; trial runs: {result.study_dir / 'trials'}; "
-                  f"continue or add workers with --study-name {result.study_name} --resume")  # fmt: skip
+    console.print(
+        f"study database: {result.study_dir / 'study.db'}; trial runs: {result.study_dir / 'trials'}; "
+        f"continue or add workers with --study-name {result.study_name} --resume"
+    )
     if result.best_config_path is not None:
         console.print(f"best value {result.best_value:.4f} with {result.best_params}")
         console.print(f"best config: {result.best_config_path}  (imgcls train {result.best_config_path})")
