@@ -11,6 +11,9 @@ from typing import Any
 
 _MISSING_EXPORT = "the export extra is not installed: pip install 'imgcls[export]' (onnx, onnxruntime, onnxscript)"
 
+# Library imports sit inside the commands (deferred): they pull in torch, which `imgcls --help` should not wait for;
+# optional extras (onnx, fastapi, optuna) are checked for first, with an install hint.
+
 
 def _need_export_extra() -> None:
     import importlib.util

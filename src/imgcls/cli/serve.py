@@ -6,6 +6,9 @@ import argparse
 import importlib.util
 import sys
 
+# Library imports sit inside the commands (deferred): they pull in torch, which `imgcls --help` should not wait for;
+# optional extras (onnx, fastapi, optuna) are checked for first, with an install hint.
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]

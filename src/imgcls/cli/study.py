@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+# Library imports sit inside the commands (deferred): they pull in torch, which `imgcls --help` should not wait for;
+# optional extras (onnx, fastapi, optuna) are checked for first, with an install hint.
+
 
 def cmd_study(args: argparse.Namespace) -> int:
     from imgcls.config import ConfigError

@@ -74,7 +74,7 @@ class TensorBoardTracker:
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any]) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: the [track] extra
         except ImportError as e:  # torch raises ImportError when the tensorboard package is missing
             raise TrackerNotInstalledError(
                 "run.tracker=tensorboard needs the tensorboard package: pip install 'imgcls[track]' "
@@ -106,7 +106,7 @@ class MlflowTracker:
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], experiment: str = "imgcls") -> None:
         try:
-            import mlflow
+            import mlflow  # optional: the [mlflow] extra
         except ImportError as e:
             raise TrackerNotInstalledError(
                 "run.tracker=mlflow needs the mlflow package: pip install mlflow (or set run.tracker=tensorboard)"
@@ -124,7 +124,7 @@ class MlflowTracker:
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         # tracker params accept scalars only: lists and None become strings
         params = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in flatten(config).items()}
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional: the [mlflow] extra
 
         # MLflow caps a parameter value at a few hundred characters: long values (model kwargs) are truncated
         batch = [Param(k, str(v)[:500]) for k, v in params.items()]
@@ -133,7 +133,7 @@ class MlflowTracker:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional: the [mlflow] extra
 
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step) for k, v in numeric_metrics(metrics).items()]
@@ -155,7 +155,7 @@ class WandbTracker:
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], project: str = "imgcls") -> None:
         try:
-            import wandb
+            import wandb  # optional: the [wandb] extra
         except ImportError as e:
             raise TrackerNotInstalledError(
                 "run.tracker=wandb needs the wandb package: pip install wandb (or set run.tracker=tensorboard)"

@@ -76,7 +76,7 @@ def project(features: np.ndarray, method: str = "tsne", *, seed: int = 0, perple
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(x).astype(np.float32)
     if method == "umap":
-        import umap
+        import umap  # optional: the [umap] extra
 
         reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, n - 1))
         return np.asarray(reducer.fit_transform(x), dtype=np.float32)

@@ -49,7 +49,7 @@ from imgcls.engine.build import check_config
 from imgcls.engine.train import train
 
 if TYPE_CHECKING:
-    import optuna
+    import optuna  # optional: the [tune] extra
 
 log = logging.getLogger("imgcls")
 
@@ -218,7 +218,7 @@ def study_dir(runs_dir: str | Path, study_name: str) -> Path:
 
 def open_storage(db_path: Path) -> optuna.storages.RDBStorage:
     """The study's SQLite storage: writers wait up to 60 s for the file lock; trials send a heartbeat."""
-    import optuna
+    import optuna  # optional: the [tune] extra
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_experimental():
@@ -278,8 +278,8 @@ def recover_trials(study: optuna.Study, *, max_retries: int = MAX_RETRIES) -> di
     Returns:
         ``{"failed": [trial numbers marked FAIL], "requeued": [numbers of the failed trials queued again]}``.
     """
-    import optuna
-    from optuna.trial import TrialState
+    import optuna  # optional: the [tune] extra
+    from optuna.trial import TrialState  # optional: the [tune] extra
 
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of other hosts
@@ -321,7 +321,7 @@ class _quiet_experimental:  # noqa: N801 - used like a function
         self._ctx.__enter__()
         warnings.filterwarnings("ignore", message=".*experimental.*")
         try:
-            from optuna.exceptions import ExperimentalWarning
+            from optuna.exceptions import ExperimentalWarning  # optional: the [tune] extra
 
             warnings.simplefilter("ignore", ExperimentalWarning)
         except ImportError:  # pragma: no cover
@@ -362,7 +362,7 @@ class TuneResult:
 
 
 def _finished_count(study: optuna.Study) -> int:
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optional: the [tune] extra
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -391,7 +391,7 @@ def make_objective(
         trials_dir: where the trial runs go (``run.dir``).
         train_fn: the training function (default :func:`imgcls.engine.train.train`; tests substitute it).
     """
-    import optuna
+    import optuna  # optional: the [tune] extra
 
     maximize = metric_direction(metric) == "maximize"
 
@@ -620,7 +620,7 @@ def _optimize(
 ) -> int:
     """Run trials until the study has ``trials`` finished ones (or the timeout); returns how many this call ran."""
     from optuna.study import MaxTrialsCallback  # optional: the [tune] extra
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optional: the [tune] extra
 
     remaining = trials - _finished_count(study)
     started: list[int] = []
@@ -644,7 +644,7 @@ def _optimize(
 
 def summarize(study: optuna.Study, sdir: Path, preset: str | None, overrides: Sequence[str]) -> TuneResult:
     """Write ``trials.csv`` and (when a trial completed) ``best.yaml``; return the :class:`TuneResult`."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optional: the [tune] extra
 
     rows = []
     for t in study.get_trials(deepcopy=False):
