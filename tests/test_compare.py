@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from imgcls.cli import main
-from imgcls.config import build_config
-from imgcls.tune.compare import CompareError, compare, compare_runs, config_differences, flatten
+from imgcls.config import build_config, flatten
+from imgcls.tune.compare import CompareError, compare, compare_runs, config_differences
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,9 @@ from typing import Any
 import yaml
 
 from imgcls.config import Config, ConfigError, build_config, from_dict, to_dict, validate_config
-from imgcls.plotting import save_figure
+from imgcls.engine.runs import RunRecord, load_run
+from imgcls.plotting import plot_curves, pyplot, save_figure
 from imgcls.studies.definitions import CKPT_REF, DATASETS, StudyDefinition, Variant, get_study
-from imgcls.tune.compare import RunRecord, load_run, plot_curves, pyplot
 
 #: config keys that do not change what is trained (ignored when looking for a finished run to reuse)
 _INCIDENTAL = {"run": ("dir", "name", "progress", "tracker", "report", "resume", "log_interval"), "": ("preset",)}
@@ -683,7 +683,8 @@ def write_outputs(result: StudyResult, *, extra: Sequence[str], n_seeds: int, se
             seen.setdefault(r["run_dir"], []).append(r["variant"])
     if seen:
         records = [load_run(d) for d in seen]
-        curves = plot_curves(records, out / "curves.png", labels=[", ".join(v) for v in seen.values()],
+        curves = plot_curves([r.metrics for r in records], out / "curves.png",
+                             labels=[", ".join(v) for v in seen.values()],
                              curves=(("val_acc", "val accuracy"), ("train_loss", "train loss")),
                              title=f"{study.title} ({result.dataset}, seed 0)")  # fmt: skip
         if curves is not None:

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.engine.runs import RunFolderError, RunRecord, find_runs, load_run
-from imgcls.plotting import save_figure
+from imgcls.plotting import plot_curves
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
 INCIDENTAL_KEYS = ("run.dir", "run.resume", "run.progress", "run.log_interval", "run.tracker")
 
-#: curves drawn by :func:`plot_curves` (metrics.csv column, axis title); missing or empty columns are skipped
+#: curves of ``curves.png`` (metrics.csv column, axis title), drawn by :func:`imgcls.plotting.plot_curves`;
+#: missing or empty columns are skipped
 CURVES: tuple[tuple[str, str], ...] = (
     ("train_loss", "train loss"),
     ("val_loss", "val loss"),
@@ -124,7 +125,10 @@ def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comp
     Raises:
         CompareError: no run folders, or a folder that is not a run.
     """
-    runs = [load_run(p) for p in paths]
+    try:
+        runs = [load_run(p) for p in paths]
+    except RunFolderError as e:  # the engine's error, as this command's own
+        raise CompareError(str(e)) from None
     if not runs:
         raise CompareError("no runs to compare")
     diff = config_differences([r.config for r in runs], keep_all=keep_all)
@@ -135,60 +139,6 @@ def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comp
 # --------------------------------------------------------------------------------------------------------------------
 # Curves and the HTML page
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (files only; never needs a display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(runs: Sequence[RunRecord], out: str | Path, *, labels: Sequence[str] | None = None,
-                curves: Sequence[tuple[str, str]] = CURVES, title: str | None = None) -> Path | None:  # fmt: skip
-    """Overlay per-epoch curves of several runs (one panel per metric) and save a PNG.
-
-    Args:
-        runs: the runs.
-        out: the PNG path.
-        labels: legend labels (default: run folder names).
-        curves: (metrics.csv column, panel title) pairs; columns no run has are skipped.
-        title: figure title.
-
-    Returns:
-        The PNG path, or None when no run has any of the curves.
-    """
-    labels = list(labels) if labels is not None else [r.name for r in runs]
-    present = [(k, t) for k, t in curves if any(r.column(k) for r in runs)]
-    if not present:
-        return None
-    plt = pyplot()
-    cols = min(2, len(present))
-    rows = -(-len(present) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
-    for ax, (key, name) in zip(axes.flat, present, strict=False):
-        for run, label in zip(runs, labels, strict=True):
-            pts = [(r["epoch"], r[key]) for r in run.metrics if r.get(key) is not None and r.get("epoch") is not None]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        if key == "lr":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(present) :]:
-        ax.set_visible(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(names) - 1) // 4), 1, 1))
-    return save_figure(fig, out, dpi=110)
 
 
 def png_data_uri(path: str | Path) -> str:
@@ -248,7 +198,13 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutp
         w.writeheader()
         for r in comparison.rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in comparison.columns})
-    curves = plot_curves(comparison.runs, out / "curves.png", title="training curves")
+    curves = plot_curves(
+        [r.metrics for r in comparison.runs],
+        out / "curves.png",
+        labels=[r.name for r in comparison.runs],
+        curves=CURVES,
+        title="training curves",
+    )
     paths = "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in comparison.runs)
     differing = (
         f"<p>Config keys that differ: {', '.join(f'<code>{html.escape(k)}</code>' for k in comparison.diff_keys)}</p>"
@@ -283,11 +239,14 @@ def compare(
         The comparison and the paths written.
 
     Raises:
-        CompareError: fewer than one run found.
+        CompareError: no run found, or ``runs_dir`` (with ``all_runs``) does not exist.
     """
     paths = [Path(p) for p in runs]
     if all_runs:
-        paths += [p for p in find_runs(runs_dir) if p not in paths]
+        try:
+            paths += [p for p in find_runs(runs_dir) if p not in paths]
+        except RunFolderError as e:  # no such runs folder
+            raise CompareError(str(e)) from None
     if not paths:
         raise CompareError(f"no runs given and none found under {runs_dir}: pass run folders or --all")
     comparison = compare_runs(paths, keep_all=keep_all)
