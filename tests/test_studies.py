@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from imgcls.config import ConfigError, parse_override, validate_config
-from imgcls.studies.definitions import DATASETS, STUDIES, StudyDefinition, Variant, get_study
+from imgcls.studies.definitions import (
+    DATASETS,
+    STUDIES,
+    StudyDefinition,
+    Variant,
+    get_study,
+    list_studies,
+    register_study,
+)
 from imgcls.studies.runner import (
     METRICS,
     aggregate,
@@ -24,7 +32,7 @@ from imgcls.studies.runner import (
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200"]
 
-STUDY_CASES = [(s, d) for s in STUDIES for d in DATASETS]
+STUDY_CASES = [(s, d) for s in list_studies() for d in DATASETS]
 
 
 def test_registry_has_the_classic_studies():
@@ -37,9 +45,19 @@ def test_registry_has_the_classic_studies():
         get_study("optimizer")
 
 
+def test_register_study_refuses_duplicates():
+    with pytest.raises(KeyError, match="already registered"):
+        register_study(StudyDefinition(name="optimizers", title="t", shows="", concept="x",
+                                       variants=(Variant("a"), Variant("b"))))  # fmt: skip
+    with pytest.raises(ValueError, match="duplicate variant names"):
+        register_study(StudyDefinition(name="dup-variants", title="t", shows="", concept="x",
+                                       variants=(Variant("a"), Variant("a"))))  # fmt: skip
+    assert "dup-variants" not in STUDIES
+
+
 @pytest.mark.parametrize("name, dataset", STUDY_CASES, ids=[f"{s}-{d}" for s, d in STUDY_CASES])
 def test_every_variant_is_a_valid_config(name, dataset):
-    study = STUDIES[name]
+    study = get_study(name)
     assert study.metric in METRICS and all(m in METRICS for m in study.also)
     assert study.seeds >= 1 and len(study.variants) >= 2
     assert set(study.ranked) <= set(study.names)
@@ -63,9 +81,9 @@ def test_every_variant_is_a_valid_config(name, dataset):
             assert len(model.stage_groups()) >= max(int(v.x) for v in study.variants)
 
 
-@pytest.mark.parametrize("name", list(STUDIES))
+@pytest.mark.parametrize("name", list_studies())
 def test_every_study_has_a_concept_page(name):
-    page = REPO / "docs" / "concepts" / f"{STUDIES[name].concept}.md"
+    page = REPO / "docs" / "concepts" / f"{get_study(name).concept}.md"
     assert page.is_file(), f"missing {page}"
 
 

@@ -23,7 +23,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T] = {}  # in registration order
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         """Decorator registering ``fn`` under ``name`` (default: the function's name). Raises on duplicates."""
@@ -40,6 +40,10 @@ class Registry(Generic[T]):
     def add(self, name: str, fn: T) -> None:
         """Register ``fn`` under ``name`` without a decorator."""
         self.register(name)(fn)
+
+    def ordered(self) -> list[str]:
+        """Names in registration order (iteration and :meth:`list` are sorted by name)."""
+        return list(self._entries)
 
     def get(self, name: str) -> T:
         """Return the entry point for ``name`` or raise a KeyError that lists close matches and all valid names."""

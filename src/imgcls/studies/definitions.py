@@ -16,10 +16,12 @@ teacher); the runner trains that variant first.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
+
+from imgcls.registry import Registry
 
 #: where the CIFAR-10 archive lives in this project's shared folder
 CIFAR10_ROOT = "/work/shared/data/cifar10_jpg.tar.gz"
@@ -158,33 +160,27 @@ class StudyDefinition:
         return [*self.base, *self.per_dataset.get(dataset, ()), *variant.overrides_for(dataset)]
 
 
-STUDIES: dict[str, StudyDefinition] = {}
+#: the registered studies. Registry entries are entry points (callables), so each study is registered as a
+#: zero-argument one that returns its definition; read them with :func:`get_study` and :func:`list_studies`.
+STUDIES: Registry[Callable[[], StudyDefinition]] = Registry("study")
 
 
 def register_study(study: StudyDefinition) -> StudyDefinition:
     """Add a study to :data:`STUDIES` (raises on a duplicate name or duplicate variant names)."""
-    if study.name in STUDIES:
-        raise KeyError(f"study '{study.name}' is already registered")
     if len(set(study.names)) != len(study.names):
         raise ValueError(f"study '{study.name}' has duplicate variant names: {study.names}")
-    STUDIES[study.name] = study
+    STUDIES.add(study.name, lambda: study)  # KeyError when the name is taken
     return study
 
 
 def get_study(name: str) -> StudyDefinition:
     """The study called ``name``; KeyError with close matches otherwise."""
-    if name not in STUDIES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(STUDIES), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown study '{name}'.{hint} Valid: {', '.join(sorted(STUDIES))}")
-    return STUDIES[name]
+    return STUDIES.get(name)()
 
 
 def list_studies() -> list[str]:
     """Registered study names, in definition order."""
-    return list(STUDIES)
+    return STUDIES.ordered()
 
 
 # --------------------------------------------------------------------------------------------------------------------
