@@ -18,16 +18,11 @@ from imgcls.studies.definitions import (
     list_studies,
     register_study,
 )
-from imgcls.studies.runner import (
-    METRICS,
-    aggregate,
-    collect_markdown,
-    make_reading,
-    rewrite_report,
-    run_study,
-    variant_config,
-    within_noise,
-)
+from imgcls.studies.metrics import METRICS
+from imgcls.studies.plan import variant_config
+from imgcls.studies.reading import make_reading
+from imgcls.studies.runner import collect_markdown, rewrite_report, run_study
+from imgcls.studies.stats import aggregate, within_noise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200"]
@@ -47,11 +42,10 @@ def test_registry_has_the_classic_studies():
 
 def test_register_study_refuses_duplicates():
     with pytest.raises(KeyError, match="already registered"):
-        register_study(StudyDefinition(name="optimizers", title="t", shows="", concept="x",
-                                       variants=(Variant("a"), Variant("b"))))  # fmt: skip
+        register_study(StudyDefinition(name="optimizers", title="t", shows="", concept="x", variants=(Variant("a"),)))
+    twice = (Variant("a"), Variant("a"))
     with pytest.raises(ValueError, match="duplicate variant names"):
-        register_study(StudyDefinition(name="dup-variants", title="t", shows="", concept="x",
-                                       variants=(Variant("a"), Variant("a"))))  # fmt: skip
+        register_study(StudyDefinition(name="dup-variants", title="t", shows="", concept="x", variants=twice))
     assert "dup-variants" not in STUDIES
 
 
@@ -88,8 +82,11 @@ def test_every_study_has_a_concept_page(name):
 
 
 def _rows(values: dict[str, list[float]]) -> list[dict]:
-    return [{"variant": n, "seed": i, "test_acc": v, "train_s": 1.0 + i, "test_n": 1000}
-            for n, vs in values.items() for i, v in enumerate(vs)]  # fmt: skip
+    return [
+        {"variant": n, "seed": i, "test_acc": v, "train_s": 1.0 + i, "test_n": 1000}
+        for n, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
 
 
 def test_within_noise_uses_two_seed_stds():
@@ -100,8 +97,9 @@ def test_within_noise_uses_two_seed_stds():
     within, _, _ = within_noise("test_acc", a, {"mean": 0.95, "std": 0.01, "n": 3})
     assert within is False
     # one seed: the binomial standard error of the test set is the floor (2 * sqrt(0.9 * 0.1 / 1000) = 1.9 pts)
-    within, noise, source = within_noise("test_acc", {"mean": 0.90, "std": math.nan, "n": 1},
-                                         {"mean": 0.91, "std": math.nan, "n": 1}, 1000)  # fmt: skip
+    within, noise, source = within_noise(
+        "test_acc", {"mean": 0.90, "std": math.nan, "n": 1}, {"mean": 0.91, "std": math.nan, "n": 1}, 1000
+    )
     assert within is True and noise == pytest.approx(0.019, abs=1e-3) and "binomial" in source
     assert within_noise("train_s", {"mean": 1.0, "std": math.nan, "n": 1}, {"mean": 2.0, "std": math.nan, "n": 1},
                         1000)[0] is None  # fmt: skip
