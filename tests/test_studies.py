@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
-from imgcls.config import ConfigError, parse_override, validate_config
+from imgcls.config import ConfigError, parse_override, to_dict, validate_config
+from imgcls.engine.build import check_config
 from imgcls.studies.definitions import (
     DATASETS,
     STUDIES,
@@ -19,7 +22,7 @@ from imgcls.studies.definitions import (
     register_study,
 )
 from imgcls.studies.metrics import METRICS
-from imgcls.studies.plan import variant_config
+from imgcls.studies.plan import find_finished_run, variant_config
 from imgcls.studies.reading import make_reading
 from imgcls.studies.runner import collect_markdown, rewrite_report, run_study
 from imgcls.studies.stats import aggregate, within_noise
@@ -59,11 +62,14 @@ def test_every_variant_is_a_valid_config(name, dataset):
         assert all(v.x is not None for v in study.variants), "a sweep needs Variant.x on every variant"
     for v in study.variants:
         for ref in v.references():
+            assert ref in study.names, f"{v.name} uses {{ckpt:{ref}}}, which is no variant of {name}"
             assert study.names.index(ref) < study.names.index(v.name), f"{v.name} uses {ref}, defined later"
+        assert v.tta >= 1 and v.ensemble >= 1
         for text in study.overrides_for(v, dataset):
             parse_override(text)
         cfg = variant_config(study, v, dataset)
         validate_config(cfg)
+        check_config(cfg)  # registry names (model, dataset, loss, optimizer, schedule) and the model's options too
         if cfg.data.loader == "device":
             from imgcls.data.device_loader import check_device_augmentations
 
@@ -73,6 +79,44 @@ def test_every_variant_is_a_valid_config(name, dataset):
 
             model = create_model(cfg.model.name, num_classes=10, in_chans=1, image_size=16)
             assert len(model.stage_groups()) >= max(int(v.x) for v in study.variants)
+
+
+def test_no_machine_paths_in_the_package():
+    """Data locations are the config's (data.root, the cache folder), never a folder of one machine."""
+    for path in sorted((REPO / "src" / "imgcls").rglob("*")):
+        if path.suffix in (".py", ".yaml", ".yml"):
+            text = path.read_text()
+            assert "/work/" not in text and "shared/data" not in text, f"a machine path in {path}"
+
+
+def test_cifar10_base_reads_the_normal_data_location():
+    study = get_study("optimizers")
+    cfg = variant_config(study, study.variants[0], "cifar10")
+    assert cfg.data.name == "cifar10" and cfg.data.root is None and cfg.data.download
+    local = variant_config(study, study.variants[0], "cifar10", extra=["data.root=/data/cifar10_jpg.tar.gz"])
+    assert local.data.root == "/data/cifar10_jpg.tar.gz"
+
+
+def test_finished_run_is_found_up_to_incidental_keys(tmp_path):
+    study = get_study("optimizers")
+    earlier = variant_config(study, study.variants[0], "digits", extra=["data.download=false", "run.name=old"])
+    run = tmp_path / "sgd-s0-20250101-000000"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(earlier)))))
+    (run / "summary.json").write_text("{}")
+    assert find_finished_run(tmp_path, variant_config(study, study.variants[0], "digits")) == run
+    assert find_finished_run(tmp_path, variant_config(study, study.variants[1], "digits")) is None
+
+
+def test_collected_command_names_no_local_folder(tmp_path):
+    rows = [{**r, "study": "optimizers", "dataset": "cifar10"} for r in _rows({"sgd": [0.5], "adam": [0.6]})]
+    (tmp_path / "study.json").write_text(json.dumps({
+        "study": "optimizers", "dataset": "cifar10", "seeds": 1, "seconds": 60.0, "rows": rows,
+        "overrides": ["data.root=/data/me/cifar10_jpg.tar.gz", "training.epochs=1"],
+    }))  # fmt: skip
+    md = collect_markdown([tmp_path])
+    assert "`imgcls study optimizers data.root=/path/to/cifar10_jpg.tar.gz training.epochs=1 --dataset cifar10" in md
+    assert "/data/me" not in md
 
 
 @pytest.mark.parametrize("name", list_studies())
@@ -163,8 +207,6 @@ def test_tta_ensemble_and_teacher_reference(tmp_path):
     by = {r["variant"]: r for r in result.rows}
     assert by["tta 2"]["run_dir"] == by["base"]["run_dir"]
     assert by["ens 2"]["params"] == 2 * by["base"]["params"]
-    import yaml
-
     kd_cfg = yaml.safe_load((Path(by["kd"]["run_dir"]) / "config.yaml").read_text())
     assert kd_cfg["training"]["distill"]["teacher"] == str(Path(by["base"]["run_dir"]) / "checkpoints" / "best.pt")
     members = sorted((tmp_path / "mini" / "inits").glob("*.pt"))

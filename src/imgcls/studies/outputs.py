@@ -144,12 +144,18 @@ def print_result(result: StudyResult, file: Any = None) -> None:
     print(f"files: {', '.join(str(p) for p in result.files.values())}", file=out)
 
 
+def _public_override(text: str) -> str:
+    """An override as docs show it: a ``data.root`` of this machine becomes ``data.root=/path/to/<file name>``."""
+    key, _, value = text.partition("=")
+    return f"{key}=/path/to/{Path(value).name}" if key == "data.root" and value else text
+
+
 def _collected_section(j: dict[str, Any], heading: str) -> str:
     """One finished study (its ``study.json``) as a Markdown section: setup, table, reading."""
     study = get_study(j["study"])
     dataset = j["dataset"]
     summary = aggregate(j["rows"], study.names)  # recomputed: the report code may be newer than the results
-    flags = " ".join(j.get("overrides", []))
+    flags = " ".join(_public_override(o) for o in j.get("overrides", []))
     study_overrides = study.base + study.per_dataset.get(dataset, ())
     return (
         f"{heading} {study.name}" + ("" if dataset == "digits" else f" ({dataset})") + "\n\n"
@@ -164,7 +170,8 @@ def _collected_section(j: dict[str, Any], heading: str) -> str:
 
 def collect_markdown(study_dirs: Sequence[str | Path], *, heading_level: int = 2) -> str:
     """One Markdown section per study folder (its ``study.json``): setup, results table and reading, in registry
-    order - the body of ``docs/studies.md``."""
+    order - the body of ``docs/studies.md``. A ``data.root=`` override is shown as ``data.root=/path/to/<file>``
+    (the docs name no folder of the machine that ran the study)."""
     loaded = []
     for d in study_dirs:
         path = Path(d) / "study.json"

@@ -15,7 +15,11 @@ from imgcls.config import Config, ConfigError, build_config, from_dict, to_dict
 from imgcls.studies.definitions import CKPT_REF, DATASETS, StudyDefinition, Variant
 
 #: config keys that do not change what is trained (ignored when looking for a finished run to reuse); "" is the root
-INCIDENTAL = {"run": ("dir", "name", "progress", "tracker", "report", "resume", "log_interval"), "": ("preset",)}
+INCIDENTAL = {
+    "run": ("dir", "name", "progress", "tracker", "report", "resume", "log_interval"),
+    "data": ("download",),  # whether missing files may be fetched, not which data
+    "": ("preset",),
+}
 
 
 def slug(text: str) -> str:
