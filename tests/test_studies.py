@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
-from imgcls.config import ConfigError, parse_override, validate_config
-from imgcls.studies.definitions import DATASETS, STUDIES, StudyDefinition, Variant, get_study
-from imgcls.studies.runner import (
-    METRICS,
-    aggregate,
-    collect_markdown,
-    make_reading,
-    rewrite_report,
-    run_study,
-    variant_config,
-    within_noise,
+from imgcls.config import ConfigError, parse_override, to_dict, validate_config
+from imgcls.engine.build import check_config
+from imgcls.studies.definitions import (
+    DATASETS,
+    STUDIES,
+    StudyDefinition,
+    Variant,
+    get_study,
+    list_studies,
+    register_study,
 )
+from imgcls.studies.metrics import METRICS
+from imgcls.studies.plan import find_finished_run, variant_config
+from imgcls.studies.reading import make_reading
+from imgcls.studies.runner import collect_markdown, rewrite_report, run_study
+from imgcls.studies.stats import aggregate, within_noise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200"]
 
-STUDY_CASES = [(s, d) for s in STUDIES for d in DATASETS]
+STUDY_CASES = [(s, d) for s in list_studies() for d in DATASETS]
 
 
 def test_registry_has_the_classic_studies():
@@ -37,9 +43,18 @@ def test_registry_has_the_classic_studies():
         get_study("optimizer")
 
 
+def test_register_study_refuses_duplicates():
+    with pytest.raises(KeyError, match="already registered"):
+        register_study(StudyDefinition(name="optimizers", title="t", shows="", concept="x", variants=(Variant("a"),)))
+    twice = (Variant("a"), Variant("a"))
+    with pytest.raises(ValueError, match="duplicate variant names"):
+        register_study(StudyDefinition(name="dup-variants", title="t", shows="", concept="x", variants=twice))
+    assert "dup-variants" not in STUDIES
+
+
 @pytest.mark.parametrize("name, dataset", STUDY_CASES, ids=[f"{s}-{d}" for s, d in STUDY_CASES])
 def test_every_variant_is_a_valid_config(name, dataset):
-    study = STUDIES[name]
+    study = get_study(name)
     assert study.metric in METRICS and all(m in METRICS for m in study.also)
     assert study.seeds >= 1 and len(study.variants) >= 2
     assert set(study.ranked) <= set(study.names)
@@ -47,11 +62,14 @@ def test_every_variant_is_a_valid_config(name, dataset):
         assert all(v.x is not None for v in study.variants), "a sweep needs Variant.x on every variant"
     for v in study.variants:
         for ref in v.references():
+            assert ref in study.names, f"{v.name} uses {{ckpt:{ref}}}, which is no variant of {name}"
             assert study.names.index(ref) < study.names.index(v.name), f"{v.name} uses {ref}, defined later"
+        assert v.tta >= 1 and v.ensemble >= 1
         for text in study.overrides_for(v, dataset):
             parse_override(text)
         cfg = variant_config(study, v, dataset)
         validate_config(cfg)
+        check_config(cfg)  # registry names (model, dataset, loss, optimizer, schedule) and the model's options too
         if cfg.data.loader == "device":
             from imgcls.data.device_loader import check_device_augmentations
 
@@ -63,15 +81,56 @@ def test_every_variant_is_a_valid_config(name, dataset):
             assert len(model.stage_groups()) >= max(int(v.x) for v in study.variants)
 
 
-@pytest.mark.parametrize("name", list(STUDIES))
+def test_no_machine_paths_in_the_package():
+    """Data locations are the config's (data.root, the cache folder), never a folder of one machine."""
+    for path in sorted((REPO / "src" / "imgcls").rglob("*")):
+        if path.suffix in (".py", ".yaml", ".yml"):
+            text = path.read_text()
+            assert "/work/" not in text and "shared/data" not in text, f"a machine path in {path}"
+
+
+def test_cifar10_base_reads_the_normal_data_location():
+    study = get_study("optimizers")
+    cfg = variant_config(study, study.variants[0], "cifar10")
+    assert cfg.data.name == "cifar10" and cfg.data.root is None and cfg.data.download
+    local = variant_config(study, study.variants[0], "cifar10", extra=["data.root=/data/cifar10_jpg.tar.gz"])
+    assert local.data.root == "/data/cifar10_jpg.tar.gz"
+
+
+def test_finished_run_is_found_up_to_incidental_keys(tmp_path):
+    study = get_study("optimizers")
+    earlier = variant_config(study, study.variants[0], "digits", extra=["data.download=false", "run.name=old"])
+    run = tmp_path / "sgd-s0-20250101-000000"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(earlier)))))
+    (run / "summary.json").write_text("{}")
+    assert find_finished_run(tmp_path, variant_config(study, study.variants[0], "digits")) == run
+    assert find_finished_run(tmp_path, variant_config(study, study.variants[1], "digits")) is None
+
+
+def test_collected_command_names_no_local_folder(tmp_path):
+    rows = [{**r, "study": "optimizers", "dataset": "cifar10"} for r in _rows({"sgd": [0.5], "adam": [0.6]})]
+    (tmp_path / "study.json").write_text(json.dumps({
+        "study": "optimizers", "dataset": "cifar10", "seeds": 1, "seconds": 60.0, "rows": rows,
+        "overrides": ["data.root=/data/me/cifar10_jpg.tar.gz", "training.epochs=1"],
+    }))  # fmt: skip
+    md = collect_markdown([tmp_path])
+    assert "`imgcls study optimizers data.root=/path/to/cifar10_jpg.tar.gz training.epochs=1 --dataset cifar10" in md
+    assert "/data/me" not in md
+
+
+@pytest.mark.parametrize("name", list_studies())
 def test_every_study_has_a_concept_page(name):
-    page = REPO / "docs" / "concepts" / f"{STUDIES[name].concept}.md"
+    page = REPO / "docs" / "concepts" / f"{get_study(name).concept}.md"
     assert page.is_file(), f"missing {page}"
 
 
 def _rows(values: dict[str, list[float]]) -> list[dict]:
-    return [{"variant": n, "seed": i, "test_acc": v, "train_s": 1.0 + i, "test_n": 1000}
-            for n, vs in values.items() for i, v in enumerate(vs)]  # fmt: skip
+    return [
+        {"variant": n, "seed": i, "test_acc": v, "train_s": 1.0 + i, "test_n": 1000}
+        for n, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
 
 
 def test_within_noise_uses_two_seed_stds():
@@ -82,8 +141,9 @@ def test_within_noise_uses_two_seed_stds():
     within, _, _ = within_noise("test_acc", a, {"mean": 0.95, "std": 0.01, "n": 3})
     assert within is False
     # one seed: the binomial standard error of the test set is the floor (2 * sqrt(0.9 * 0.1 / 1000) = 1.9 pts)
-    within, noise, source = within_noise("test_acc", {"mean": 0.90, "std": math.nan, "n": 1},
-                                         {"mean": 0.91, "std": math.nan, "n": 1}, 1000)  # fmt: skip
+    within, noise, source = within_noise(
+        "test_acc", {"mean": 0.90, "std": math.nan, "n": 1}, {"mean": 0.91, "std": math.nan, "n": 1}, 1000
+    )
     assert within is True and noise == pytest.approx(0.019, abs=1e-3) and "binomial" in source
     assert within_noise("train_s", {"mean": 1.0, "std": math.nan, "n": 1}, {"mean": 2.0, "std": math.nan, "n": 1},
                         1000)[0] is None  # fmt: skip
@@ -147,8 +207,6 @@ def test_tta_ensemble_and_teacher_reference(tmp_path):
     by = {r["variant"]: r for r in result.rows}
     assert by["tta 2"]["run_dir"] == by["base"]["run_dir"]
     assert by["ens 2"]["params"] == 2 * by["base"]["params"]
-    import yaml
-
     kd_cfg = yaml.safe_load((Path(by["kd"]["run_dir"]) / "config.yaml").read_text())
     assert kd_cfg["training"]["distill"]["teacher"] == str(Path(by["base"]["run_dir"]) / "checkpoints" / "best.pt")
     members = sorted((tmp_path / "mini" / "inits").glob("*.pt"))

@@ -11,7 +11,7 @@ import argparse
 
 def cmd_study(args: argparse.Namespace) -> int:
     from imgcls.config import ConfigError
-    from imgcls.studies.definitions import STUDIES, list_studies
+    from imgcls.studies.definitions import get_study, list_studies
 
     names = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
@@ -29,7 +29,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     if args.list or not names:
         for name in list_studies():
-            s = STUDIES[name]
+            s = get_study(name)
             print(f"{name:18s} {len(s.variants)} variants, {s.seeds} seed(s), metric {s.metric}: {s.title}")
         return 0
     if names == ["all"]:

@@ -7,7 +7,9 @@ shows, which metric decides, which variants to rank, the docs page that explains
 
 Budgets: the ``digits`` base (bundled, offline) trains ``simple_cnn_tiny`` for 8 epochs on 1,293 images at 16x16 -
 about 10 s per run on one CPU core - so every study finishes in a few minutes on 2 cores. The ``cifar10`` base trains
-``resnet_tiny`` on a 5,000-image subset for 4 epochs (minutes per run on a CPU; seconds on a GPU).
+``resnet_tiny`` on a 5,000-image subset for 4 epochs (minutes per run on a CPU; seconds on a GPU); it reads CIFAR-10
+from the normal data location, or from ``data.root=PATH`` given on the command line
+(``imgcls study NAME --dataset cifar10 data.root=/path/to/cifar10_jpg.tar.gz``).
 
 Overrides may name the best checkpoint of another variant of the same seed with ``{ckpt:VARIANT}`` (distillation's
 teacher); the runner trains that variant first.
@@ -16,13 +18,12 @@ teacher); the runner trains that variant first.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-#: where the CIFAR-10 archive lives in this project's shared folder
-CIFAR10_ROOT = "/work/shared/data/cifar10_jpg.tar.gz"
+from imgcls.registry import Registry
 
 #: ``{ckpt:NAME}`` in an override: the best checkpoint of variant NAME, same seed
 CKPT_REF = re.compile(r"\{ckpt:([^}]+)\}")
@@ -55,8 +56,10 @@ DATASETS: Mapping[str, DatasetBase] = MappingProxyType({
     ),
     "cifar10": DatasetBase(
         preset=None,
-        overrides=("data.name=cifar10", f"data.root={CIFAR10_ROOT}", "data.download=false", "data.subset=5000",
-                   "data.val_fraction=0.04", "data.batch_size=128", "data.loader=device", "model.name=resnet_tiny",
+        # data.root unset: the normal data location (the cache folder, downloaded when data.download allows);
+        # a local copy is an override on the command line, e.g. data.root=/path/to/cifar10_jpg.tar.gz
+        overrides=("data.name=cifar10", "data.subset=5000", "data.val_fraction=0.04", "data.batch_size=128",
+                   "data.loader=device", "model.name=resnet_tiny",
                    "training.epochs=4", "training.optimizer.lr=0.1", "training.scheduler.warmup_epochs=1",
                    "augmentation.train.random_crop=true", "augmentation.train.crop_padding=4",
                    "augmentation.train.hflip=0.5", *_COMMON),
@@ -158,33 +161,27 @@ class StudyDefinition:
         return [*self.base, *self.per_dataset.get(dataset, ()), *variant.overrides_for(dataset)]
 
 
-STUDIES: dict[str, StudyDefinition] = {}
+#: the registered studies. Registry entries are entry points (callables), so each study is registered as a
+#: zero-argument one that returns its definition; read them with :func:`get_study` and :func:`list_studies`.
+STUDIES: Registry[Callable[[], StudyDefinition]] = Registry("study")
 
 
 def register_study(study: StudyDefinition) -> StudyDefinition:
     """Add a study to :data:`STUDIES` (raises on a duplicate name or duplicate variant names)."""
-    if study.name in STUDIES:
-        raise KeyError(f"study '{study.name}' is already registered")
     if len(set(study.names)) != len(study.names):
         raise ValueError(f"study '{study.name}' has duplicate variant names: {study.names}")
-    STUDIES[study.name] = study
+    STUDIES.add(study.name, lambda: study)  # KeyError when the name is taken
     return study
 
 
 def get_study(name: str) -> StudyDefinition:
     """The study called ``name``; KeyError with close matches otherwise."""
-    if name not in STUDIES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(STUDIES), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown study '{name}'.{hint} Valid: {', '.join(sorted(STUDIES))}")
-    return STUDIES[name]
+    return STUDIES.get(name)()
 
 
 def list_studies() -> list[str]:
     """Registered study names, in definition order."""
-    return list(STUDIES)
+    return STUDIES.ordered()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -19,19 +19,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
 from imgcls.engine.runs import RunFolderError, RunRecord, find_runs, load_run
-from imgcls.plotting import save_figure
+from imgcls.plotting import plot_curves
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
 INCIDENTAL_KEYS = ("run.dir", "run.resume", "run.progress", "run.log_interval", "run.tracker")
 
-#: curves drawn by :func:`plot_curves` (metrics.csv column, axis title); missing or empty columns are skipped
+#: curves of ``curves.png`` (metrics.csv column, axis title), drawn by :func:`imgcls.plotting.plot_curves`;
+#: missing or empty columns are skipped
 CURVES: tuple[tuple[str, str], ...] = (
     ("train_loss", "train loss"),
     ("val_loss", "val loss"),
@@ -40,9 +39,8 @@ CURVES: tuple[tuple[str, str], ...] = (
 )
 
 
-#: nothing to compare, or a folder that is not a run folder (the run-folder module's error, under the name compare
-#: callers know)
-CompareError = RunFolderError
+class CompareError(RunFolderError):
+    """Nothing to compare, or a folder that is not a run folder."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,7 +128,10 @@ def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comp
     Raises:
         CompareError: no run folders, or a folder that is not a run.
     """
-    runs = [load_run(p) for p in paths]
+    try:
+        runs = [load_run(p) for p in paths]
+    except RunFolderError as e:  # the engine's error, as this command's own
+        raise CompareError(str(e)) from None
     if not runs:
         raise CompareError("no runs to compare")
     diff = config_differences([r.config for r in runs], keep_all=keep_all)
@@ -141,64 +142,6 @@ def compare_runs(paths: Iterable[str | Path], *, keep_all: bool = False) -> Comp
 # --------------------------------------------------------------------------------------------------------------------
 # Curves and the HTML page
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (files only; never needs a display)."""
-
-    matplotlib.use("Agg")
-
-    return plt
-
-
-def plot_curves(
-    runs: Sequence[RunRecord],
-    out: str | Path,
-    *,
-    labels: Sequence[str] | None = None,
-    curves: Sequence[tuple[str, str]] = CURVES,
-    title: str | None = None,
-) -> Path | None:
-    """Overlay per-epoch curves of several runs (one panel per metric) and save a PNG.
-
-    Args:
-        runs: the runs.
-        out: the PNG path.
-        labels: legend labels (default: run folder names).
-        curves: (metrics.csv column, panel title) pairs; columns no run has are skipped.
-        title: figure title.
-
-    Returns:
-        The PNG path, or None when no run has any of the curves.
-    """
-    labels = list(labels) if labels is not None else [r.name for r in runs]
-    present = [(k, t) for k, t in curves if any(r.column(k) for r in runs)]
-    if not present:
-        return None
-    plt = pyplot()
-    cols = min(2, len(present))
-    rows = -(-len(present) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
-    for ax, (key, name) in zip(axes.flat, present, strict=False):
-        for run, label in zip(runs, labels, strict=True):
-            pts = [(r["epoch"], r[key]) for r in run.metrics if r.get(key) is not None and r.get("epoch") is not None]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        if key == "lr":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(present) :]:
-        ax.set_visible(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(names) - 1) // 4), 1, 1))
-    return save_figure(fig, out, dpi=110)
 
 
 def png_data_uri(path: str | Path) -> str:
@@ -224,10 +167,8 @@ HTML_STYLE = (
 
 def write_html(path: str | Path, *, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A self-contained HTML page: ``sections`` are (heading, inner HTML) pairs."""
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-    ]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
     for heading, inner in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{inner}")
     parts.append("</body></html>")
@@ -252,23 +193,26 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutp
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "compare.md"
-    md.write_text(
-        f"# Run comparison\n\n{len(comparison.runs)} runs; config keys shown only where they differ.\n\n"
-        f"{comparison.to_markdown()}\n"
-    )
+    md.write_text(f"# Run comparison\n\n{len(comparison.runs)} runs; config keys shown only where they differ.\n\n"
+                  f"{comparison.to_markdown()}\n")  # fmt: skip
     csv_path = out / "compare.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=comparison.columns, extrasaction="ignore")
         w.writeheader()
         for r in comparison.rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in comparison.columns})
-    curves = plot_curves(comparison.runs, out / "curves.png", title="training curves")
+    curves = plot_curves(
+        [r.metrics for r in comparison.runs],
+        out / "curves.png",
+        labels=[r.name for r in comparison.runs],
+        curves=CURVES,
+        title="training curves",
+    )
     paths = "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in comparison.runs)
     differing = (
         f"<p>Config keys that differ: {', '.join(f'<code>{html.escape(k)}</code>' for k in comparison.diff_keys)}</p>"
-        if comparison.diff_keys
-        else "<p>The runs have the same config.</p>"
-    )
+        if comparison.diff_keys else "<p>The runs have the same config.</p>"
+    )  # fmt: skip
     sections = [("Table", differing + markdown_table_to_html(comparison.rows, comparison.columns))]
     if curves is not None:
         sections.append(("Training curves", f"<img src='{png_data_uri(curves)}' alt='training curves'>"))
@@ -298,11 +242,14 @@ def compare(
         The comparison and the paths written.
 
     Raises:
-        CompareError: fewer than one run found.
+        CompareError: no run found, or ``runs_dir`` (with ``all_runs``) does not exist.
     """
     paths = [Path(p) for p in runs]
     if all_runs:
-        paths += [p for p in find_runs(runs_dir) if p not in paths]
+        try:
+            paths += [p for p in find_runs(runs_dir) if p not in paths]
+        except RunFolderError as e:  # no such runs folder
+            raise CompareError(str(e)) from None
     if not paths:
         raise CompareError(f"no runs given and none found under {runs_dir}: pass run folders or --all")
     comparison = compare_runs(paths, keep_all=keep_all)
