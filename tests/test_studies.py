@@ -34,10 +34,29 @@ STUDY_CASES = [(s, d) for s in list_studies() for d in DATASETS]
 
 
 def test_registry_has_the_classic_studies():
-    expected = {"freeze-layers", "augmentation", "cutmix-alpha", "mixup-vs-cutmix", "randaugment", "optimizers",
-                "schedulers", "lr-sweep", "weight-decay", "batch-size", "amp", "grad-accumulation", "label-smoothing",
-                "early-stopping", "class-imbalance", "architectures", "distillation", "ensemble", "tta",
-                "activations", "ema"}  # fmt: skip
+    expected = {
+        "freeze-layers",
+        "augmentation",
+        "cutmix-alpha",
+        "mixup-vs-cutmix",
+        "randaugment",
+        "optimizers",
+        "schedulers",
+        "lr-sweep",
+        "weight-decay",
+        "batch-size",
+        "amp",
+        "grad-accumulation",
+        "label-smoothing",
+        "early-stopping",
+        "class-imbalance",
+        "architectures",
+        "distillation",
+        "ensemble",
+        "tta",
+        "activations",
+        "ema",
+    }
     assert expected <= set(STUDIES)
     with pytest.raises(KeyError, match="Did you mean"):
         get_study("optimizer")
@@ -110,10 +129,18 @@ def test_finished_run_is_found_up_to_incidental_keys(tmp_path):
 
 def test_collected_command_names_no_local_folder(tmp_path):
     rows = [{**r, "study": "optimizers", "dataset": "cifar10"} for r in _rows({"sgd": [0.5], "adam": [0.6]})]
-    (tmp_path / "study.json").write_text(json.dumps({
-        "study": "optimizers", "dataset": "cifar10", "seeds": 1, "seconds": 60.0, "rows": rows,
-        "overrides": ["data.root=/data/me/cifar10_jpg.tar.gz", "training.epochs=1"],
-    }))  # fmt: skip
+    (tmp_path / "study.json").write_text(
+        json.dumps(
+            {
+                "study": "optimizers",
+                "dataset": "cifar10",
+                "seeds": 1,
+                "seconds": 60.0,
+                "rows": rows,
+                "overrides": ["data.root=/data/me/cifar10_jpg.tar.gz", "training.epochs=1"],
+            }
+        )
+    )
     md = collect_markdown([tmp_path])
     assert "`imgcls study optimizers data.root=/path/to/cifar10_jpg.tar.gz training.epochs=1 --dataset cifar10" in md
     assert "/data/me" not in md
@@ -145,13 +172,21 @@ def test_within_noise_uses_two_seed_stds():
         "test_acc", {"mean": 0.90, "std": math.nan, "n": 1}, {"mean": 0.91, "std": math.nan, "n": 1}, 1000
     )
     assert within is True and noise == pytest.approx(0.019, abs=1e-3) and "binomial" in source
-    assert within_noise("train_s", {"mean": 1.0, "std": math.nan, "n": 1}, {"mean": 2.0, "std": math.nan, "n": 1},
-                        1000)[0] is None  # fmt: skip
+    assert (
+        within_noise("train_s", {"mean": 1.0, "std": math.nan, "n": 1}, {"mean": 2.0, "std": math.nan, "n": 1}, 1000)[0]
+        is None
+    )
 
 
 def test_reading_names_winner_gap_and_noise():
-    study = StudyDefinition(name="t", title="t", shows="", concept="x", expect="Expect things.",
-                            variants=(Variant("a"), Variant("b"), Variant("c")))  # fmt: skip
+    study = StudyDefinition(
+        name="t",
+        title="t",
+        shows="",
+        concept="x",
+        expect="Expect things.",
+        variants=(Variant("a"), Variant("b"), Variant("c")),
+    )
     rows = _rows({"a": [0.90, 0.92, 0.91], "b": [0.915, 0.925, 0.92], "c": [0.80, 0.81, 0.79]})
     summary = aggregate(rows, study.names)
     assert summary["a"]["test_acc"]["mean"] == pytest.approx(0.91) and summary["a"]["test_acc"]["n"] == 3
@@ -197,10 +232,19 @@ def test_tta_ensemble_and_teacher_reference(tmp_path):
     """Variants that differ only at test time share a run; ensemble members get their own initialisations; a
     ``{ckpt:NAME}`` override gets the named variant's best checkpoint of the same seed."""
     study = StudyDefinition(
-        name="mini", title="mini", shows="", concept="x", seeds=1, lr_curves=True,
-        variants=(Variant("base"), Variant("tta 2", tta=2), Variant("ens 2", ensemble=2),
-                  Variant("kd", ("training.distill.teacher={ckpt:base}",))),
-    )  # fmt: skip
+        name="mini",
+        title="mini",
+        shows="",
+        concept="x",
+        seeds=1,
+        lr_curves=True,
+        variants=(
+            Variant("base"),
+            Variant("tta 2", tta=2),
+            Variant("ens 2", ensemble=2),
+            Variant("kd", ("training.distill.teacher={ckpt:base}",)),
+        ),
+    )
     result = run_study(study, epochs=1, overrides=TINY, out_dir=tmp_path / "mini", quiet=True)
     # base = member 0 (shared with tta 2 and ens 2), ensemble member 1, the distilled student
     assert result.trained == 3

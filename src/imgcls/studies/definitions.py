@@ -46,27 +46,44 @@ class DatasetBase:
     description: str
 
 
-DATASETS: Mapping[str, DatasetBase] = MappingProxyType({
-    "digits": DatasetBase(
-        preset="quickstart",
-        overrides=("model.name=simple_cnn_tiny", "training.epochs=8", "training.loss.label_smoothing=0.0",
-                   "data.loader=device", *_COMMON),
-        description="digits (1,293 train / 144 val / 360 test images, 16x16 grayscale), simple_cnn_tiny, 8 epochs, "
-                    "SGD lr 0.05 + cosine, batch 32",
-    ),
-    "cifar10": DatasetBase(
-        preset=None,
-        # data.root unset: the normal data location (the cache folder, downloaded when data.download allows);
-        # a local copy is an override on the command line, e.g. data.root=/path/to/cifar10_jpg.tar.gz
-        overrides=("data.name=cifar10", "data.subset=5000", "data.val_fraction=0.04", "data.batch_size=128",
-                   "data.loader=device", "model.name=resnet_tiny",
-                   "training.epochs=4", "training.optimizer.lr=0.1", "training.scheduler.warmup_epochs=1",
-                   "augmentation.train.random_crop=true", "augmentation.train.crop_padding=4",
-                   "augmentation.train.hflip=0.5", *_COMMON),
-        description="CIFAR-10 (5,000-image train subset, 2,000 val, 10,000 test images, 32x32 RGB), resnet_tiny, "
-                    "4 epochs, SGD lr 0.1 + 1 warmup epoch + cosine, batch 128, crop + flip",
-    ),
-})  # fmt: skip
+DATASETS: Mapping[str, DatasetBase] = MappingProxyType(
+    {
+        "digits": DatasetBase(
+            preset="quickstart",
+            overrides=(
+                "model.name=simple_cnn_tiny",
+                "training.epochs=8",
+                "training.loss.label_smoothing=0.0",
+                "data.loader=device",
+                *_COMMON,
+            ),
+            description="digits (1,293 train / 144 val / 360 test images, 16x16 grayscale), simple_cnn_tiny, 8 epochs, "
+            "SGD lr 0.05 + cosine, batch 32",
+        ),
+        "cifar10": DatasetBase(
+            preset=None,
+            # data.root unset: the normal data location (the cache folder, downloaded when data.download allows);
+            # a local copy is an override on the command line, e.g. data.root=/path/to/cifar10_jpg.tar.gz
+            overrides=(
+                "data.name=cifar10",
+                "data.subset=5000",
+                "data.val_fraction=0.04",
+                "data.batch_size=128",
+                "data.loader=device",
+                "model.name=resnet_tiny",
+                "training.epochs=4",
+                "training.optimizer.lr=0.1",
+                "training.scheduler.warmup_epochs=1",
+                "augmentation.train.random_crop=true",
+                "augmentation.train.crop_padding=4",
+                "augmentation.train.hflip=0.5",
+                *_COMMON,
+            ),
+            description="CIFAR-10 (5,000-image train subset, 2,000 val, 10,000 test images, 32x32 RGB), resnet_tiny, "
+            "4 epochs, SGD lr 0.1 + 1 warmup epoch + cosine, batch 128, crop + flip",
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -189,8 +206,10 @@ def list_studies() -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 AUG = "augmentation.train"
-_BASIC = {"digits": (f"{AUG}.random_crop=true", f"{AUG}.crop_padding=2"),
-          "cifar10": (f"{AUG}.random_crop=true", f"{AUG}.crop_padding=4", f"{AUG}.hflip=0.5")}  # fmt: skip
+_BASIC = {
+    "digits": (f"{AUG}.random_crop=true", f"{AUG}.crop_padding=2"),
+    "cifar10": (f"{AUG}.random_crop=true", f"{AUG}.crop_padding=4", f"{AUG}.hflip=0.5"),
+}
 
 register_study(
     StudyDefinition(
@@ -230,14 +249,14 @@ register_study(
                 "+randaugment",
                 (f"{AUG}.randaugment=true", f"{AUG}.randaugment_num_ops=2", f"{AUG}.randaugment_magnitude=9"),
                 per_dataset=_BASIC,
-            ),  # fmt: skip
+            ),
             Variant(
                 "+cutout",
                 per_dataset={
                     "digits": (*_BASIC["digits"], f"{AUG}.cutout=4"),
                     "cifar10": (*_BASIC["cifar10"], f"{AUG}.cutout=8"),
                 },
-            ),  # fmt: skip
+            ),
         ),
         expect="Augmentation is a regulariser: it pays off when the model would otherwise overfit (long training, "
         "small data). In a few epochs it mostly slows fitting, so stronger augmentation can lose; crop (+ flip "
@@ -290,8 +309,12 @@ register_study(
 _RA = []
 for _ops in (1, 2):
     for _mag in (5, 10, 15):
-        _RA.append(Variant(f"N={_ops} M={_mag}", (f"{AUG}.randaugment=true", f"{AUG}.randaugment_num_ops={_ops}",
-                                                  f"{AUG}.randaugment_magnitude={_mag}")))  # fmt: skip
+        _RA.append(
+            Variant(
+                f"N={_ops} M={_mag}",
+                (f"{AUG}.randaugment=true", f"{AUG}.randaugment_num_ops={_ops}", f"{AUG}.randaugment_magnitude={_mag}"),
+            )
+        )
 register_study(
     StudyDefinition(
         name="randaugment",
@@ -538,7 +561,7 @@ register_study(
                     "training.distill.temperature=4.0",
                     "training.distill.alpha=0.5",
                 ),
-            ),  # fmt: skip
+            ),
         ),
         per_dataset={"cifar10": ("model.name=simple_cnn_tiny",)},
         compare=("student", "student+KD"),

@@ -52,8 +52,16 @@ class StudyRuns:
         log: progress lines.
     """
 
-    def __init__(self, study: StudyDefinition, dataset: str, out: Path, extra: Sequence[str], fresh: bool,
-                 train_fn: Callable[..., Any] | None, log: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        study: StudyDefinition,
+        dataset: str,
+        out: Path,
+        extra: Sequence[str],
+        fresh: bool,
+        train_fn: Callable[..., Any] | None,
+        log: Callable[[str], None],
+    ) -> None:
         self.study, self.dataset, self.out, self.extra = study, dataset, out, list(extra)
         self.runs_dir = out / "runs"
         self.fresh = fresh
@@ -93,8 +101,12 @@ class StudyRuns:
         splits = build_splits(cfg)
         native = splits.train.source.image_size
         torch.manual_seed(init_seed)
-        model = build_model_for(cfg, splits.num_classes, cfg.data.in_chans or splits.in_chans,
-                                cfg.data.image_size or (native[0] if native else None))  # fmt: skip
+        model = build_model_for(
+            cfg,
+            splits.num_classes,
+            cfg.data.in_chans or splits.in_chans,
+            cfg.data.image_size or (native[0] if native else None),
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
         return path
@@ -133,9 +145,15 @@ def evaluate_variant(runs: list[TrainedRun], variant: Variant) -> dict[str, Any]
     members (written to ``<first run>/eval-<variant>``)."""
     first = runs[0]
     out = first.run_dir / f"eval-{slug(variant.name)}"
-    _, metrics = run_eval(first.best_ckpt, split="test", tta=variant.tta,
-                          ensemble=[str(r.best_ckpt) for r in runs[1:]], report=False, quiet=True,
-                          out_dir=out)  # fmt: skip
+    _, metrics = run_eval(
+        first.best_ckpt,
+        split="test",
+        tta=variant.tta,
+        ensemble=[str(r.best_ckpt) for r in runs[1:]],
+        report=False,
+        quiet=True,
+        out_dir=out,
+    )
     return metrics
 
 
@@ -150,16 +168,26 @@ def row_for(
     ips = first.column("images_per_s")
     s = first.summary
     return {
-        "study": study.name, "dataset": dataset, "variant": variant.name, "seed": seed,
-        "test_acc": metrics.get("accuracy", s.get("test_acc")), "best_val_acc": max(val_acc) if val_acc else None,
-        "final_val_acc": val_acc[-1] if val_acc else None, "ece": metrics.get("ece"), "nll": metrics.get("nll"),
-        "f1_macro": metrics.get("f1_macro"), "min_class_acc": min(per_class.values()) if per_class else None,
-        "train_s": sum(seconds), "total_s": sum(float(r.record.summary.get("seconds") or 0.0) for r in runs),
-        "images_per_s": statistics.fmean(ips) if ips else None, "epochs_run": s.get("epochs_run", len(first.metrics)),
+        "study": study.name,
+        "dataset": dataset,
+        "variant": variant.name,
+        "seed": seed,
+        "test_acc": metrics.get("accuracy", s.get("test_acc")),
+        "best_val_acc": max(val_acc) if val_acc else None,
+        "final_val_acc": val_acc[-1] if val_acc else None,
+        "ece": metrics.get("ece"),
+        "nll": metrics.get("nll"),
+        "f1_macro": metrics.get("f1_macro"),
+        "min_class_acc": min(per_class.values()) if per_class else None,
+        "train_s": sum(seconds),
+        "total_s": sum(float(r.record.summary.get("seconds") or 0.0) for r in runs),
+        "images_per_s": statistics.fmean(ips) if ips else None,
+        "epochs_run": s.get("epochs_run", len(first.metrics)),
         "params": sum(int(r.record.summary.get("params") or 0) for r in runs),
         "trainable_params": sum(int(r.record.summary.get("trainable_params") or 0) for r in runs),
-        "test_n": metrics.get("num_samples"), "run_dir": str(runs[0].run_dir),
-    }  # fmt: skip
+        "test_n": metrics.get("num_samples"),
+        "run_dir": str(runs[0].run_dir),
+    }
 
 
 def run_all(runs: StudyRuns, n_seeds: int) -> list[dict[str, Any]]:

@@ -63,8 +63,13 @@ def results_table(study: StudyDefinition, summary: Summary, rows: list[dict[str,
             d = s[metric]["mean"] - summary[base][metric]["mean"]
             w_in, _, _ = within_noise(metric, s[metric], summary[base][metric], n_test)
             delta = fmt_gap(metric, d) + ("" if w_in is None else " (noise)" if w_in else "")
-        cells = [name, str(int(s[metric]["n"])), fmt_value(metric, s[metric]["mean"], s[metric]["std"]), delta,
-                 *[fmt_value(c, s[c]["mean"], s[c]["std"]) for c in cols[1:]]]  # fmt: skip
+        cells = [
+            name,
+            str(int(s[metric]["n"])),
+            fmt_value(metric, s[metric]["mean"], s[metric]["std"]),
+            delta,
+            *[fmt_value(c, s[c]["mean"], s[c]["std"]) for c in cols[1:]],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -87,33 +92,66 @@ def study_markdown(
     study = result.study
     variants = "\n".join(
         f"- **{v.name}**: `{' '.join(study.overrides_for(v, result.dataset)) or '(study base)'}`"
-        + (f", TTA {v.tta} views" if v.tta > 1 else "") + (f", ensemble of {v.ensemble}" if v.ensemble > 1 else "")
+        + (f", TTA {v.tta} views" if v.tta > 1 else "")
+        + (f", ensemble of {v.ensemble}" if v.ensemble > 1 else "")
         for v in study.variants
-    )  # fmt: skip
+    )
     cmd = " ".join(["imgcls study", study.name, f"--dataset {result.dataset}", f"--seeds {n_seeds}", *extra])
     figures = "\n".join(f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png")
     md = [
-        f"# Study: {study.title} ({result.dataset})", "", study.shows, "",
+        f"# Study: {study.title} ({result.dataset})",
+        "",
+        study.shows,
+        "",
         f"- base: {DATASETS[result.dataset].description}"
         + (f"; study overrides `{' '.join(study.base)}`" if study.base else ""),
         f"- seeds: {n_seeds} (each seed re-draws the split, the initialisation and the data order); "
         f"deciding metric: {metric_info(study.metric).label}",
         f"- command: `{cmd}`; {result.trained} runs trained, {result.reused} reused, {seconds:.0f} s",
-        f"- concept: [docs/concepts/{study.concept}.md](../../../docs/concepts/{study.concept}.md)", "",
-        "## Variants", "", variants, "", "## Results", "", results_table(study, result.summary, result.rows), "",
+        f"- concept: [docs/concepts/{study.concept}.md](../../../docs/concepts/{study.concept}.md)",
+        "",
+        "## Variants",
+        "",
+        variants,
+        "",
+        "## Results",
+        "",
+        results_table(study, result.summary, result.rows),
+        "",
         "`(noise)`: the change is below 2 standard deviations of the seeds (or, with one seed, of the test-set "
-        "sampling error).", "", "## Reading", "", result.reading, "", figures, "",
-    ]  # fmt: skip
+        "sampling error).",
+        "",
+        "## Reading",
+        "",
+        result.reading,
+        "",
+        figures,
+        "",
+    ]
     return "\n".join(md)
 
 
 def write_json(result: StudyResult, path: Path, *, extra: Sequence[str], n_seeds: int, seconds: float) -> Path:
     """``study.json``: everything :func:`~imgcls.studies.runner.rewrite_report` needs to rebuild the report."""
-    path.write_text(json.dumps({
-        "study": result.study.name, "dataset": result.dataset, "seeds": n_seeds, "overrides": list(extra),
-        "metric": result.study.metric, "summary": result.summary, "rows": result.rows, "reading": result.reading,
-        "seconds": seconds, "trained": result.trained, "reused": result.reused,
-    }, indent=2, default=str))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "study": result.study.name,
+                "dataset": result.dataset,
+                "seeds": n_seeds,
+                "overrides": list(extra),
+                "metric": result.study.metric,
+                "summary": result.summary,
+                "rows": result.rows,
+                "reading": result.reading,
+                "seconds": seconds,
+                "trained": result.trained,
+                "reused": result.reused,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return path
 
 

@@ -36,8 +36,15 @@ def substitute_refs(overrides: Sequence[str], ckpts: dict[str, str]) -> list[str
     return [CKPT_REF.sub(lambda m: ckpts[m.group(1)], o) for o in overrides]
 
 
-def variant_overrides(study: StudyDefinition, variant: Variant, dataset: str, *, seed: int,
-                      extra: Sequence[str] = (), ckpts: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+def variant_overrides(
+    study: StudyDefinition,
+    variant: Variant,
+    dataset: str,
+    *,
+    seed: int,
+    extra: Sequence[str] = (),
+    ckpts: dict[str, str] | None = None,
+) -> list[str]:
     """Every override of one run, in order: dataset base, study, variant, ``extra`` (command line), ``run.seed``.
 
     ``ckpts`` maps variant names to checkpoint paths for ``{ckpt:NAME}``; without it the references are left as
@@ -49,8 +56,15 @@ def variant_overrides(study: StudyDefinition, variant: Variant, dataset: str, *,
     return substitute_refs(overrides, ckpts) if ckpts is not None else overrides
 
 
-def variant_config(study: StudyDefinition, variant: Variant, dataset: str, *, seed: int = 0,
-                   extra: Sequence[str] = (), ckpts: dict[str, str] | None = None) -> Config:  # fmt: skip
+def variant_config(
+    study: StudyDefinition,
+    variant: Variant,
+    dataset: str,
+    *,
+    seed: int = 0,
+    extra: Sequence[str] = (),
+    ckpts: dict[str, str] | None = None,
+) -> Config:
     """The config of one run (see :func:`variant_overrides`); references without a path get a placeholder."""
     refs = {name: f"<best checkpoint of '{name}'>" for name in variant.references()}
     refs.update(ckpts or {})

@@ -57,8 +57,15 @@ def _sweep_panel(
     ax.set_xlabel(study.x_label or "")
 
 
-def _bar_panel(ax: Any, metric: str, info: MetricInfo, names: list[str], means: list[float], stds: list[float],
-               seeds: list[list[float]]) -> None:  # fmt: skip
+def _bar_panel(
+    ax: Any,
+    metric: str,
+    info: MetricInfo,
+    names: list[str],
+    means: list[float],
+    stds: list[float],
+    seeds: list[list[float]],
+) -> None:
     """One bar per variant (mean ± std), the seeds as black dots; percentages zoomed to the bars' range."""
     pos = list(range(len(names)))
     ax.bar(pos, means, yerr=stds, capsize=4, color="#4c72b0", alpha=0.85)

@@ -101,9 +101,16 @@ def run_study(
     with torch_threads(threads):
         rows = run_all(runs, n_seeds)
     summary = aggregate(rows, study.names)
-    result = StudyResult(study=study, dataset=dataset, out_dir=out, rows=rows, summary=summary,
-                         reading=make_reading(study, summary, rows), trained=runs.trained,
-                         reused=runs.reused)  # fmt: skip
+    result = StudyResult(
+        study=study,
+        dataset=dataset,
+        out_dir=out,
+        rows=rows,
+        summary=summary,
+        reading=make_reading(study, summary, rows),
+        trained=runs.trained,
+        reused=runs.reused,
+    )
     result.files = write_outputs(result, extra=extra, n_seeds=n_seeds, seconds=time.perf_counter() - t0)
     log(
         f"study {study.name} ({dataset}): {runs.trained} runs trained, {runs.reused} reused; "
@@ -119,8 +126,15 @@ def rewrite_report(out_dir: str | Path) -> StudyResult:
     j = json.loads((out / "study.json").read_text())
     study = get_study(j["study"])
     summary = aggregate(j["rows"], study.names)
-    result = StudyResult(study=study, dataset=j["dataset"], out_dir=out, rows=j["rows"], summary=summary,
-                         reading=make_reading(study, summary, j["rows"]), trained=j.get("trained", 0),
-                         reused=j.get("reused", 0))  # fmt: skip
+    result = StudyResult(
+        study=study,
+        dataset=j["dataset"],
+        out_dir=out,
+        rows=j["rows"],
+        summary=summary,
+        reading=make_reading(study, summary, j["rows"]),
+        trained=j.get("trained", 0),
+        reused=j.get("reused", 0),
+    )
     result.files = write_outputs(result, extra=j.get("overrides", []), n_seeds=j["seeds"], seconds=j["seconds"])
     return result

@@ -167,8 +167,10 @@ HTML_STYLE = (
 
 def write_html(path: str | Path, *, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A self-contained HTML page: ``sections`` are (heading, inner HTML) pairs."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     for heading, inner in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{inner}")
     parts.append("</body></html>")
@@ -193,8 +195,10 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutp
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "compare.md"
-    md.write_text(f"# Run comparison\n\n{len(comparison.runs)} runs; config keys shown only where they differ.\n\n"
-                  f"{comparison.to_markdown()}\n")  # fmt: skip
+    md.write_text(
+        f"# Run comparison\n\n{len(comparison.runs)} runs; config keys shown only where they differ.\n\n"
+        f"{comparison.to_markdown()}\n"
+    )
     csv_path = out / "compare.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=comparison.columns, extrasaction="ignore")
@@ -211,8 +215,9 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutp
     paths = "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in comparison.runs)
     differing = (
         f"<p>Config keys that differ: {', '.join(f'<code>{html.escape(k)}</code>' for k in comparison.diff_keys)}</p>"
-        if comparison.diff_keys else "<p>The runs have the same config.</p>"
-    )  # fmt: skip
+        if comparison.diff_keys
+        else "<p>The runs have the same config.</p>"
+    )
     sections = [("Table", differing + markdown_table_to_html(comparison.rows, comparison.columns))]
     if curves is not None:
         sections.append(("Training curves", f"<img src='{png_data_uri(curves)}' alt='training curves'>"))
