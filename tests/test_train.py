@@ -16,7 +16,7 @@ from imgcls.cli import main
 from imgcls.config import build_config
 from imgcls.engine.build import load_model
 from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
-from imgcls.engine.runs import resume_config
+from imgcls.engine.runs import LOCK_FILE, read_lock, resume_config
 from imgcls.engine.train import train
 
 
@@ -51,6 +51,7 @@ def test_run_folder_contents_and_checkpoint_round_trip(tiny_overrides):
     assert torch.equal(model(x), model2(x)) or load_checkpoint(run)["epoch"] != 2
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert not list(run.glob("checkpoints/*.tmp"))  # atomic writes leave no temp files
+    assert not (run / LOCK_FILE).exists()  # the lock goes with the process that held it
 
 
 class _Stop(Exception):
@@ -194,3 +195,60 @@ def test_amp_bf16_and_accumulation_and_clipping_run_on_cpu(tiny_overrides):
     )
     rows = _rows(result.run_dir)
     assert float(rows[0]["train_loss"]) < 2.5 and result.test is not None
+
+
+def _crashed_run(overrides: list[str], name: str) -> Path:
+    """A run that stopped after its first epoch (an exception in the epoch hook): last.pt, no summary."""
+
+    def crash(epoch, row):
+        raise _Stop
+
+    runs_dir = Path(build_config("quickstart", overrides).run.dir)
+    before = set(runs_dir.glob(f"{name}-*"))
+    with pytest.raises(_Stop):
+        train(build_config("quickstart", [*overrides, f"run.name={name}"]), hooks={"on_epoch_end": crash})
+    (run,) = set(runs_dir.glob(f"{name}-*")) - before
+    return run
+
+
+def _write_lock(run: Path, pid: int) -> None:
+    record = {"pid": pid, "host": os.uname().nodename, "started": time.time(), "heartbeat": time.time()}
+    (run / LOCK_FILE).write_text(json.dumps(record))
+
+
+def _digest(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_auto_never_picks_a_live_run(tiny_overrides, capsys):
+    """Y was killed (its lock names a dead process); X, newer, is still training (its lock's process is alive).
+    ``run.resume=auto`` resumes Y, says so in one line, and leaves every file of X as it was; resuming X by path is
+    refused in one line (exit 2)."""
+    overrides = [*tiny_overrides, "training.epochs=2"]
+    y = _crashed_run(overrides, "job")
+    x = _crashed_run(overrides, "job")  # the same run name, as two jobs of one script would have
+    os.utime(y / "checkpoints" / "last.pt", (time.time() - 60, time.time() - 60))  # X is the newest
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _write_lock(y, int(dead.stdout))
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _write_lock(x, alive.pid)
+        before = _digest(x)
+        capsys.readouterr()
+        cfg, path = resume_config(
+            build_config("quickstart", [*overrides, "run.name=job", "run.resume=auto"]), ["run.resume=auto"]
+        )
+        said = capsys.readouterr().out.strip().splitlines()
+        assert path is not None and path.parent.parent == y
+        assert len(said) == 1 and "resuming" in said[0] and "skipped 1 live" in said[0]
+        result = train(cfg, resume_path=path)
+        assert result.run_dir == y and (y / "summary.json").is_file()
+        assert _digest(x) == before
+        assert read_lock(x)["pid"] == alive.pid and not (y / LOCK_FILE).exists()
+        status = main(["train", "quickstart", *overrides, f"run.resume={x}"])
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and len(err.splitlines()) == 1 and "still training" in err
+        assert _digest(x) == before
+    finally:
+        alive.kill()
+        alive.wait()

@@ -1,14 +1,24 @@
-"""Run folders: create one, find one to resume, its metrics log, and read it back for compare and studies.
+"""Run folders: create one, lock it while training, find one to resume, its metrics log, and read it back for
+compare and studies.
 
 A run folder ``<run.dir>/<name>-<stamp>/`` holds ``config.yaml``, ``metrics.csv`` (one row per epoch),
-``checkpoints/{best,last}.pt`` and, once the run finished, ``summary.json``.
+``checkpoints/{best,last}.pt``, ``run.lock`` while a process trains in it, and, once the run finished,
+``summary.json``.
+
+The lock records the process (PID and host) and a heartbeat it refreshes while it lives. A folder is *live* when its
+lock's process still runs on this host, or (another host, e.g. a shared file system) when the heartbeat is recent. A
+process that is killed leaves its lock behind; the dead PID (or the stale heartbeat) marks the run as resumable.
+``run.resume=auto`` never picks a live run, and resuming a live run by path is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +27,8 @@ from typing import Any
 
 import yaml
 
-from imgcls.config import Config, flatten, from_dict, parse_override, set_value
+from imgcls.config import Config, ConfigError, flatten, from_dict, parse_override, set_value
 from imgcls.engine.checkpoint import load_checkpoint
-
-log = logging.getLogger("imgcls")
 
 METRIC_FIELDS = [
     "epoch",
@@ -58,20 +66,137 @@ def new_run_dir(cfg: Config) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The lock
+# --------------------------------------------------------------------------------------------------------------------
+
+LOCK_FILE = "run.lock"
+#: seconds between heartbeats of a live run
+HEARTBEAT_S = 30.0
+#: a lock from another host whose heartbeat is older than this is stale (the process is gone)
+STALE_AFTER_S = 300.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def read_lock(run_dir: str | Path) -> dict[str, Any] | None:
+    """The lock's record (``pid``, ``host``, ``started``, ``heartbeat``), or None without a readable lock."""
+    try:
+        return json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def lock_is_live(info: dict[str, Any] | None, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether a lock record belongs to a process that is still training (see the module docstring)."""
+    if not info:
+        return False
+    if info.get("host") == socket.gethostname():
+        return _pid_alive(int(info.get("pid", -1)))
+    return time.time() - float(info.get("heartbeat", 0)) < stale_after_s
+
+
+def describe_lock(info: dict[str, Any]) -> str:
+    age = time.time() - float(info.get("heartbeat", 0))
+    return f"pid {info.get('pid')} on {info.get('host')}, heartbeat {age:.0f}s ago"
+
+
+class RunLock:
+    """``run.lock`` of the process training in ``run_dir``: written on :meth:`acquire`, refreshed by a daemon thread
+    every ``heartbeat_s`` seconds, removed on :meth:`release` (a killed process leaves it behind, with a dead PID).
+
+    Raises:
+        ConfigError: on :meth:`acquire`, when another live process holds the folder.
+    """
+
+    def __init__(self, run_dir: str | Path, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**self._record, "heartbeat": time.time()}))
+        os.replace(tmp, self.path)  # atomic: a reader sees the old or the new record, never half of one
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._write()
+            except OSError:  # a full disk or a vanished folder must not kill training; the lock just ages
+                pass
+
+    def acquire(self) -> RunLock:
+        holder = read_lock(self.path.parent)
+        if holder and holder.get("pid") != os.getpid() and lock_is_live(holder):
+            raise ConfigError(
+                f"run folder {self.path.parent} is in use ({describe_lock(holder)}): wait for that run, or resume "
+                "another one"
+            )
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="imgcls-run-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if (read_lock(self.path.parent) or {}).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------------------------------
+
+
 def find_resume_checkpoint(resume: str, cfg: Config) -> Path | None:
-    """``auto``: last.pt of the newest unfinished run with this name; a run folder: its last.pt; or a file."""
+    """``auto``: last.pt of the newest unfinished run with this name that no live process holds (one line says which
+    it picked, or that there is none); a run folder: its last.pt; or a checkpoint file.
+
+    Raises:
+        ConfigError: a run folder (or a checkpoint in one) that a live process is training.
+    """
     if resume == "auto":
-        name = run_name(cfg)
-        candidates = sorted(
-            (p for p in Path(cfg.run.dir).glob(f"{name}-*") if (p / "checkpoints" / "last.pt").is_file()),
-            key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime,
-        )
-        unfinished = [p for p in candidates if not (p / "summary.json").is_file()]
-        return unfinished[-1] / "checkpoints" / "last.pt" if unfinished else None
+        return _auto_resume(cfg)
     path = Path(resume)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
+    holder = read_lock(path.parent.parent)
+    if holder and holder.get("pid") != os.getpid() and lock_is_live(holder):
+        raise ConfigError(
+            f"run.resume={resume}: that run is still training ({describe_lock(holder)}); resuming it would mix two "
+            "processes in one folder"
+        )
     return path
+
+
+def _auto_resume(cfg: Config) -> Path | None:
+    name = run_name(cfg)
+    candidates = sorted(
+        (p for p in Path(cfg.run.dir).glob(f"{name}-*") if (p / "checkpoints" / "last.pt").is_file()),
+        key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime,
+    )
+    unfinished = [p for p in candidates if not (p / "summary.json").is_file()]
+    live = [p for p in unfinished if lock_is_live(read_lock(p))]
+    resumable = [p for p in unfinished if p not in live]
+    skipped = f" (skipped {len(live)} live: {', '.join(p.name for p in live)})" if live else ""
+    if not resumable:
+        print(f"run.resume=auto: no unfinished '{name}' run in {cfg.run.dir} to resume{skipped}; starting a new run")
+        return None
+    print(f"run.resume=auto: resuming {resumable[-1]}{skipped}", flush=True)
+    return resumable[-1] / "checkpoints" / "last.pt"
 
 
 def resume_config(cli_cfg: Config, overrides: Sequence[str]) -> tuple[Config, Path | None]:
@@ -84,7 +209,6 @@ def resume_config(cli_cfg: Config, overrides: Sequence[str]) -> tuple[Config, Pa
         return cli_cfg, None
     path = find_resume_checkpoint(cli_cfg.run.resume, cli_cfg)
     if path is None:
-        log.info("run.resume=auto: no unfinished run to resume; starting a new one")
         cli_cfg.run.resume = None
         return cli_cfg, None
     ckpt = load_checkpoint(path)

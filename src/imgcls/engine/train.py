@@ -62,7 +62,7 @@ from imgcls.engine.loop import (
 )
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
-from imgcls.engine.runs import MetricsLog, new_run_dir
+from imgcls.engine.runs import MetricsLog, RunLock, new_run_dir
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
@@ -120,6 +120,11 @@ class RunFolder:
     path: Path
     metrics: MetricsLog | None
     tracker: Tracker | None
+    lock: RunLock | None = None  # held while training; released when train() returns or raises
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -269,9 +274,10 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
     path = Path(str(broadcast_object(str(path), dist)))
     if not dist.is_main:
         return RunFolder(path=path, metrics=None, tracker=None)
+    lock = RunLock(path).acquire()
     metrics = MetricsLog(path / "metrics.csv", keep_epochs=start_epoch if resume_path is not None else None)
     tracker = create_tracker(cfg.run.tracker, path, to_dict(cfg)) if cfg.run.tracker != "none" else None
-    return RunFolder(path=path, metrics=metrics, tracker=tracker)
+    return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -581,6 +587,7 @@ def train(
     t_start = time.perf_counter()
     use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
     dist = init_distributed("cuda" if use_cuda else "cpu")
+    run: RunFolder | None = None
     try:
         if resume_path is None and cfg.run.resume:
             resume_path = Path(cfg.run.resume)
@@ -596,6 +603,8 @@ def train(
                 hook(result, s)
         return result
     finally:
+        if run is not None:
+            run.close()
         cleanup_distributed()
 
 
