@@ -16,7 +16,7 @@ from imgcls.cli import main
 from imgcls.config import build_config
 from imgcls.engine.build import load_model
 from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
-from imgcls.engine.runs import LOCK_FILE, read_lock, resume_config
+from imgcls.engine.runs import LOCK_FILE, RESUMES_FILE, read_lock, resume_config
 from imgcls.engine.train import train
 
 
@@ -252,3 +252,26 @@ def test_resume_auto_never_picks_a_live_run(tiny_overrides, capsys):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_resume_keeps_the_config_records_overrides_and_adds_up_time(tiny_overrides):
+    """A run stopped after epoch 1 of 2, resumed with ``training.epochs=3``: config.yaml stays as first written,
+    resumes.json records the change, epochs and seconds count every session."""
+    overrides = [*tiny_overrides, "training.epochs=2"]
+    run = _crashed_run(overrides, "grow")
+    original = (run / "config.yaml").read_bytes()
+    first_session = load_checkpoint(run / "checkpoints" / "last.pt")["elapsed_s"]
+    assert first_session > 0
+    cfg, path = resume_config(
+        build_config("quickstart", [*overrides, f"run.resume={run}", "training.epochs=3"]),
+        [f"run.resume={run}", "training.epochs=3"],
+    )
+    result = train(cfg, resume_path=path)
+    assert (run / "config.yaml").read_bytes() == original
+    (entry,) = json.loads((run / RESUMES_FILE).read_text())
+    assert entry["from_epoch"] == 1 and entry["changes"] == {"training.epochs": 3}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 == len(_rows(run))
+    trained = sum(float(r["seconds"]) for r in _rows(run))
+    assert summary["seconds"] >= trained and summary["seconds"] > first_session
+    assert result.seconds == summary["seconds"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from imgcls.config import Config, ConfigError, flatten, from_dict, parse_override, set_value
+from imgcls.config import Config, ConfigError, flatten, from_dict, parse_override, set_value, to_dict
 from imgcls.engine.checkpoint import load_checkpoint
 
 METRIC_FIELDS = [
@@ -218,6 +218,23 @@ def resume_config(cli_cfg: Config, overrides: Sequence[str]) -> tuple[Config, Pa
         set_value(cfg, key, value)
     cfg.run.resume = str(path)
     return cfg, path
+
+
+RESUMES_FILE = "resumes.json"
+
+
+def record_resume(run_dir: str | Path, cfg: Config, *, from_epoch: int) -> dict[str, Any]:
+    """Append to ``resumes.json`` what a resumed session changed against the run's original ``config.yaml`` (which
+    stays as it was): ``{"at": ISO time, "from_epoch": N, "changes": {dotted key: new value}}``. Returns the entry."""
+    run_dir = Path(run_dir)
+    original = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    now = flatten(to_dict(cfg))
+    changes = {k: v for k, v in now.items() if k != "run.resume" and original.get(k) != v}
+    entry = {"at": datetime.now().isoformat(timespec="seconds"), "from_epoch": from_epoch, "changes": changes}
+    path = run_dir / RESUMES_FILE
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps([*entries, entry], indent=2))
+    return entry
 
 
 class MetricsLog:

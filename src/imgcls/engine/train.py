@@ -62,7 +62,7 @@ from imgcls.engine.loop import (
 )
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
-from imgcls.engine.runs import MetricsLog, RunLock, new_run_dir
+from imgcls.engine.runs import MetricsLog, RunLock, new_run_dir, record_resume
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
@@ -111,6 +111,12 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     unfrozen: int = 0  # gradual-unfreezing groups released so far
     stopped_early: bool = False
+    elapsed_before: float = 0.0  # wall seconds of the earlier sessions of a resumed run
+    started: float = field(default_factory=time.perf_counter)  # this session's start (perf_counter)
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run so far, across resumes."""
+        return self.elapsed_before + time.perf_counter() - self.started
 
 
 @dataclass
@@ -243,6 +249,7 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         best_score=ckpt["best"]["score"],
         best_epoch=ckpt["best"]["epoch"],
         bad_epochs=ckpt["best"]["bad_epochs"],
+        elapsed_before=float(ckpt.get("elapsed_s", 0.0)),  # absent in checkpoints written before it was recorded
     )
     # re-apply the gradual unfreezing that had happened before the checkpoint, so the optimizer's groups match
     for e in cfg.training.unfreeze_epochs:
@@ -265,16 +272,21 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
 
 
 def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -> RunFolder:
-    """Create the run folder (or reuse the resumed run's), save the config, open metrics.csv and the tracker."""
+    """Create the run folder and save the config, or, resuming, keep the run's original ``config.yaml`` and record
+    what this session changed (:func:`imgcls.engine.runs.record_resume`); lock it, open metrics.csv and the tracker."""
     cfg, dist = s.cfg, s.dist
     path: Path | None = None
+    lock = None
     if dist.is_main:
         path = resume_path.parent.parent if resume_path is not None else new_run_dir(cfg)
-        save_config(cfg, path / "config.yaml")
+        lock = RunLock(path).acquire()
+        if resume_path is None or not (path / "config.yaml").is_file():
+            save_config(cfg, path / "config.yaml")
+        else:
+            record_resume(path, cfg, from_epoch=start_epoch)
     path = Path(str(broadcast_object(str(path), dist)))
     if not dist.is_main:
         return RunFolder(path=path, metrics=None, tracker=None)
-    lock = RunLock(path).acquire()
     metrics = MetricsLog(path / "metrics.csv", keep_epochs=start_epoch if resume_path is not None else None)
     tracker = create_tracker(cfg.run.tracker, path, to_dict(cfg)) if cfg.run.tracker != "none" else None
     return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock)
@@ -411,6 +423,7 @@ def checkpoint_state(s: TrainSetup, state: TrainState, metrics: dict[str, Any]) 
         "preprocess": s.preprocess.to_dict(),
         "metrics": metrics,
         "best": {"score": state.best_score, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
+        "elapsed_s": state.elapsed(),
     }
 
 
@@ -518,11 +531,11 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
     return result
 
 
-def finish(s: TrainSetup, state: TrainState, run: RunFolder, t_start: float) -> RunResult:
+def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
     """Test the best checkpoint, write ``summary.json``, close the tracker."""
     cfg = s.cfg
     test = _test(s, run)
-    seconds = time.perf_counter() - t_start
+    seconds = state.elapsed()  # across resumes
     summary = {
         "run_dir": str(run.path),
         "model": cfg.model.name,
@@ -594,10 +607,11 @@ def train(
         ckpt = load_checkpoint(resume_path) if resume_path is not None else None
         s = setup(cfg, dist)
         state = restore(s, ckpt)
+        state.started = t_start  # this session's seconds include loading the data and building the model
         run = open_run_folder(s, resume_path, state.epoch)
         _announce(s, run, resume_path, ckpt)
         _epoch_loop(s, state, run, hooks or {})
-        result = finish(s, state, run, t_start)
+        result = finish(s, state, run)
         if dist.is_main:
             for hook in on_finish:
                 hook(result, s)
