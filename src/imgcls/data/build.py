@@ -231,6 +231,17 @@ def _train_loader(
     )
 
 
+def eval_transform_of(
+    preprocess: PreprocessInfo, *, resize: bool | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eval pipeline (uint8 image -> model input) that ``preprocess`` describes; ``resize`` overrides its flag
+    (True for images from anywhere, e.g. at predict time)."""
+    kwargs = preprocess.to_dict()
+    if resize is not None:
+        kwargs["resize"] = resize
+    return build_eval_transform(**kwargs)
+
+
 def build_loaders(
     cfg: Config, splits: Splits, preprocess: PreprocessInfo, *, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> Loaders:
@@ -245,15 +256,8 @@ def build_loaders(
         ConfigError: ``data.loader=device`` with a file-backed dataset or an augmentation it cannot apply.
     """
     bad_files = drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
-    common = dict(
-        image_size=preprocess.image_size,
-        resize=preprocess.resize,
-        in_chans=preprocess.in_chans,
-        mean=preprocess.mean,
-        std=preprocess.std,
-        interpolation=preprocess.interpolation,
-    )
-    eval_tf = build_eval_transform(**common)
+    common = preprocess.to_dict()  # size, channels, statistics, interpolation, resize: both pipelines take them
+    eval_tf = eval_transform_of(preprocess)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     if cfg.data.loader == "device":
         loaders = build_device_loaders(

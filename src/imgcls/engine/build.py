@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from imgcls.config import Config, ConfigError, from_dict, parse_override, set_value, validate_config
-from imgcls.data.build import build_splits
+from imgcls.data.build import build_splits, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights
-from imgcls.data.transforms import build_eval_transform
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
 from imgcls.engine.losses import LOSSES, check_loss_config
@@ -172,21 +171,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
-
-
-def eval_transform_of(
-    preprocess: PreprocessInfo, *, resize: bool | None = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The eval pipeline (uint8 image -> model input) a checkpoint's preprocessing describes."""
-    p = preprocess
-    return build_eval_transform(
-        image_size=p.image_size,
-        resize=p.resize if resize is None else resize,
-        in_chans=p.in_chans,
-        mean=p.mean,
-        std=p.std,
-        interpolation=p.interpolation,
-    )
 
 
 def load_split(

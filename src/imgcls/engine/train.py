@@ -254,10 +254,8 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
     # re-apply the gradual unfreezing that had happened before the checkpoint, so the optimizer's groups match
     for e in cfg.training.unfreeze_epochs:
         if e < state.epoch:
-            _unfreeze_one(s)
+            _unfreeze_one(s)  # gives the new groups their initial_lr, as build_optimizer gave the first ones
             state.unfrozen += 1
-    for group in s.opt.optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
     s.model.load_state_dict(ckpt["model"])
     s.opt.optimizer.load_state_dict(ckpt["optimizer"])
     if s.opt.scaler is not None and ckpt.get("scaler"):

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls.data.build import eval_transform_of
 from imgcls.data.datasets import decode_image_file
 from imgcls.data.loaders import PreprocessInfo
-from imgcls.engine.build import eval_transform_of, load_model
+from imgcls.engine.build import load_model
 
 
 @dataclass

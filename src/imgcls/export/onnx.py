@@ -30,10 +30,9 @@ import torch
 from torch import nn
 
 from imgcls.config import from_dict
-from imgcls.data.build import build_eval_loader, build_splits
+from imgcls.data.build import build_eval_loader, build_splits, eval_transform_of
 from imgcls.data.datasets import SplitView
 from imgcls.data.loaders import PreprocessInfo
-from imgcls.data.transforms import build_eval_transform
 from imgcls.engine.build import load_model
 from imgcls.engine.checkpoint import CheckpointError
 from imgcls.engine.loop import evaluate
@@ -281,14 +280,7 @@ def eval_loader(view: SplitView, preprocess: PreprocessInfo | dict[str, Any], ba
     """A deterministic loader of (normalised images, labels) with the eval transform of ``preprocess``."""
 
     p = preprocess if isinstance(preprocess, PreprocessInfo) else PreprocessInfo(**preprocess)
-    tf = build_eval_transform(
-        image_size=p.image_size,
-        resize=p.resize,
-        in_chans=p.in_chans,
-        mean=p.mean,
-        std=p.std,
-        interpolation=p.interpolation,
-    )
+    tf = eval_transform_of(p)
     return build_eval_loader(view, tf, batch_size=batch_size)
 
 
