@@ -39,7 +39,14 @@ from imgcls.engine.build import (
     model_size_hint,
     seed_everything,
 )
-from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
+from imgcls.engine.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    remove_stale_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from imgcls.engine.distributed import (
     DistInfo,
     all_reduce_means,
@@ -278,6 +285,9 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
     if dist.is_main:
         path = resume_path.parent.parent if resume_path is not None else new_run_dir(cfg)
         lock = RunLock(path).acquire()
+        stale = remove_stale_temp_files(path / "checkpoints")  # half-written by a killed process; we hold the lock
+        if stale:
+            _say(dist, f"removed {len(stale)} temp file(s) left by an interrupted checkpoint write")
         if resume_path is None or not (path / "config.yaml").is_file():
             save_config(cfg, path / "config.yaml")
         else:
@@ -451,8 +461,8 @@ def _save_checkpoints(s: TrainSetup, state: TrainState, row: dict[str, Any], run
         if s.ema is not None and s.cfg.training.ema.use_for_best:
             best["model"] = s.ema.module.state_dict()  # ship the averaged weights that scored best
             best["weights"] = "ema"
-        atomic_save(best, run.path / "checkpoints" / "best.pt")
-    atomic_save(ckpt, run.path / "checkpoints" / "last.pt")
+        save_checkpoint(best, run.path / "checkpoints" / "best.pt")
+    save_checkpoint(ckpt, run.path / "checkpoints" / "last.pt")
 
 
 def end_epoch(

@@ -23,7 +23,7 @@ from rich.table import Table
 from imgcls.config import build_config, to_dict
 from imgcls.data.build import build_splits, resolve_preprocess
 from imgcls.engine.build import build_model_for, load_model, seed_everything
-from imgcls.engine.checkpoint import FORMAT_VERSION, atomic_save
+from imgcls.engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
 from imgcls.export.quantize import quantize_onnx
 from imgcls.export.timing import measure
@@ -58,7 +58,7 @@ def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str
         "step": 0,
         "weights": "random-init",
     }
-    atomic_save(state, path)
+    save_checkpoint(state, path)
     return Path(path)
 
 

@@ -30,7 +30,7 @@ from imgcls.data.build import build_loaders, build_splits
 from imgcls.data.datasets import Splits
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.engine.build import class_weights_for, load_model
-from imgcls.engine.checkpoint import atomic_save
+from imgcls.engine.checkpoint import save_checkpoint
 from imgcls.engine.loop import OptimState, TrainOptions, evaluate, train_one_epoch
 from imgcls.engine.losses import build_loss
 from imgcls.engine.optim import build_optimizer
@@ -202,7 +202,7 @@ def prune_checkpoint(
         acc_after=acc_after,
         epochs=epochs,
     )
-    atomic_save(_pruned_checkpoint(ckpt, model, result), out_path)
+    save_checkpoint(_pruned_checkpoint(ckpt, model, result), out_path)
     return result
 
 
