@@ -189,11 +189,40 @@ class RunConfig:
     deterministic: bool = False
     # experiment tracker, writing inside the run folder; tensorboard falls back to none (one warning) if not installed
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
-    log_interval: int = 50  # steps between progress updates
+    log_interval: int = 50  # steps between progress updates and rows of steps.csv (0: neither)
+    # mid-epoch checkpoints (last.pt) for preemptible or time-limited jobs: "500" or "500steps" (optimizer steps) or
+    # "10min" / "90s"; a resume continues at the exact sample (null: checkpoints at epoch ends only)
+    checkpoint_every: str | None = None
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     test_tta: int = 1  # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors)
     progress: bool = True  # progress bars (only when attached to a terminal)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
+
+
+_INTERVAL_UNITS = {"": 1.0, "steps": 1.0, "step": 1.0, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def checkpoint_interval(value: str | int | None) -> tuple[Literal["steps", "seconds"], float] | None:
+    """``run.checkpoint_every`` parsed: ("steps", N) for "N" / "Nsteps", ("seconds", S) for "Ns" / "Nmin" / "Nh"."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = float("nan")
+    if unit not in _INTERVAL_UNITS or not amount > 0 or amount == float("inf"):
+        raise ConfigError(
+            f"bad value {value!r} for 'run.checkpoint_every': use optimizer steps (e.g. 500 or 500steps) or a time "
+            "(e.g. 90s, 10min, 1h), or null for epoch ends only"
+        )
+    if unit in ("", "steps", "step"):
+        if amount != int(amount):
+            raise ConfigError(f"bad value {value!r} for 'run.checkpoint_every': a whole number of steps")
+        return "steps", amount
+    return "seconds", amount * _INTERVAL_UNITS[unit]
 
 
 @dataclass
@@ -531,3 +560,4 @@ def validate_config(cfg: Config) -> None:
             f"bad value {cfg.training.early_stopping.monitor!r} for 'training.early_stopping.monitor': "
             "valid: val_acc, val_loss"
         )
+    checkpoint_interval(cfg.run.checkpoint_every)  # raises on a bad value

@@ -24,7 +24,15 @@ from imgcls.config import Config
 from imgcls.data.batch import build_mixer
 from imgcls.data.datasets import BadImageError, FileSource, Splits, SplitView, load_dataset, make_splits
 from imgcls.data.device_loader import build_device_loaders
-from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo, TransformDataset, epoch_sampler, make_loader
+from imgcls.data.loaders import (
+    BatchTransform,
+    Loaders,
+    PreprocessInfo,
+    ResumableBatchSampler,
+    TransformDataset,
+    epoch_sampler,
+    make_loader,
+)
 from imgcls.data.samplers import BalancedBatchSampler
 from imgcls.data.transforms import build_eval_transform, build_train_transform
 
@@ -211,22 +219,19 @@ def _train_loader(
             num_replicas=world_size,
             rank=rank,
         )
-        return make_loader(
-            train_ds,
-            batch_size=cfg.data.batch_size,
-            batch_sampler=batch_sampler,
-            num_workers=cfg.data.num_workers,
-            pin_memory=pin,
+        batches = ResumableBatchSampler(batch_sampler, seed=cfg.run.seed, rank=rank)
+    else:
+        sampler = epoch_sampler(
+            len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=world_size, rank=rank, drop_last=world_size > 1
         )
-    sampler = epoch_sampler(
-        len(train_ds), shuffle=True, seed=cfg.run.seed, num_replicas=world_size, rank=rank, drop_last=world_size > 1
-    )
+        batches = ResumableBatchSampler(
+            sampler, batch_size=cfg.data.batch_size, drop_last=drop_last, seed=cfg.run.seed, rank=rank
+        )
     return make_loader(
         train_ds,
         batch_size=cfg.data.batch_size,
-        sampler=sampler,
+        batch_sampler=batches,
         num_workers=cfg.data.num_workers,
-        drop_last=drop_last,
         pin_memory=pin,
     )
 

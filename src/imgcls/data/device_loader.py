@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data.datasets import Splits, SplitView
-from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo
+from imgcls.data.loaders import BatchTransform, Loaders, PreprocessInfo, stable_seed
 from imgcls.data.samplers import BalancedBatchSampler
 from imgcls.data.transforms import AUGMENTATIONS, FixChannels, augmentations_for
 
@@ -47,11 +46,6 @@ def check_device_augmentations(aug: TrainAugConfig, *, image_size: int = 32, in_
             f"data.loader=device cannot apply {keys}: it does {', '.join(batch_ops)} as batch ops (plus CutMix/MixUp). "
             "Use data.loader=torch for these augmentations, or switch them off."
         )
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, rank, stream), stable across processes and Python versions."""
-    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,15 +302,16 @@ class DeviceLoader:
         self.shuffle, self.drop_last, self.seed, self.augment = shuffle, drop_last, seed, augment
         self.num_replicas, self.rank, self.even_shards = num_replicas, rank, even_shards
         self.batch_sampler = batch_sampler
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
         std_t = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         mean_t = torch.tensor(list(mean), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         # (x / 255 - mean) / std as one multiply-add: x * scale + shift
         self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shuffle and augmentation draws the next iteration uses."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose shuffle and augmentation draws the next iteration uses, and the batch it starts at
+        (> 0: a mid-epoch resume; ``len()`` stays the whole epoch's)."""
+        self.epoch, self.start_batch = epoch, start_batch
         if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
 
@@ -336,7 +331,7 @@ class DeviceLoader:
         """This replica's sample indices for the epoch, on the CPU (identical on all ranks before sharding)."""
         n = len(self.images)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(n)
         if self.num_replicas == 1:
@@ -362,10 +357,15 @@ class DeviceLoader:
         gen = None
         if self.augment is not None:
             gen = torch.Generator(device=self.device)
-            gen.manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
-        for idx in self._batches():
+            gen.manual_seed(stable_seed(self.seed, self.epoch, self.rank, 1))
+        start, self.start_batch = self.start_batch, 0  # only the first iteration after set_epoch starts late
+        for b, idx in enumerate(self._batches()):
             if self.augment is not None:
+                # drawn for skipped batches too: the generator then stands where an uninterrupted epoch had it
                 params = self.augment.get_params(len(idx), device=self.device, generator=gen)
+            if b < start:
+                continue
+            if self.augment is not None:
                 x = self.augment.apply(self.images, params, index=idx)
             else:
                 x = self.images.index_select(0, idx)

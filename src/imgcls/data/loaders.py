@@ -1,15 +1,18 @@
 """Turn splits into batches: the standard DataLoader path (``data.loader=torch``).
 
 Shuffling uses a sampler with ``set_epoch`` (the DistributedSampler contract, also in a single process) so that the
-order of epoch ``e`` depends only on (seed, e): a resumed run sees exactly the batches an uninterrupted one would.
+order of epoch ``e`` depends only on (seed, e), and the train loader's :class:`ResumableBatchSampler` seeds each
+sample's augmentation from (seed, epoch, rank, position in the epoch): a run resumed at any batch, even mid-epoch,
+sees exactly the samples and augmentations an uninterrupted one would, whatever the number of workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -19,8 +22,17 @@ from imgcls.data.datasets import SplitView
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def stable_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. seed, epoch, rank, stream), stable across processes and Python versions."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 class TransformDataset(Dataset):
-    """A split with a per-sample transform: ``(transform(uint8 image), label)``."""
+    """A split with a per-sample transform: ``(transform(uint8 image), label)``.
+
+    A key may be an index or ``(index, seed)`` (what :class:`ResumableBatchSampler` yields): then the transform's
+    random draws come from ``seed`` alone, and the caller's torch RNG is left as it was (with ``num_workers=0`` this
+    runs in the training process, whose RNG also drives dropout and mixing)."""
 
     def __init__(self, view: SplitView, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.view, self.transform = view, transform
@@ -28,9 +40,68 @@ class TransformDataset(Dataset):
     def __len__(self) -> int:
         return len(self.view)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, int):
+            img, label = self.view.get(key)
+            return self.transform(img), label
+        i, seed = key
         img, label = self.view.get(i)
-        return self.transform(img), label
+        outer = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return self.transform(img), label
+        finally:
+            torch.set_rng_state(outer)
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches of ``(index, augmentation seed)`` for the train loader, able to start the next epoch at any batch.
+
+    Args:
+        inner: a per-epoch sampler of indices (batched here by ``batch_size`` / ``drop_last``) or, with
+            ``batch_size=None``, a batch sampler of index lists (e.g.
+            :class:`~imgcls.data.samplers.BalancedBatchSampler`); ``set_epoch`` is forwarded to it.
+        seed, rank: with the epoch and the sample's position, they make each sample's augmentation seed.
+    """
+
+    def __init__(
+        self, inner: Iterable, *, batch_size: int | None = None, drop_last: bool = False, seed: int = 0, rank: int = 0
+    ) -> None:
+        self.inner, self.batch_size, self.drop_last = inner, batch_size, drop_last
+        self.seed, self.rank = seed, rank
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The epoch the next iteration draws, starting at batch ``start_batch`` (a mid-epoch resume)."""
+        self.epoch, self.start_batch = epoch, start_batch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch (also when starting mid-epoch: the loop counts from ``start_batch``)."""
+        if self.batch_size is None:
+            return len(self.inner)  # type: ignore[arg-type]
+        n = len(self.inner)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        if self.batch_size is None:
+            yield from (list(b) for b in self.inner)
+            return
+        batch: list[int] = []
+        for i in self.inner:
+            batch.append(int(i))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start, self.start_batch = self.start_batch, 0  # only the first iteration after set_epoch starts late
+        for b, batch in enumerate(self._index_batches()):
+            if b >= start:
+                yield [(i, stable_seed(self.seed, self.epoch, self.rank, b, j)) for j, i in enumerate(batch)]
 
 
 @dataclass
@@ -96,6 +167,9 @@ def make_loader(
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
+            # the workers' base seed comes from this generator, not the global RNG: starting an epoch's iterator
+            # then leaves the training RNG (dropout, mixing) alone, so a mid-epoch resume draws what the original did
+            generator=torch.Generator().manual_seed(0),
         )
     return DataLoader(
         dataset,
@@ -108,11 +182,15 @@ def make_loader(
     )
 
 
-def set_epoch(loader: Any, epoch: int) -> None:
-    """Tell a loader's sampler (or a device loader) which epoch starts, for per-epoch deterministic shuffling."""
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+def set_epoch(loader: Any, epoch: int, start_batch: int = 0) -> None:
+    """Tell a loader's sampler (or a device loader) which epoch starts, for per-epoch deterministic shuffling, and
+    at which batch (``start_batch`` > 0: a mid-epoch resume; the train loaders support it)."""
+    for obj in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
         if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
+            if start_batch:
+                obj.set_epoch(epoch, start_batch)
+            else:
+                obj.set_epoch(epoch)
             return
 
 

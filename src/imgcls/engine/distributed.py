@@ -59,6 +59,15 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return box[0]
 
 
+def gather_objects(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank (one element without DDP)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank; a no-op without a process group.
 

@@ -7,6 +7,7 @@ intervals and at the end of the epoch; the lr is set from a pure function of the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 import warnings
@@ -123,6 +124,12 @@ class TrainOptions:
         on_log: progress callback ``(step, loss)``.
         after_train_mode: called after ``model.train()`` (keeps frozen BatchNorm layers in eval mode).
         num_batches: the loader's length if it has none (for the accumulation tail).
+        start_batch: batches of this epoch already done (a mid-epoch resume: the loader starts there too, see
+            :func:`imgcls.data.loaders.set_epoch`); must end an accumulation group.
+        resume_sums: the epoch's running sums at ``start_batch`` (:meth:`EpochSums.state_dict`), so the epoch's
+            loss, accuracy and time are those of the whole epoch.
+        on_step: called after each optimizer step but the epoch's last as ``on_step(batches_done, snapshot)``;
+            ``snapshot()`` gives the running sums to save in a mid-epoch checkpoint.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -138,11 +145,14 @@ class TrainOptions:
     on_log: Callable[[int, float], None] | None = None
     after_train_mode: Callable[[nn.Module], None] | None = None
     num_batches: int | None = None
+    start_batch: int = 0
+    resume_sums: dict[str, Any] | None = None
+    on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None
 
 
 @dataclass
-class _EpochSums:
-    """Running sums of one epoch, kept on the device and read once at its end."""
+class EpochSums:
+    """Running sums of one epoch, kept on the device and read once at its end (or saved mid-epoch)."""
 
     loss_sum: torch.Tensor  # sum of the finite per-batch losses x batch size
     loss_count: torch.Tensor  # samples whose loss was finite
@@ -151,11 +161,24 @@ class _EpochSums:
     seen: int = 0
     skipped: int = 0
     nonfinite_in_row: int = 0
+    seconds: float = 0.0  # of the epoch's part before a mid-epoch resume
 
     @classmethod
-    def zeros(cls, device: torch.device) -> _EpochSums:
+    def zeros(cls, device: torch.device) -> EpochSums:
         z = functools.partial(torch.zeros, (), device=device)
         return cls(z(), z(), z(), torch.ones((), dtype=torch.bool, device=device))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochSums:
+        tensors = {k: state[k].to(device) for k in ("loss_sum", "loss_count", "correct", "group_finite")}
+        ints = {k: int(state[k]) for k in ("seen", "skipped", "nonfinite_in_row")}
+        return cls(**tensors, **ints, seconds=float(state["seconds"]))
+
+    def state_dict(self, seconds: float) -> dict[str, Any]:
+        """The sums as saved in a mid-epoch checkpoint; ``seconds``: the epoch's training time so far."""
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        tensors = {k: v.detach().clone().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        return {**state, **tensors, "seconds": seconds}
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -195,7 +218,7 @@ def _forward_backward(
 
 
 def _optimizer_step(
-    model: nn.Module, params: list[torch.Tensor], opt: OptimState, opts: TrainOptions, sums: _EpochSums
+    model: nn.Module, params: list[torch.Tensor], opt: OptimState, opts: TrainOptions, sums: EpochSums
 ) -> bool:
     """Set the lr for this step, clip, guard against non-finite values, step, update the EMA. Returns whether the
     update was applied (False: skipped by the non-finite guard)."""
@@ -267,12 +290,16 @@ def train_one_epoch(
     if opts.after_train_mode is not None:
         opts.after_train_mode(model)
     total = opts.num_batches if opts.num_batches is not None else len(loader)  # type: ignore[arg-type]
-    sums = _EpochSums.zeros(device)
+    sums = EpochSums.from_state_dict(opts.resume_sums, device) if opts.resume_sums else EpochSums.zeros(device)
     params = [p for p in model.parameters() if p.requires_grad]
     start_step = opt.step
     opt.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    for i, (images, targets) in enumerate(loader):
+
+    def snapshot() -> dict[str, Any]:
+        return sums.state_dict(seconds=sums.seconds + time.perf_counter() - t0)
+
+    for i, (images, targets) in enumerate(loader, start=opts.start_batch):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if opts.channels_last:
@@ -287,12 +314,16 @@ def train_one_epoch(
         with sync:
             loss, logits = _forward_backward(model, images, targets, loss_fn, opts, opt.scaler, group_size)
         sums.add(loss, logits, labels if labels.ndim == 1 else labels.argmax(1))
-        if is_step and _optimizer_step(model, params, opt, opts, sums):
+        if not is_step:
+            continue
+        if _optimizer_step(model, params, opt, opts, sums):
             if opts.on_log is not None and opts.log_interval > 0 and opt.step % opts.log_interval == 0:
                 opts.on_log(opt.step, float(loss))
+        if opts.on_step is not None and i + 1 < total:
+            opts.on_step(i + 1, snapshot)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    seconds = sums.seconds + time.perf_counter() - t0
     count = float(sums.loss_count)
     return EpochStats(
         loss=float(sums.loss_sum) / count if count > 0 else float("nan"),

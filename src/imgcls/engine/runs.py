@@ -237,14 +237,19 @@ def record_resume(run_dir: str | Path, cfg: Config, *, from_epoch: int) -> dict[
     return entry
 
 
-class MetricsLog:
-    """metrics.csv (one row per epoch, appended so a resumed run continues the same file)."""
+class CsvLog:
+    """A CSV file appended row by row, so that a resumed run continues the same file.
 
-    def __init__(self, path: Path, keep_epochs: int | None = None) -> None:
+    ``keep``: on a resume, the rows whose ``key`` is beyond the checkpoint's are dropped (they will be redone)."""
+
+    fields: list[str] = []
+    key = ""
+    float_format = "{:.6g}"
+
+    def __init__(self, path: Path, keep: int | None = None) -> None:
         self.path = path
-        if keep_epochs is not None and path.is_file():
-            # a resume after a crash: drop rows of epochs after the checkpoint (they will be redone)
-            rows = [r for r in self.read() if int(r["epoch"]) <= keep_epochs]
+        if keep is not None and path.is_file():
+            rows = [r for r in self.read() if int(r[self.key]) <= keep]
             self._write_all(rows)
 
     def read(self) -> list[dict[str, str]]:
@@ -255,17 +260,34 @@ class MetricsLog:
 
     def _write_all(self, rows: list[dict[str, Any]]) -> None:
         with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             w.writeheader()
             w.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
         new = not self.path.is_file()
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in METRIC_FIELDS})
+            fmt = self.float_format.format
+            w.writerow({k: (fmt(v) if isinstance(v, float) else v) for k, v in row.items() if k in self.fields})
+
+
+class MetricsLog(CsvLog):
+    """metrics.csv: one row per epoch."""
+
+    fields = METRIC_FIELDS
+    key = "epoch"
+
+
+class StepLog(CsvLog):
+    """steps.csv: the loss and lr every ``run.log_interval`` optimizer steps, at full precision (a loss curve finer
+    than epochs; a resumed run's rows equal an uninterrupted run's)."""
+
+    fields = ["step", "epoch", "loss", "lr"]
+    key = "step"
+    float_format = "{!r}"
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from imgcls.config import Config, save_config, to_dict
+from imgcls.config import Config, checkpoint_interval, save_config, to_dict
 from imgcls.data.build import build_loaders, build_splits, resolve_preprocess
 from imgcls.data.datasets import Splits
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
@@ -53,6 +53,7 @@ from imgcls.engine.distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    gather_objects,
     init_distributed,
     select_device,
     sync_buffers,
@@ -69,7 +70,7 @@ from imgcls.engine.loop import (
 )
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
-from imgcls.engine.runs import MetricsLog, RunLock, new_run_dir, record_resume
+from imgcls.engine.runs import MetricsLog, RunLock, StepLog, new_run_dir, record_resume
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
@@ -118,6 +119,8 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     unfrozen: int = 0  # gradual-unfreezing groups released so far
     stopped_early: bool = False
+    batch: int = 0  # batches of epoch ``epoch`` already done (> 0: resuming from a mid-epoch checkpoint)
+    epoch_sums: dict[str, Any] | None = None  # that partial epoch's running sums (:class:`EpochSums` state)
     elapsed_before: float = 0.0  # wall seconds of the earlier sessions of a resumed run
     started: float = field(default_factory=time.perf_counter)  # this session's start (perf_counter)
 
@@ -134,6 +137,7 @@ class RunFolder:
     metrics: MetricsLog | None
     tracker: Tracker | None
     lock: RunLock | None = None  # held while training; released when train() returns or raises
+    steps: StepLog | None = None  # steps.csv (run.log_interval > 0)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -251,16 +255,22 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         if s.dist.enabled:
             seed_everything(cfg.run.seed + s.dist.rank, cfg.run.deterministic)  # per-rank augmentation draws
         return TrainState()
+    # per-rank RNG and partial-epoch sums (format 2); older checkpoints hold rank 0's RNG only
+    ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"], "epoch_sums": None}]
+    mine = ranks[s.dist.rank] if len(ranks) == s.dist.world_size else ranks[0]
     state = TrainState(
         epoch=int(ckpt["epoch"]),
         best_score=ckpt["best"]["score"],
         best_epoch=ckpt["best"]["epoch"],
         bad_epochs=ckpt["best"]["bad_epochs"],
+        batch=int(ckpt.get("batch", 0)),
+        epoch_sums=mine["epoch_sums"],
         elapsed_before=float(ckpt.get("elapsed_s", 0.0)),  # absent in checkpoints written before it was recorded
     )
-    # re-apply the gradual unfreezing that had happened before the checkpoint, so the optimizer's groups match
+    # re-apply the gradual unfreezing that had happened before the checkpoint (at the start of the interrupted
+    # epoch too, for a mid-epoch one), so the optimizer's groups match
     for e in cfg.training.unfreeze_epochs:
-        if e < state.epoch:
+        if e < state.epoch or (e == state.epoch and state.batch > 0):
             _unfreeze_one(s)  # gives the new groups their initial_lr, as build_optimizer gave the first ones
             state.unfrozen += 1
     s.model.load_state_dict(ckpt["model"])
@@ -272,7 +282,7 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
     if ckpt.get("schedule"):
         s.plateau.load_state_dict(ckpt["schedule"]["plateau"])
     s.opt.step = int(ckpt["step"])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(mine["rng"])
     return state
 
 
@@ -295,9 +305,12 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
     path = Path(str(broadcast_object(str(path), dist)))
     if not dist.is_main:
         return RunFolder(path=path, metrics=None, tracker=None)
-    metrics = MetricsLog(path / "metrics.csv", keep_epochs=start_epoch if resume_path is not None else None)
+    metrics = MetricsLog(path / "metrics.csv", keep=start_epoch if resume_path is not None else None)
+    steps = None
+    if cfg.run.log_interval > 0:
+        steps = StepLog(path / "steps.csv", keep=s.opt.step if resume_path is not None else None)
     tracker = create_tracker(cfg.run.tracker, path, to_dict(cfg)) if cfg.run.tracker != "none" else None
-    return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock)
+    return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock, steps=steps)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -362,17 +375,27 @@ def _validate(s: TrainSetup, row: dict[str, Any]) -> float | None:
     return scored.acc if tr.early_stopping.monitor == "val_acc" else scored.loss
 
 
-def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[dict[str, Any], float | None]:
-    """Train epoch ``state.epoch`` and validate. Returns (metrics row, monitored validation score or None)."""
+def run_epoch(
+    s: TrainSetup, state: TrainState, progress: _Progress, run: RunFolder | None = None
+) -> tuple[dict[str, Any], float | None]:
+    """Train epoch ``state.epoch`` (from batch ``state.batch``: a mid-epoch resume) and validate. Returns (metrics
+    row, monitored validation score or None). ``run``: where steps.csv and mid-epoch checkpoints go."""
     cfg, epoch = s.cfg, state.epoch
     tr = cfg.training
-    if epoch in tr.unfreeze_epochs and state.unfrozen < len(tr.unfreeze_epochs):
+    if state.batch == 0 and epoch in tr.unfreeze_epochs and state.unfrozen < len(tr.unfreeze_epochs):
         if _unfreeze_one(s):
             _say(s.dist, f"epoch {epoch + 1}: unfroze one more layer group")
         state.unfrozen += 1
-    set_epoch(s.loaders.train, epoch)
+    set_epoch(s.loaders.train, epoch, start_batch=state.batch)
     progress.start_epoch(epoch, tr.epochs, s.steps_per_epoch)
-    start = s.opt.step
+    start = s.opt.step - state.batch // tr.accum_steps
+    steps = run.steps if run is not None else None
+
+    def on_log(step: int, loss: float) -> None:
+        progress.log(step - start, loss)
+        if steps is not None:
+            steps.append({"step": step, "epoch": epoch + 1, "loss": loss, "lr": s.opt.optimizer.param_groups[0]["lr"]})
+
     opts = TrainOptions(
         device=s.device,
         amp=tr.amp,
@@ -384,10 +407,14 @@ def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[di
         log_interval=cfg.run.log_interval,
         batch_transform=s.loaders.batch_transform_for(epoch, tr.epochs),
         teacher=s.teacher,
-        on_log=lambda step, loss: progress.log(step - start, loss),
+        on_log=on_log,
         after_train_mode=freeze_bn_eval,
+        start_batch=state.batch,
+        resume_sums=state.epoch_sums,
+        on_step=_mid_epoch_checkpointer(s, state, run) if run is not None else None,
     )
     stats = train_one_epoch(s.train_model, s.loaders.train, s.opt, s.loss_fn, opts)
+    state.batch, state.epoch_sums = 0, None
     if hasattr(s.opt.optimizer, "sync_lookahead"):
         s.opt.optimizer.sync_lookahead()  # evaluate and save the slow (lookahead) weights, as timm does
     if s.dist.enabled:
@@ -414,8 +441,46 @@ def run_epoch(s: TrainSetup, state: TrainState, progress: _Progress) -> tuple[di
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def checkpoint_state(s: TrainSetup, state: TrainState, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The self-describing checkpoint of the run after ``state.epoch`` epochs."""
+def rank_states(s: TrainSetup, snapshot: Callable[[], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each rank's RNG states (and running epoch sums, mid-epoch), gathered on every rank: a collective, so every
+    rank calls it. Saved so that every rank of a resumed run draws what it would have drawn."""
+    return gather_objects({"rng": rng_state(), "epoch_sums": snapshot() if snapshot else None}, s.dist)  # type: ignore[return-value]
+
+
+def _mid_epoch_checkpointer(
+    s: TrainSetup, state: TrainState, run: RunFolder
+) -> Callable[[int, Callable[[], dict[str, Any]]], None] | None:
+    """``on_step`` for :func:`train_one_epoch` that writes a resumable last.pt inside the epoch every
+    ``run.checkpoint_every`` steps or seconds (None: not configured)."""
+    interval = checkpoint_interval(s.cfg.run.checkpoint_every)
+    if interval is None:
+        return None
+    kind, every = interval
+    last = time.perf_counter()
+
+    def on_step(batches_done: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        nonlocal last
+        if kind == "steps":
+            due = s.opt.step % int(every) == 0
+        else:  # rank 0's clock decides, so that all ranks take part in the gather below
+            due = bool(broadcast_object(time.perf_counter() - last >= every, s.dist))
+        if not due:
+            return
+        ranks = rank_states(s, snapshot)
+        if s.dist.is_main:
+            ckpt = {**checkpoint_state(s, state, {}, ranks), "batch": batches_done}
+            save_checkpoint(ckpt, run.path / "checkpoints" / "last.pt")
+        last = time.perf_counter()
+
+    return on_step
+
+
+def checkpoint_state(
+    s: TrainSetup, state: TrainState, metrics: dict[str, Any], ranks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The self-describing checkpoint of the run after ``state.epoch`` epochs (``ranks``: :func:`rank_states`,
+    gathered by the caller under DDP)."""
+    ranks = ranks if ranks is not None else rank_states(s)
     return {
         "format": FORMAT_VERSION,
         "model": s.model.state_dict(),
@@ -425,7 +490,8 @@ def checkpoint_state(s: TrainSetup, state: TrainState, metrics: dict[str, Any]) 
         "schedule": {"plateau": s.plateau.state_dict()},
         "epoch": state.epoch,
         "step": s.opt.step,
-        "rng": rng_state(),
+        "rng": ranks[0]["rng"],
+        "ranks": ranks,
         "config": to_dict(s.cfg),
         "classes": s.splits.classes,
         "preprocess": s.preprocess.to_dict(),
@@ -454,8 +520,10 @@ def _update_best(s: TrainSetup, state: TrainState, score: float | None) -> bool:
     return improved
 
 
-def _save_checkpoints(s: TrainSetup, state: TrainState, row: dict[str, Any], run: RunFolder, improved: bool) -> None:
-    ckpt = checkpoint_state(s, state, row)
+def _save_checkpoints(
+    s: TrainSetup, state: TrainState, row: dict[str, Any], run: RunFolder, improved: bool, ranks: list[dict[str, Any]]
+) -> None:
+    ckpt = checkpoint_state(s, state, row, ranks)
     if improved:
         best = dict(ckpt)
         if s.ema is not None and s.cfg.training.ema.use_for_best:
@@ -478,12 +546,13 @@ def end_epoch(
     state.epoch += 1
     improved = _update_best(s, state, score)
     _say(s.dist, _epoch_line(row, s.cfg.training.epochs))
+    ranks = rank_states(s)  # on every rank (a collective under DDP)
     if s.dist.is_main:
         assert run.metrics is not None
         run.metrics.append(row)
         if run.tracker is not None:
             run.tracker.log(row, step=state.epoch)
-        _save_checkpoints(s, state, row, run, improved)
+        _save_checkpoints(s, state, row, run, improved, ranks)
     barrier(s.dist)
     if "on_epoch_end" in hooks:
         hooks["on_epoch_end"](state.epoch - 1, row)
@@ -640,14 +709,15 @@ def _announce(s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dic
         f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}",
     )
     if ckpt is not None:
-        _say(s.dist, f"resumed from {resume_path} at epoch {ckpt['epoch']} (step {ckpt['step']})")
+        within = f", batch {ckpt['batch']} of epoch {ckpt['epoch'] + 1}" if ckpt.get("batch") else ""
+        _say(s.dist, f"resumed from {resume_path} at epoch {ckpt['epoch']} (step {ckpt['step']}{within})")
 
 
 def _epoch_loop(s: TrainSetup, state: TrainState, run: RunFolder, hooks: dict[str, Callable[..., Any]]) -> None:
     progress = _Progress(s.cfg.run.progress and s.dist.is_main)
     try:
         while state.epoch < s.cfg.training.epochs:
-            row, score = run_epoch(s, state, progress)
+            row, score = run_epoch(s, state, progress, run)
             if end_epoch(s, state, row, score, run, hooks):
                 break
     except BaseException:
