@@ -195,7 +195,8 @@ class RunConfig:
     checkpoint_every: str | None = None
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     test_tta: int = 1  # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors)
-    progress: bool = True  # progress bars (only when attached to a terminal)
+    progress: bool = True  # a live bar on a terminal (steps, img/s, ETAs); else a line every progress_interval s
+    progress_interval: float = 15.0  # seconds between those plain progress lines (logs, CI, batch jobs)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
 
 
@@ -561,3 +562,5 @@ def validate_config(cfg: Config) -> None:
             "valid: val_acc, val_loss"
         )
     checkpoint_interval(cfg.run.checkpoint_every)  # raises on a bad value
+    if not cfg.run.progress_interval > 0:
+        raise ConfigError(f"bad value {cfg.run.progress_interval} for 'run.progress_interval': must be > 0 (seconds)")

@@ -128,8 +128,8 @@ class TrainOptions:
             :func:`imgcls.data.loaders.set_epoch`); must end an accumulation group.
         resume_sums: the epoch's running sums at ``start_batch`` (:meth:`EpochSums.state_dict`), so the epoch's
             loss, accuracy and time are those of the whole epoch.
-        on_step: called after each optimizer step but the epoch's last as ``on_step(batches_done, snapshot)``;
-            ``snapshot()`` gives the running sums to save in a mid-epoch checkpoint.
+        on_step: called after each optimizer step as ``on_step(batches_done, snapshot)`` (progress, mid-epoch
+            checkpoints); ``snapshot()`` gives the running sums to save in a mid-epoch checkpoint.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -319,7 +319,7 @@ def train_one_epoch(
         if _optimizer_step(model, params, opt, opts, sums):
             if opts.on_log is not None and opts.log_interval > 0 and opt.step % opts.log_interval == 0:
                 opts.on_log(opt.step, float(loss))
-        if opts.on_step is not None and i + 1 < total:
+        if opts.on_step is not None:
             opts.on_step(i + 1, snapshot)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

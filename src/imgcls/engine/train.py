@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from imgcls.config import Config, checkpoint_interval, save_config, to_dict
@@ -70,6 +68,7 @@ from imgcls.engine.loop import (
 )
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
+from imgcls.engine.progress import TrainProgress
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, new_run_dir, record_resume
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.tracking import Tracker, create_tracker
@@ -318,35 +317,6 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """A rich progress bar on a terminal, plain log lines otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=1, info="")
-
-    def start_epoch(self, epoch: int, total_epochs: int, steps: int) -> None:
-        if self.bar is not None:
-            self.bar.reset(self.task, total=steps, description=f"epoch {epoch + 1}/{total_epochs}", info="")
-
-    def log(self, step_in_epoch: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step_in_epoch, info=f"loss {loss:.4f}")
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _say(dist: DistInfo, msg: str) -> None:
     if dist.is_main:
         print(msg, flush=True)
@@ -376,7 +346,7 @@ def _validate(s: TrainSetup, row: dict[str, Any]) -> float | None:
 
 
 def run_epoch(
-    s: TrainSetup, state: TrainState, progress: _Progress, run: RunFolder | None = None
+    s: TrainSetup, state: TrainState, progress: TrainProgress, run: RunFolder | None = None
 ) -> tuple[dict[str, Any], float | None]:
     """Train epoch ``state.epoch`` (from batch ``state.batch``: a mid-epoch resume) and validate. Returns (metrics
     row, monitored validation score or None). ``run``: where steps.csv and mid-epoch checkpoints go."""
@@ -387,12 +357,17 @@ def run_epoch(
             _say(s.dist, f"epoch {epoch + 1}: unfroze one more layer group")
         state.unfrozen += 1
     set_epoch(s.loaders.train, epoch, start_batch=state.batch)
-    progress.start_epoch(epoch, tr.epochs, s.steps_per_epoch)
-    start = s.opt.step - state.batch // tr.accum_steps
+    progress.start_epoch(epoch, done_steps=state.batch // tr.accum_steps)
     steps = run.steps if run is not None else None
+    checkpointer = _mid_epoch_checkpointer(s, state, run) if run is not None else None
+
+    def on_step(batches_done: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        progress.step(-(-batches_done // tr.accum_steps))
+        if checkpointer is not None and batches_done < len(s.loaders.train):  # the epoch's end writes its own
+            checkpointer(batches_done, snapshot)
 
     def on_log(step: int, loss: float) -> None:
-        progress.log(step - start, loss)
+        progress.loss(loss)
         if steps is not None:
             steps.append({"step": step, "epoch": epoch + 1, "loss": loss, "lr": s.opt.optimizer.param_groups[0]["lr"]})
 
@@ -411,7 +386,7 @@ def run_epoch(
         after_train_mode=freeze_bn_eval,
         start_batch=state.batch,
         resume_sums=state.epoch_sums,
-        on_step=_mid_epoch_checkpointer(s, state, run) if run is not None else None,
+        on_step=on_step,
     )
     stats = train_one_epoch(s.train_model, s.loaders.train, s.opt, s.loss_fn, opts)
     state.batch, state.epoch_sums = 0, None
@@ -714,7 +689,14 @@ def _announce(s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dic
 
 
 def _epoch_loop(s: TrainSetup, state: TrainState, run: RunFolder, hooks: dict[str, Callable[..., Any]]) -> None:
-    progress = _Progress(s.cfg.run.progress and s.dist.is_main)
+    tr = s.cfg.training
+    progress = TrainProgress(
+        s.cfg.run.progress and s.dist.is_main,
+        total_epochs=tr.epochs,
+        steps_per_epoch=s.steps_per_epoch,
+        images_per_step=s.cfg.data.batch_size * tr.accum_steps * s.dist.world_size,
+        interval=s.cfg.run.progress_interval,
+    )
     try:
         while state.epoch < s.cfg.training.epochs:
             row, score = run_epoch(s, state, progress, run)
