@@ -371,7 +371,8 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path: Path) -> None:
     n_before = len(splits.train) + len(splits.val) + len(splits.test)
     cfg = _cfg(max_bad_fraction=0.05)
     loaders = build_loaders(cfg, splits, _preprocess(size=12), device=torch.device("cpu"))
-    assert loaders.bad_files == [str(bad[0])]
+    assert [b["file"] for b in loaders.bad_files] == [bad[0].relative_to(tmp_path).as_posix()]  # named from data.root
+    assert "truncated" in loaders.bad_files[0]["reason"].lower()
     assert len(splits.train) + len(splits.val) + len(splits.test) == n_before - 1
     for loader in (loaders.train, loaders.val, loaders.test):  # every remaining file decodes
         for x, _ in loader:
@@ -383,8 +384,11 @@ def test_too_many_corrupt_files_stop_the_run(tmp_path: Path) -> None:
     splits = make_splits(imagefolder(str(tmp_path)), val_fraction=0.0, test_fraction=0.0, seed=0)
     with pytest.raises(TooManyBadFilesError, match=r"2 of 20 image files \(10.0%\)") as err:
         build_loaders(_cfg(max_bad_fraction=0.01), splits, _preprocess(size=12), device=torch.device("cpu"))
-    assert str(bad[0]) in str(err.value) and "data.max_bad_fraction" in str(err.value)
-    assert drop_bad_files(splits, max_bad_fraction=0.2) == sorted(str(p) for p in bad)
+    assert (
+        "bees/0.jpg" in str(err.value) and str(tmp_path) in str(err.value) and "data.max_bad_fraction" in str(err.value)
+    )
+    dropped = drop_bad_files(splits, max_bad_fraction=0.2)
+    assert [b.file for b in dropped] == sorted(p.relative_to(tmp_path).as_posix() for p in bad)
 
 
 def test_device_loader_rejects_file_datasets(tmp_path: Path) -> None:

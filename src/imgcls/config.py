@@ -49,6 +49,7 @@ class DataConfig:
     sampler: Literal["random", "balanced"] = "random"
     imbalance: float | None = None  # make a long-tailed train split: rarest class has this fraction of the commonest
     max_bad_fraction: float = 0.01  # stop if more than this fraction of image files cannot be decoded
+    max_image_pixels: int = 40_000_000  # image files with more pixels (from the header) are bad files, never decoded
     mean: list[float] | None = None  # normalisation statistics (None: computed from the train split / known values)
     std: list[float] | None = None
 
@@ -529,6 +530,7 @@ def validate_config(cfg: Config) -> None:
         "data.batch_size": cfg.data.batch_size,
         "training.accum_steps": cfg.training.accum_steps,
         "training.optimizer.lookahead_k": cfg.training.optimizer.lookahead_k,
+        "data.max_image_pixels": cfg.data.max_image_pixels,
     }
     for key, value in positive.items():
         if value < 1:

@@ -46,7 +46,7 @@ def _class_index(value: str | None, classes: list[str]) -> int | None:
 
 def _images(predictor, paths: list[str]):  # noqa: ANN001, ANN202
     """(path, raw uint8 image, model input) for each readable image; unreadable ones are reported and skipped."""
-    from imgcls.data.datasets import BadImageError, decode_image_file
+    from imgcls.data.images import BadImageError, decode_image_file
 
     for path in paths:
         try:

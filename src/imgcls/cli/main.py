@@ -75,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.data.datasets import BadImageError  # deferred
+    from imgcls.data.images import BadImageError  # deferred
     from imgcls.evaluate.infer import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``imgcls`` command. Returns the exit status."""
-    from imgcls.data.datasets import BadImageError, DatasetNotFoundError  # deferred: after parsing (--help is fast)
+    from imgcls.data.datasets import DatasetNotFoundError  # deferred: after parsing (--help is fast)
+    from imgcls.data.images import BadImageError
     from imgcls.engine.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)

@@ -2,14 +2,16 @@
 evaluation.
 
 Before any loader is built, image files of file-backed splits (ImageFolder) are checked once
-(:func:`drop_bad_files`): undecodable files are reported by path, dropped from the splits and listed in
-``Loaders.bad_files`` (and so in the run summary); more than ``data.max_bad_fraction`` of them stops the run. A
+(:func:`drop_bad_files`) by the decode policy of :mod:`imgcls.data.images`: bad files are dropped from the splits
+and listed with their reasons in ``Loaders.bad_files`` (and so in the run summary), together with those an archive
+skipped while loading; more than ``data.max_bad_fraction`` of them stops the run. A
 pre-scan, rather than skipping inside ``__getitem__``, keeps the epoch length and the sample order deterministic and
 needs no way to report from DataLoader worker processes back to the main one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -18,12 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from imgcls.config import Config
 from imgcls.data.batch import build_mixer
-from imgcls.data.datasets import BadImageError, FileSource, Splits, SplitView, load_dataset, make_splits
+from imgcls.data.datasets import FileSource, Splits, SplitView, load_dataset, make_splits
 from imgcls.data.device_loader import build_device_loaders
+from imgcls.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadFile,
+    check_bad_files,
+    image_problem,
+)
+from imgcls.data.images import (
+    TooManyBadFilesError as TooManyBadFilesError,  # re-exported: where callers of build_loaders catch it
+)
 from imgcls.data.loaders import (
     BatchTransform,
     Loaders,
@@ -39,16 +49,15 @@ from imgcls.data.transforms import build_eval_transform, build_train_transform
 log = logging.getLogger(__name__)
 
 
-class TooManyBadFilesError(BadImageError):
-    """More image files failed to decode than ``data.max_bad_fraction`` allows. The message names some of them.
-
-    A :class:`BadImageError`, so the CLI reports it as a one-line error like a single undecodable file.
-    """
-
-
 def build_splits(cfg: Config) -> Splits:
     """Load the configured dataset and derive its deterministic splits (``data.split_seed``, else ``run.seed``)."""
-    raw = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, in_chans=cfg.data.in_chans)
+    raw = load_dataset(
+        cfg.data.name,
+        root=cfg.data.root,
+        download=cfg.data.download,
+        in_chans=cfg.data.in_chans,
+        max_image_pixels=cfg.data.max_image_pixels,
+    )
     return make_splits(
         raw,
         val_fraction=cfg.data.val_fraction,
@@ -129,79 +138,61 @@ def build_mix(cfg: Config, num_classes: int) -> BatchTransform | None:
     return build_mixer(mix, num_classes)
 
 
-def check_image_file(path: str) -> str | None:
-    """None if ``path`` decodes, else the reason it does not.
-
-    A full decode (``load()``), since ``verify()`` does not decode JPEG data and so misses truncated files; JPEGs are
-    decoded in draft mode (DCT scaling to about 1/8 size), which still reads every byte. Pillow's
-    decompression-bomb limit stays on: a file over it is reported as bad, never decoded.
-    """
-    try:
-        with Image.open(path) as im:
-            im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))  # no-op for non-JPEG
-            im.load()
-    except Image.DecompressionBombError as e:
-        return f"decompression bomb: {e}"
-    except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for corrupt, truncated or non-image files
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def find_bad_files(paths: Sequence[str], *, num_threads: int | None = None) -> dict[str, str]:
-    """``{path: reason}`` for the files in ``paths`` that cannot be decoded (threads: Pillow releases the GIL)."""
+def find_bad_files(
+    paths: Sequence[str],
+    *,
+    in_chans: int = 3,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    num_threads: int | None = None,
+) -> dict[str, str]:
+    """``{path: reason}`` for the files in ``paths`` that the one decode policy rejects (:func:`image_problem`;
+    threads: Pillow releases the GIL)."""
     threads = num_threads or min(8, os.cpu_count() or 1)
+    check = functools.partial(image_problem, in_chans=in_chans, max_pixels=max_pixels)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        reasons = list(pool.map(check_image_file, paths, chunksize=64))
+        reasons = list(pool.map(check, paths, chunksize=64))
     return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
 
 
-def drop_bad_files(splits: Splits, *, max_bad_fraction: float, num_threads: int | None = None) -> list[str]:
-    """Check every image file the splits use; drop undecodable ones from the splits (in place) and return their paths.
+def drop_bad_files(splits: Splits, *, max_bad_fraction: float, num_threads: int | None = None) -> list[BadFile]:
+    """Check every image file the splits use; drop bad ones from the splits (in place) and return all bad files.
 
-    In-memory splits are skipped (they were decoded when loaded). The views of ``splits`` are replaced by views
-    without the bad files, so everything that uses ``splits`` afterwards (loaders, class weights, test evaluation)
-    sees the same cleaned data.
+    File-backed splits (a folder) are checked here; in-memory splits decoded from files (an archive) bring the bad
+    files they skipped while loading (:attr:`Splits.read`). Both count against the same cap
+    (:func:`check_bad_files`), and both name files relative to the dataset root. The views of ``splits`` are replaced
+    by views without the bad files, so everything that uses ``splits`` afterwards (loaders, class weights, test
+    evaluation) sees the same cleaned data.
 
     Raises:
-        TooManyBadFilesError: more than ``max_bad_fraction`` of the checked files are bad.
+        TooManyBadFilesError: more than ``max_bad_fraction`` of the image files are bad.
     """
     views = {name: getattr(splits, name) for name in ("train", "val", "test")}
     by_source: dict[int, tuple[FileSource, set[int]]] = {}
     for view in views.values():
         if view is not None and isinstance(view.source, FileSource):
             by_source.setdefault(id(view.source), (view.source, set()))[1].update(int(i) for i in view.indices)
-    if not by_source:
-        return []
-    log.info("checking %d image files", sum(len(used) for _, used in by_source.values()))
-    bad: dict[str, str] = {}
-    total = 0
+    bad = list(splits.read.bad) if splits.read is not None else []
+    total = splits.read.read if splits.read is not None else 0
+    where = [splits.read.where] if splits.read is not None else []
+    dropped: set[str] = set()
+    if by_source:
+        log.info("checking %d image files", sum(len(used) for _, used in by_source.values()))
     for source, used in by_source.values():
         paths = [source.paths[i] for i in sorted(used)]
         total += len(paths)
-        found = find_bad_files(paths, num_threads=num_threads)
-        source.bad_files = sorted(found)
-        bad.update(found)
-    if not bad:
-        return []
-    for path, reason in bad.items():
-        log.warning("skipping undecodable image %s (%s)", path, reason)
-    fraction = len(bad) / total
-    if fraction > max_bad_fraction:
-        shown = "\n  ".join(f"{p} ({r})" for p, r in list(bad.items())[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise TooManyBadFilesError(
-            f"{len(bad)} of {total} image files ({fraction:.1%}) cannot be decoded, more than "
-            f"data.max_bad_fraction={max_bad_fraction:g}. Fix or remove them, or raise data.max_bad_fraction:\n  "
-            f"{shown}{more}"
-        )
-    for name, view in views.items():
-        if view is not None and isinstance(view.source, FileSource):
-            keep = np.array([view.source.paths[int(i)] not in bad for i in view.indices], dtype=bool)
-            setattr(splits, name, SplitView(view.source, view.indices[keep]))
-    log.warning(
-        "%d of %d image files could not be decoded and are skipped (see bad_files in the run summary)", len(bad), total
-    )
-    return sorted(bad)
+        found = find_bad_files(paths, in_chans=source.in_chans, max_pixels=source.max_pixels, num_threads=num_threads)
+        source.bad_files = sorted((BadFile(source.name_of(p), r) for p, r in found.items()), key=lambda b: b.file)
+        bad += source.bad_files
+        dropped.update(found)
+        where.append(source.root or "the image files")
+    bad.sort(key=lambda b: b.file)
+    check_bad_files(bad, total=total, max_bad_fraction=max_bad_fraction, where=", ".join(dict.fromkeys(where)))
+    if dropped:
+        for name, view in views.items():
+            if view is not None and isinstance(view.source, FileSource):
+                keep = np.array([view.source.paths[int(i)] not in dropped for i in view.indices], dtype=bool)
+                setattr(splits, name, SplitView(view.source, view.indices[keep]))
+    return bad
 
 
 def _train_loader(
@@ -254,13 +245,13 @@ def build_loaders(
 
     ``rank`` / ``world_size``: this process's shard under DDP (the train sampler and the eval loaders split the data).
     File-backed splits are checked first (:func:`drop_bad_files`; ``splits`` is cleaned in place) and the skipped
-    paths land in ``Loaders.bad_files``.
+    files land in ``Loaders.bad_files`` as ``{"file": name relative to data.root, "reason": ...}``.
 
     Raises:
         TooManyBadFilesError: more than ``data.max_bad_fraction`` of the image files cannot be decoded.
         ConfigError: ``data.loader=device`` with a file-backed dataset or an augmentation it cannot apply.
     """
-    bad_files = drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
+    bad_files = [b.to_dict() for b in drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)]
     common = preprocess.to_dict()  # size, channels, statistics, interpolation, resize: both pipelines take them
     eval_tf = eval_transform_of(preprocess)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size

@@ -20,10 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.datasets as tvd
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from imgcls.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadFile,
+    BadImageError,
+    ReadReport,
+    decode_image_file,
+    read_image,
+)
 from imgcls.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -72,40 +79,41 @@ class TensorSource:
         return (self.images.shape[2], self.images.shape[3])
 
 
-class BadImageError(OSError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
-
-
-def decode_image_file(path: str | Path, in_chans: int = 3) -> torch.Tensor:
-    """Decode an image file to uint8 [C, H, W] (RGB or L). Raises :class:`BadImageError` naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # force the full decode here so truncated files fail now, with their path
-            im = im.convert("L" if in_chans == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.uint8)
-    except Image.DecompressionBombError:
-        raise  # Pillow's bomb limit stays on: a gigantic image is an error, not something to skip silently
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(f"cannot decode image {path}: {e}") from e
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
 class FileSource:
-    """Images decoded from files on demand. ``bad_files`` collects paths that failed to decode."""
+    """Images decoded from files on demand, by the one policy of :mod:`imgcls.data.images` (``max_pixels``:
+    ``data.max_image_pixels``). ``root`` is the dataset folder that bad files are named relative to; ``bad_files``
+    collects the files that failed the check before loading (:func:`imgcls.data.build.drop_bad_files`)."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        in_chans: int = 3,
+        *,
+        root: str | Path | None = None,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.paths = list(paths)
         self.targets = torch.as_tensor(list(targets), dtype=torch.long)
         self._in_chans = in_chans
-        self.bad_files: list[str] = []
+        self.root = str(root) if root is not None else None
+        self.max_pixels = max_pixels
+        self.bad_files: list[BadFile] = []
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def get(self, i: int) -> tuple[torch.Tensor, int]:
-        return decode_image_file(self.paths[i], self._in_chans), int(self.targets[i])
+        return decode_image_file(self.paths[i], self._in_chans, self.max_pixels), int(self.targets[i])
+
+    def name_of(self, path: str) -> str:
+        """``path`` relative to ``root`` with / separators (``train/cat/0.png``), as bad files are reported."""
+        if self.root is None:
+            return path
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return path
 
     @property
     def in_chans(self) -> int:
@@ -131,6 +139,8 @@ class RawDataset:
     mean: list[float] | None = None
     std: list[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: image files already decoded while loading (archives), bad ones included; None when files are decoded later
+    read: ReadReport | None = None
 
 
 DATASETS: Registry[Callable[..., RawDataset]] = Registry("dataset")
@@ -178,9 +188,9 @@ def _torchvision(cls_name: str, name: str, root: str | None, download: bool, exp
         ) from e
 
 
-def _cifar(name: str, cls_name: str, root: str | None, download: bool) -> RawDataset:
+def _cifar(name: str, cls_name: str, root: str | None, download: bool, max_pixels: int) -> RawDataset:
     if root and str(root).endswith((".tar.gz", ".tgz", ".tar")):
-        return imagefolder_archive(root)
+        return imagefolder_archive(root, max_pixels=max_pixels)
     folder = "cifar-10-batches-py" if cls_name == "CIFAR10" else "cifar-100-python"
     expected = f"the python-version archive extracted as {folder}/, or a .tar.gz of train/<class>/ images as data.root"
     parts = {}
@@ -191,15 +201,25 @@ def _cifar(name: str, cls_name: str, root: str | None, download: bool) -> RawDat
 
 
 @register_dataset
-def cifar10(root: str | None = None, download: bool = True, **_: Any) -> RawDataset:
+def cifar10(
+    root: str | None = None,
+    download: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    **_: Any,
+) -> RawDataset:
     """CIFAR-10 (50k train / 10k test, 32x32 RGB). ``root`` may also be a .tar.gz of an ImageFolder tree."""
-    return _cifar("cifar10", "CIFAR10", root, download)
+    return _cifar("cifar10", "CIFAR10", root, download, max_image_pixels)
 
 
 @register_dataset
-def cifar100(root: str | None = None, download: bool = True, **_: Any) -> RawDataset:
+def cifar100(
+    root: str | None = None,
+    download: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    **_: Any,
+) -> RawDataset:
     """CIFAR-100 (50k train / 10k test, 32x32 RGB, 100 classes)."""
-    return _cifar("cifar100", "CIFAR100", root, download)
+    return _cifar("cifar100", "CIFAR100", root, download, max_image_pixels)
 
 
 def _mnist_like(name: str, cls_name: str, root: str | None, download: bool) -> RawDataset:
@@ -246,13 +266,21 @@ def _scan_class_folders(folder: Path) -> tuple[list[str], list[int], list[str]]:
 
 
 @register_dataset
-def imagefolder(root: str | None = None, in_chans: int | None = None, **_: Any) -> RawDataset:
+def imagefolder(
+    root: str | None = None,
+    in_chans: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    **_: Any,
+) -> RawDataset:
     """A folder of class sub-folders. ``root`` has ``train/`` (and optionally ``val/``, ``test/``) or is itself the
-    class tree (then val/test are split off stratified). A .tar.gz archive of such a tree also works."""
+    class tree (then val/test are split off stratified). A .tar.gz archive of such a tree also works.
+
+    Files are decoded on demand; bad ones (:mod:`imgcls.data.images`) are found and dropped before the loaders are
+    built, and named relative to ``root``."""
     if not root:
         raise DatasetNotFoundError("imagefolder needs data.root=PATH: a folder with train/<class>/... or <class>/...")
     if str(root).endswith((".tar.gz", ".tgz", ".tar")):
-        return imagefolder_archive(root)
+        return imagefolder_archive(root, in_chans=in_chans, max_pixels=max_image_pixels)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DatasetNotFoundError(f"data.root {base} is not a folder: expected train/<class>/<images> inside it")
@@ -266,10 +294,10 @@ def imagefolder(root: str | None = None, in_chans: int | None = None, **_: Any) 
                 if classes is not None and cls != classes:
                     raise ValueError(f"{base / split} has classes {cls}, but train has {classes}")
                 classes = cls
-                splits[split] = FileSource(paths, targets, chans)
+                splits[split] = FileSource(paths, targets, chans, root=base, max_pixels=max_image_pixels)
     else:
         paths, targets, classes = _scan_class_folders(base)
-        splits["train"] = FileSource(paths, targets, chans)
+        splits["train"] = FileSource(paths, targets, chans, root=base, max_pixels=max_image_pixels)
     if not len(splits["train"]):
         raise DatasetNotFoundError(f"no images found in {base} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     assert classes is not None
@@ -283,42 +311,83 @@ def imagefolder(root: str | None = None, in_chans: int | None = None, **_: Any) 
     )
 
 
-def imagefolder_archive(path: str | Path, image_size: int | None = None) -> RawDataset:
+#: bump when what the archive cache holds, or how images are decoded into it, changes
+_ARCHIVE_CACHE_VERSION = 2
+
+
+def _archive_member_name(member_name: str) -> str | None:
+    """``[prefix/]{train,val,test}/<class>/.../<image>`` -> the name from the split on (``train/cat/0.png``, as the
+    same file in a folder is named), or None for members that are not a dataset image."""
+    if Path(member_name).suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    parts = Path(member_name).parts
+    split_idx = next((i for i, p in enumerate(parts) if p in ("train", "val", "test")), None)
+    if split_idx is None or len(parts) < split_idx + 3:
+        return None
+    return "/".join(parts[split_idx:])
+
+
+def _read_archive(
+    path: Path, *, in_chans: int, max_pixels: int
+) -> tuple[dict[str, list[tuple[str, np.ndarray]]], ReadReport]:
+    """Decode every image of the archive (in stream order) by the one policy: {split: [(class, uint8 [H, W, C])]}
+    and what was read, with the bad files."""
+    found: dict[str, list[tuple[str, np.ndarray]]] = {}
+    report = ReadReport(where=str(path))
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            name = _archive_member_name(member.name) if member.isfile() else None
+            if name is None:
+                continue
+            report.read += 1
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            try:
+                arr = read_image(io.BytesIO(data), in_chans=in_chans, max_pixels=max_pixels, name=name)
+            except BadImageError as e:
+                report.bad.append(BadFile(name, e.reason))
+                continue
+            split, cls = name.split("/")[:2]
+            found.setdefault(split, []).append((cls, arr))
+    report.bad.sort(key=lambda b: b.file)
+    return found, report
+
+
+def _from_archive_cache(cache: Path, where: str) -> RawDataset:
+    z = np.load(cache, allow_pickle=False)
+    classes = [str(c) for c in z["classes"]]
+    parts = {s: TensorSource(torch.from_numpy(z[f"{s}_x"]), torch.from_numpy(z[f"{s}_y"])) for s in z["splits"]}
+    bad = [BadFile(str(f), str(r)) for f, r in zip(z["bad_files"], z["bad_reasons"], strict=True)]
+    read = ReadReport(where=where, read=int(z["files_read"]), bad=bad)
+    return RawDataset(train=parts["train"], val=parts.get("val"), test=parts.get("test"), classes=classes, read=read)
+
+
+def imagefolder_archive(
+    path: str | Path,
+    image_size: int | None = None,
+    *,
+    in_chans: int | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> RawDataset:
     """Read a .tar.gz of ``[prefix/]{train,val,test}/<class>/<image>`` images of one size into memory.
 
     The archive is read in stream order (random access into a .tar.gz is quadratic) and the decoded uint8 arrays
-    are cached as .npz under :func:`cache_dir` so later runs start in a fraction of a second.
+    are cached as .npz under :func:`cache_dir` so later runs start in a fraction of a second. Images are decoded by
+    the one policy of :mod:`imgcls.data.images`; bad ones are skipped and listed in :attr:`RawDataset.read` (named
+    from the split on, like the same files in a folder), so that building the loaders applies
+    ``data.max_bad_fraction`` to them as to a folder's.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DatasetNotFoundError(f"archive {path} not found")
+    chans = in_chans or 3
     stat = path.stat()
-    cache = cache_dir() / "archives" / f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}.npz"
+    key = f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-c{chans}-p{max_pixels}-v{_ARCHIVE_CACHE_VERSION}"
+    cache = cache_dir() / "archives" / f"{key}.npz"
     if cache.is_file():
-        z = np.load(cache, allow_pickle=False)
-        classes = [str(c) for c in z["classes"]]
-        parts = {s: TensorSource(torch.from_numpy(z[f"{s}_x"]), torch.from_numpy(z[f"{s}_y"])) for s in z["splits"]}
-        return RawDataset(train=parts["train"], val=parts.get("val"), test=parts.get("test"), classes=classes)
-    found: dict[str, list[tuple[str, np.ndarray]]] = {}
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not member.isfile() or Path(member.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            parts_ = Path(member.name).parts
-            split_idx = next((i for i, p in enumerate(parts_) if p in ("train", "val", "test")), None)
-            if split_idx is None or len(parts_) < split_idx + 3:
-                continue
-            split, cls = parts_[split_idx], parts_[split_idx + 1]
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (OSError, SyntaxError, ValueError) as e:
-                log.warning("skipping undecodable image %s in %s: %s", member.name, path, e)
-                continue
-            found.setdefault(split, []).append((cls, arr))
+        return _from_archive_cache(cache, str(path))
+    found, report = _read_archive(path, in_chans=chans, max_pixels=max_pixels)
     if "train" not in found:
-        raise DatasetNotFoundError(f"{path} has no train/<class>/<image> entries")
+        raise DatasetNotFoundError(f"{path} has no decodable train/<class>/<image> entries")
     classes = sorted({c for items in found.values() for c, _ in items})
     shapes = {a.shape for items in found.values() for _, a in items}
     if len(shapes) != 1:
@@ -329,12 +398,17 @@ def imagefolder_archive(path: str | Path, image_size: int | None = None) -> RawD
     for split, items in found.items():
         arrays[f"{split}_x"] = np.stack([a for _, a in items]).transpose(0, 3, 1, 2).copy()
         arrays[f"{split}_y"] = np.array([classes.index(c) for c, _ in items], dtype=np.int64)
+    arrays["bad_files"] = np.array([b.file for b in report.bad], dtype=str)
+    arrays["bad_reasons"] = np.array([b.reason for b in report.bad], dtype=str)
+    arrays["files_read"] = np.array(report.read)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, cache)
+    if report.bad:
+        log.info("%s: %d of %d image files cannot be decoded and are skipped", path, len(report.bad), report.read)
     parts = {s: TensorSource(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"])) for s in found}
-    return RawDataset(train=parts["train"], val=parts.get("val"), test=parts.get("test"), classes=classes)
+    return RawDataset(train=parts["train"], val=parts.get("val"), test=parts.get("test"), classes=classes, read=report)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -380,6 +454,8 @@ class Splits:
     mean: list[float]
     std: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+    #: the dataset's :attr:`RawDataset.read`: files skipped while loading, counted against ``data.max_bad_fraction``
+    read: ReadReport | None = None
 
     @property
     def num_classes(self) -> int:
@@ -478,6 +554,7 @@ def make_splits(
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
         info=dict(raw.info),
+        read=raw.read,
     )
 
 

@@ -137,7 +137,8 @@ class Loaders:
     eval_transform: Callable[[torch.Tensor], torch.Tensor]
     mix: BatchTransform | None = None
     mix_off_last_epochs: int = 0
-    bad_files: list[str] = field(default_factory=list)
+    #: image files skipped, as ``{"file": name relative to data.root, "reason": one line}`` (the run summary's list)
+    bad_files: list[dict[str, str]] = field(default_factory=list)
 
     def batch_transform_for(self, epoch: int, total_epochs: int) -> BatchTransform | None:
         """The batch transform for ``epoch`` (0-based): mixing is switched off for the last N epochs."""

@@ -8,6 +8,7 @@ code as training, so what it shows is what the model gets.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,13 @@ from torchvision.transforms import InterpolationMode, v2
 from imgcls.config import Config
 from imgcls.data.batch import build_mixer
 from imgcls.data.build import build_splits, resolve_preprocess
-from imgcls.data.datasets import BadImageError, SplitView
+from imgcls.data.datasets import SplitView
 from imgcls.data.device_loader import BatchAugment, DeviceLoader, prepare_images
+from imgcls.data.images import BadImageError
 from imgcls.data.transforms import FixChannels, build_train_transform
 from imgcls.plotting import save_figure
+
+log = logging.getLogger(__name__)
 
 
 def _pick(view: SplitView, n: int, seed: int) -> tuple[np.ndarray, list[torch.Tensor], list[int]]:
@@ -33,7 +37,8 @@ def _pick(view: SplitView, n: int, seed: int) -> tuple[np.ndarray, list[torch.Te
     for i in order:
         try:
             img, label = view.get(int(i))
-        except BadImageError:
+        except BadImageError as e:  # the same policy as training: a bad file is skipped, and said so
+            log.warning("augment-preview: skipping %s", e)
             continue
         pos.append(int(i))
         images.append(img)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from imgcls.config import Config, ConfigError, from_dict, parse_override, set_value, validate_config
-from imgcls.data.build import build_splits, eval_transform_of
+from imgcls.data.build import build_splits, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights
@@ -194,6 +194,7 @@ def load_split(
             raise ConfigError(f"eval only takes data.* overrides (the model comes from the checkpoint), got '{key}'")
         set_value(cfg, key, value)
     splits = build_splits(cfg)
+    drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)  # as training did: the same split, cleaned
     view = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if view is None or len(view) == 0:
         raise ConfigError(f"the dataset has no '{split}' split for this config; try --split val")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from imgcls.data.build import eval_transform_of
-from imgcls.data.datasets import decode_image_file
+from imgcls.data.images import decode_image_file
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.engine.build import load_model
 
