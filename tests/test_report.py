@@ -177,3 +177,24 @@ def test_report_opens_in_headless_chromium(run_dir, tmp_path):
 
     assert Image.open(shot).size == (1200, 3000)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_one_final_evaluation_shared_by_summary_and_report_and_tta_is_labelled(tmp_path, monkeypatch, capsys):
+    """The test split is evaluated once at the end of training; summary.json and the report read that one pass (so
+    they agree exactly), and a number that includes TTA says so wherever it is shown."""
+    import imgcls.evaluate.run_eval as run_eval_module
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the report evaluated the test split again")
+
+    monkeypatch.setattr(run_eval_module, "evaluate", no_second_pass)
+    overrides = [*TINY, "training.epochs=1", "run.test_tta=2", f"run.dir={tmp_path}"]
+    assert main(["train", "quickstart", *overrides]) == 0
+    out = capsys.readouterr().out
+    (run,) = list(tmp_path.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == summary["test_acc"] and metrics["nll"] == summary["test_loss"]
+    assert summary["test_tta"] == 2 and metrics["tta"] == 2
+    assert "loss" in out and ", TTA 2 views) from the best checkpoint" in out
+    assert "(test, TTA 2 views: accuracy" in out and "(TTA 2 views)" in out.split("TEST ACCURACY")[1].splitlines()[0]

@@ -37,7 +37,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_and_report(cfg, resume_path=resume_path)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if result.test is not None:
-            print(f"TEST ACCURACY {result.test.acc:.4f}")
+            tta = result.summary.get("test_tta") or 1
+            print(f"TEST ACCURACY {result.test.acc:.4f}" + (f" (TTA {tta} views)" if tta > 1 else ""))
         print(f"RUN FOLDER {result.run_dir}")
     return 0
 

@@ -574,11 +574,15 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
         distributed=s.dist.enabled,
         tta=s.cfg.run.test_tta,
         channels_last=tr.channels_last,
+        # kept for the report (the one evaluation at the end, shared by summary.json and report.html); under DDP
+        # each rank holds only its shard, and the report evaluates again on rank 0
+        return_outputs=not s.dist.enabled,
     )
+    tta = f", TTA {s.cfg.run.test_tta} views" if s.cfg.run.test_tta > 1 else ""
     _say(
         s.dist,
         f"test accuracy: {result.acc:.4f} (top-5 {result.topk.get(5, float('nan')):.4f}, loss "
-        f"{result.loss:.4f}) from the best checkpoint (epoch {best['epoch']})",
+        f"{result.loss:.4f}{tta}) from the best checkpoint (epoch {best['epoch']})",
     )
     return result
 
@@ -599,6 +603,7 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
         "test_acc": test.acc if test else None,
         "test_top5": test.topk.get(5) if test else None,
         "test_loss": test.loss if test else None,
+        "test_tta": cfg.run.test_tta if test else None,  # views averaged in those test numbers (1: no TTA)
         "params": sum(p.numel() for p in s.model.parameters()),
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
         "seconds": seconds,

@@ -18,6 +18,7 @@ from torch import nn
 from imgcls.config import Config
 from imgcls.data.datasets import Splits
 from imgcls.engine.checkpoint import load_checkpoint
+from imgcls.engine.loop import EvalResult
 from imgcls.engine.train import RunResult, TrainSetup, train
 from imgcls.evaluate.run_eval import evaluate_split
 
@@ -39,6 +40,7 @@ def report_step(result: RunResult, setup: TrainSetup) -> None:
         eval_transform=setup.loaders.eval_transform,
         device=setup.device,
         tta=setup.cfg.run.test_tta,
+        test_outputs=result.test,
     )
 
 
@@ -52,6 +54,7 @@ def write_run_report(
     batch_size: int = 256,
     tta: int = 1,
     strict: bool = False,
+    test_outputs: EvalResult | None = None,
 ) -> Path | None:
     """The end-of-training report: the best checkpoint on the test split (val if there is none).
 
@@ -66,6 +69,8 @@ def write_run_report(
         batch_size: evaluation batch size.
         tta: test-time augmentation views (1 = off), as for the run's own test evaluation.
         strict: raise errors; by default a failing report is logged and training's results stand.
+        test_outputs: the run's own test evaluation of best.pt (with outputs): the report uses it rather than
+            evaluating again, so its numbers are the summary's.
 
     Returns:
         The report's path, or None when there is no split to evaluate or it failed.
@@ -102,6 +107,7 @@ def write_run_report(
             run_dir=run_dir,
             meta=meta,
             title=title,
+            outputs=test_outputs if split == "test" else None,
         )
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:
@@ -110,8 +116,9 @@ def write_run_report(
         print(f"warning: could not write the evaluation report ({type(e).__name__}: {e})", flush=True)
         return None
     path = run_dir / "eval" / "report.html"
+    views = f", TTA {tta} views" if tta > 1 else ""
     print(
-        f"report: {path} ({split}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+        f"report: {path} ({split}{views}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
         f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)",
         flush=True,
     )

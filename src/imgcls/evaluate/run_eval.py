@@ -119,6 +119,7 @@ def evaluate_split(
     run_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     title: str = "Evaluation report",
+    outputs: EvalResult | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
 
@@ -137,13 +138,18 @@ def evaluate_split(
         run_dir: the run folder (for training curves in the report), if known.
         meta: extra fields for metrics.json and the report header (checkpoint, split, ...).
         title: the report's title.
+        outputs: an evaluation of ``models`` on ``view`` already made, in the view's order and with outputs (the
+            test pass at the end of training): used as it is, so the report and the run's summary cannot disagree.
 
     Returns:
         (the EvalResult with outputs, the metrics dict).
     """
     device = torch.device(device)
-    loader = build_eval_loader(view, transform, batch_size=batch_size)
-    result = evaluate(models, loader, device=device, num_classes=len(classes), tta=tta, return_outputs=True)
+    if outputs is not None and outputs.targets is not None and len(outputs.targets) == len(view):
+        result = outputs
+    else:
+        loader = build_eval_loader(view, transform, batch_size=batch_size)
+        result = evaluate(models, loader, device=device, num_classes=len(classes), tta=tta, return_outputs=True)
     assert result.log_probs is not None and result.targets is not None
     probs = result.log_probs.double().exp()
     metrics: dict[str, Any] = {**(meta or {}), "tta": tta}
@@ -252,8 +258,11 @@ def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict
     """Summary line, per-class table (precision/recall/F1/AUC when ``metrics`` is given) and confusion matrix."""
     console = Console(width=160)
     tops = "  ".join(f"top-{k} {v:.4f}" for k, v in result.topk.items())
+    tta = (metrics or {}).get("tta") or 1
+    views = f" (TTA {tta} views)" if tta > 1 else ""
     console.print(
-        f"[bold]{split}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  NLL {result.loss:.4f}"
+        f"[bold]{split}{views}[/bold]: {result.num_samples} images  accuracy {result.acc:.4f}  {tops}  NLL "
+        f"{result.loss:.4f}"
     )
     if metrics is not None:
         auc = metrics.get("roc_auc_macro")
