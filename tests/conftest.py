@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 # One intra-op thread for the whole suite: the models here are tiny, several tests start subprocesses (DDP, SIGKILL,
 # torchrun), and on a busy 2-core machine two spin-waiting OpenMP threads per process were measured 5-50x slower.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # what imgcls's thread choice honours (run.threads unset), here and in subprocesses
 
 TINY = [
     "data.name=digits",

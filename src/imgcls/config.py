@@ -186,6 +186,7 @@ class RunConfig:
     dir: str = "runs"
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int | None = None  # CPU intra-op threads (train, eval, study, bench, serve); null: the idle cores at start
     resume: str | None = None  # a checkpoint path, a run folder, or "auto" (latest unfinished run with this name)
     deterministic: bool = False
     # experiment tracker, writing inside the run folder; tensorboard falls back to none (one warning) if not installed
@@ -564,5 +565,7 @@ def validate_config(cfg: Config) -> None:
             "valid: val_acc, val_loss"
         )
     checkpoint_interval(cfg.run.checkpoint_every)  # raises on a bad value
+    if cfg.run.threads is not None and cfg.run.threads < 1:
+        raise ConfigError(f"bad value {cfg.run.threads} for 'run.threads': must be >= 1, or null for the idle cores")
     if not cfg.run.progress_interval > 0:
         raise ConfigError(f"bad value {cfg.run.progress_interval} for 'run.progress_interval': must be > 0 (seconds)")

@@ -59,7 +59,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from imgcls.evaluate.run_eval import run_eval  # deferred
+    from imgcls.engine.threads import apply_threads  # deferred
+    from imgcls.evaluate.run_eval import run_eval
+
+    apply_threads(args.threads)
 
     run_eval(
         args.checkpoint,
@@ -185,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the idle cores, as run.threads)")
     p.add_argument("--ensemble", nargs="*", default=[], metavar="CKPT", help="more checkpoints to average with")
     p.add_argument(
         "--ensemble-mode",

@@ -71,6 +71,7 @@ from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, new_run_dir, record_resume
 from imgcls.engine.schedules import PlateauState, lr_multiplier
+from imgcls.engine.threads import apply_threads
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
 
@@ -655,6 +656,7 @@ def train(
     """
     check_config(cfg)
     t_start = time.perf_counter()
+    threads = apply_threads(cfg.run.threads)
     use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
     dist = init_distributed("cuda" if use_cuda else "cpu")
     run: RunFolder | None = None
@@ -666,7 +668,7 @@ def train(
         state = restore(s, ckpt)
         state.started = t_start  # this session's seconds include loading the data and building the model
         run = open_run_folder(s, resume_path, state.epoch)
-        _announce(s, run, resume_path, ckpt)
+        _announce(s, run, resume_path, ckpt, threads)
         _epoch_loop(s, state, run, hooks or {})
         result = finish(s, state, run)
         if dist.is_main:
@@ -679,14 +681,17 @@ def train(
         cleanup_distributed()
 
 
-def _announce(s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dict[str, Any] | None) -> None:
+def _announce(
+    s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dict[str, Any] | None, threads: tuple[int, str]
+) -> None:
     cfg, p, n = s.cfg, s.preprocess, sum(q.numel() for q in s.model.parameters())
     _say(s.dist, f"run folder: {run.path}")
     _say(
         s.dist,
         f"data: {cfg.data.name} train={len(s.splits.train)} val={len(s.splits.val or [])} "
         f"test={len(s.splits.test or [])} classes={s.splits.num_classes} input={p.in_chans}x{p.image_size}x"
-        f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}",
+        f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}"
+        + (f" ({threads[0]} threads: {threads[1]})" if s.device.type == "cpu" else ""),
     )
     if ckpt is not None:
         within = f", batch {ckpt['batch']} of epoch {ckpt['epoch'] + 1}" if ckpt.get("batch") else ""

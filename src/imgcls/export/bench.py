@@ -24,6 +24,7 @@ from imgcls.config import build_config, to_dict
 from imgcls.data.build import build_splits, resolve_preprocess
 from imgcls.engine.build import build_model_for, load_model, seed_everything
 from imgcls.engine.checkpoint import FORMAT_VERSION, save_checkpoint
+from imgcls.engine.threads import choose_threads
 from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
 from imgcls.export.quantize import quantize_onnx
 from imgcls.export.timing import measure
@@ -158,7 +159,7 @@ def bench(
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     old_threads = torch.get_num_threads()
-    threads = int(threads or old_threads)
+    threads = choose_threads(threads)[0]  # run.threads' policy: the idle cores unless told
     torch.set_num_threads(threads)
     notes: list[str] = []
     tmp_ctx = tempfile.TemporaryDirectory(prefix="imgcls-bench-") if workdir is None else None

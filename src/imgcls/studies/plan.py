@@ -16,7 +16,7 @@ from imgcls.studies.definitions import CKPT_REF, DATASETS, StudyDefinition, Vari
 
 #: config keys that do not change what is trained (ignored when looking for a finished run to reuse); "" is the root
 INCIDENTAL = {
-    "run": ("dir", "name", "progress", "tracker", "report", "resume", "log_interval"),
+    "run": ("dir", "name", "progress", "progress_interval", "tracker", "report", "resume", "log_interval", "threads"),
     "data": ("download",),  # whether missing files may be fetched, not which data
     "": ("preset",),
 }

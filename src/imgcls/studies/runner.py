@@ -85,6 +85,8 @@ def run_study(
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     extra = [*overrides, *([f"training.epochs={epochs}"] if epochs is not None else [])]
+    if threads:  # every run's own thread choice (run.threads; incidental: it does not change what is trained)
+        extra.append(f"run.threads={threads}")
     n_seeds = seeds if seeds is not None else study.seeds
     if n_seeds < 1:
         raise ConfigError("--seeds must be >= 1")

@@ -27,7 +27,15 @@ from imgcls.plotting import plot_curves
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
-INCIDENTAL_KEYS = ("run.dir", "run.resume", "run.progress", "run.log_interval", "run.tracker")
+INCIDENTAL_KEYS = (
+    "run.dir",
+    "run.resume",
+    "run.progress",
+    "run.progress_interval",
+    "run.log_interval",
+    "run.tracker",
+    "run.threads",
+)
 
 #: curves of ``curves.png`` (metrics.csv column, axis title), drawn by :func:`imgcls.plotting.plot_curves`;
 #: missing or empty columns are skipped
