@@ -235,14 +235,17 @@ def test_study_plot_several_seeds_dots_error_bars_and_noise_band(monkeypatch):
     study = StudyDefinition(
         name="t", title="T", shows="", concept="x", variants=(Variant("a"), Variant("b"), Variant("c"))
     )
-    rows = _rows({"a": [0.90, 0.92, 0.91], "b": [0.915, 0.925, 0.92], "c": [0.80, 0.81, 0.79]})
+    rows = _rows({"a": [0.91, 0.92, 0.915], "b": [0.915, 0.925, 0.92], "c": [0.80, 0.81, 0.79]})
     fig = _study_figure(monkeypatch, study, rows)
     main_ax = fig.axes[0]
-    assert "(digits, 3 seeds)" in fig._suptitle.get_text() and "best: b;" in fig._suptitle.get_text()
+    assert (
+        "(digits, 3 seeds)" in fig._suptitle.get_text()
+        and "best: b (a within noise of it);" in fig._suptitle.get_text()
+    )
     bars = [c for c in main_ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 1 and not [p for p in main_ax.patches if p.get_width() == 0.8]  # dots, not bars
     spans = [seg[1][1] - seg[0][1] for seg in bars[0].lines[2][0].get_segments()]
-    assert spans == pytest.approx([2.0, 1.0, 2.0])  # ± 1 std of each variant's seeds, in points
+    assert spans == pytest.approx([1.0, 1.0, 2.0])  # ± 1 std of each variant's seeds, in points
     assert [t.get_fontweight() for t in main_ax.get_xticklabels()] == ["normal", "bold", "normal"]
     band = [p for p in main_ax.patches if p.get_label().startswith("noise around the best")]
     assert len(band) == 1  # best b (92.0%) ± 2 std of its seeds (0.5 pts), at least the floor on 1000 images

@@ -154,6 +154,9 @@ def _noise_band(ax: Any, panel: _Panel, summary: Summary, best: list[str], n_tes
     ax.axhspan(centre - half, centre + half, color=_COLOR, alpha=0.12, zorder=1, label=label)
     if source.startswith("2 std"):
         source = "2 std of the best's seeds"
+    inside = [n for n, m in zip(panel.names, panel.means, strict=True) if n not in best and abs(m - centre) < half]
+    if inside:
+        who += f" ({', '.join(inside)} within noise of it)"
     return f"{who}; band: ± {source}"
 
 
