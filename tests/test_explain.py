@@ -16,6 +16,7 @@ from imgcls.config import build_config, to_dict
 from imgcls.engine.checkpoint import atomic_save
 from imgcls.explain.attention import all_attention_maps, attention_rollout, layer_attention
 from imgcls.explain.embeddings import extract_features, project
+from imgcls.explain.figures import Prediction, explanation_figure
 from imgcls.explain.gradcam import GradCAM, find_cam_layer, overlay_heatmap, save_png
 from imgcls.models import create_model, list_models
 
@@ -145,6 +146,37 @@ def test_overlay_png(tmp_path, shape_model):
     assert Image.open(path).size == (64, 64)
 
 
+def _image_axes(fig):
+    return [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+
+
+def test_explanation_figure_reads_as_input_overlay_class_probability_and_colour_bar(shape_model):
+    """What a person needs to read a heat map: the input beside the overlay, the predicted class and its probability,
+    the true class when known, which class the map explains, and a colour bar that says what the colours mean."""
+    model, (x, y, _) = shape_model
+    cam = GradCAM(model)
+    maps, logits = cam(x[:1])
+    probs = logits.softmax(1)[0]
+    pred = Prediction.from_probs(probs, ["square", "plus"], true=int(y[0]))
+    fig = explanation_figure(x[0] * 0.5 + 0.5, maps[0].numpy(), prediction=pred, method="Grad-CAM (stages.1)")
+    panels = _image_axes(fig)
+    assert len(panels) == 2
+    assert panels[0].get_title().startswith("input") and panels[1].get_title() == "Grad-CAM (stages.1)"
+    assert panels[0].images[0].get_array().shape[:2] == panels[1].images[0].get_array().shape[:2] == (16, 16)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "evidence" in bars[0].get_ylabel() and bars[0].get_ylim() == (0.0, 1.0)
+    title = fig._suptitle.get_text()
+    name = ["square", "plus"][int(probs.argmax())]
+    assert f"predicted {name} ({100 * float(probs.max()):.1f}%)" in title
+    assert f"true {['square', 'plus'][int(y[0])]} (correct)" in title and "for the predicted class" in title
+    # explaining the other class says so, with that class's probability; an unknown true class is not invented
+    other = 1 - int(probs.argmax())
+    pred = Prediction.from_probs(probs, ["square", "plus"], explained=other)
+    title = explanation_figure(x[0], maps[0].numpy(), prediction=pred, method="Grad-CAM++ (l)")._suptitle.get_text()
+    assert f"Grad-CAM++ for class {['square', 'plus'][other]} ({100 * float(probs[other]):.1f}%)" in title
+    assert "true" not in title
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # ViT attention
 # --------------------------------------------------------------------------------------------------------------------
@@ -244,6 +276,12 @@ def _fake_run(tmp_path: Path, model_name: str) -> Path:
     return run
 
 
+def save_png_of(fig, path):
+    from imgcls.plotting import save_figure
+
+    return save_figure(fig, path, dpi=110)
+
+
 def _digit_png(tmp_path: Path) -> Path:
     from sklearn.datasets import load_digits
 
@@ -253,14 +291,28 @@ def _digit_png(tmp_path: Path) -> Path:
     return path
 
 
-def test_explain_gradcam_cli(tmp_path, capsys):
+def test_explain_gradcam_cli(tmp_path, capsys, monkeypatch):
+    import imgcls.explain.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, **kw: drawn.append(fig) or save_png_of(fig, path))
     run = _fake_run(tmp_path, "simple_cnn_tiny")
     img = _digit_png(tmp_path)
-    assert main(["explain", "gradcam", str(run), str(img), "--plus-plus", "--class", "3"]) == 0
+    assert main(["explain", "gradcam", str(run), str(img), "--plus-plus", "--class", "3", "--true", "0"]) == 0
     out = list((run / "explain" / "gradcam").glob("digit0_gradcampp_3.png"))
-    assert len(out) == 1 and Image.open(out[0]).size[0] >= 224
+    width, height = Image.open(out[0]).size
+    assert len(out) == 1 and width >= 600 and width > 1.5 * height  # input | overlay side by side
+    title = drawn[0]._suptitle.get_text()
+    assert "predicted " in title and "%) · true 0 (" in title and "Grad-CAM++ for class 3" in title
+    assert len(_image_axes(drawn[0])) == 2 and any(ax.get_label() == "<colorbar>" for ax in drawn[0].axes)
+    # the true class from the ImageFolder layout (the parent folder is a class name)
+    (tmp_path / "7").mkdir()
+    img.rename(tmp_path / "7" / img.name)
+    img = tmp_path / "7" / img.name
+    assert main(["explain", "gradcam", str(run), str(img), "--out", str(tmp_path / "f")]) == 0
+    assert "true 7" in drawn[-1]._suptitle.get_text()
     assert main(["explain", "gradcam", str(run), str(img), "--layer", "stages.0", "--out", str(tmp_path / "o")]) == 0
-    assert len(list((tmp_path / "o").glob("*.png"))) == 1
+    assert len(list((tmp_path / "o").glob("*.png"))) == 1 and drawn[-1].axes[1].get_title() == "Grad-CAM (stages.0)"
     assert "stages.0" in capsys.readouterr().out
     assert main(["explain", "gradcam", str(run), str(img), "--layer", "bogus"]) == 2
     assert "no layer 'bogus'" in capsys.readouterr().err
@@ -268,12 +320,24 @@ def test_explain_gradcam_cli(tmp_path, capsys):
 
 
 @needs_vit
-def test_explain_attention_cli(tmp_path, capsys):
+def test_explain_attention_cli(tmp_path, capsys, monkeypatch):
+    import imgcls.explain.attention as attention
+    import imgcls.explain.figures as figures
+
+    drawn = {}
+    for module in (attention, figures):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path, **kw: drawn.setdefault(Path(path).name, fig))
     run = _fake_run(tmp_path, "vit_micro")
     img = _digit_png(tmp_path)
-    assert main(["explain", "attention", str(run), str(img), "--layer-idx", "0", "--rollout"]) == 0
-    names = sorted(p.name for p in (run / "explain" / "attention").glob("*.png"))
-    assert names == ["digit0_attention_layer0.png", "digit0_rollout.png"]
+    assert main(["explain", "attention", str(run), str(img), "--layer-idx", "0", "--rollout", "--true", "0"]) == 0
+    assert sorted(drawn) == ["digit0_attention_layer0.png", "digit0_rollout.png"]
+    rollout, heads = drawn["digit0_rollout.png"], drawn["digit0_attention_layer0.png"]
+    assert len(_image_axes(rollout)) == 2 and rollout.axes[1].get_title().startswith("attention rollout")
+    assert "predicted " in rollout._suptitle.get_text() and "true 0" in rollout._suptitle.get_text()
+    n_heads = create_model("vit_micro", num_classes=10, in_chans=1, image_size=16).num_heads
+    assert len(_image_axes(heads)) == 1 + n_heads
+    assert sum(ax.get_label() == "<colorbar>" for ax in heads.axes) == 1
+    assert heads._suptitle.get_text().startswith("class-token attention, layer 1 of ")
     cnn = _fake_run(tmp_path, "simple_cnn_tiny")
     assert main(["explain", "attention", str(cnn), str(img)]) == 2
     assert "gradcam" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import re
 import shutil
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from imgcls.cli import main
 from imgcls.config import build_config
@@ -17,6 +20,7 @@ from imgcls.evaluate.metrics import compute_metrics
 from imgcls.evaluate.post_run import train_and_report as train
 from imgcls.evaluate.report import REPORT_SECTIONS, confidently_wrong, render_report, write_report
 from imgcls.evaluate.run_eval import run_eval
+from imgcls.evaluate.training_curves import plot_training_curves
 
 TINY = [
     "data.name=digits",
@@ -57,6 +61,12 @@ def test_training_ends_with_the_report(run_dir):
     gallery = page.split('<section id="confidently-wrong">')[1].split("</section>")[0]
     assert "Grad-CAM (stages.1)" in gallery and gallery.count("class='card'") == 12
     assert "<script" in page and "http://" not in page and "https://" not in page  # self-contained
+    # the run's resolved config, collapsed, every section of it there
+    config = page.split('<section id="config">')[1].split("</section>")[0]
+    assert "<details id='resolved-config'><summary>Resolved config: simple_cnn_tiny on digits, 2 epochs" in config
+    body = yaml.safe_load(html.unescape(config.split("<pre>")[1].split("</pre>")[0]))
+    assert body["model"]["name"] == "simple_cnn_tiny" and body["training"]["optimizer"]["lr"] == 0.05
+    assert body["data"]["subset"] == 300 and {"data", "model", "training", "augmentation", "run"} <= set(body)
 
 
 def test_report_flag_off(tmp_path):
@@ -135,6 +145,7 @@ def test_report_without_run_or_model_and_gallery_order(tmp_path):
     page = path.read_text()
     assert _sections(page) == list(REPORT_SECTIONS)
     assert "no metrics.csv" in page and "toy &amp; test" in page and "b&lt;c" in page
+    assert "no config: the checkpoint and the run folder have none" in page
     assert "b<c" not in page
     idx = confidently_wrong(probs, t, k=5)
     conf = probs.max(1).values
@@ -198,3 +209,48 @@ def test_one_final_evaluation_shared_by_summary_and_report_and_tta_is_labelled(t
     assert summary["test_tta"] == 2 and metrics["tta"] == 2
     assert "loss" in out and ", TTA 2 views) from the best checkpoint" in out
     assert "(test, TTA 2 views: accuracy" in out and "(TTA 2 views)" in out.split("TEST ACCURACY")[1].splitlines()[0]
+
+
+def _write_metrics(folder: Path, val_acc: list[float], *, ema: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc", "lr"])
+        for i, acc in enumerate(val_acc):
+            ema_cells = [1.1 - acc, acc - 0.01] if ema else ["", ""]
+            w.writerow([i + 1, 2.0 - 0.2 * i, 0.3 + 0.1 * i, 1.0 - acc, acc, *ema_cells, 0.05 * (1 - i / len(val_acc))])
+    return path
+
+
+def _panel_lines(ax) -> dict[str, object]:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_training_curves_have_a_legend_whole_epochs_and_the_best_epoch(tmp_path):
+    """Each panel has a legend in words (train, val, EMA val), whole-number epoch ticks, and a dashed line at the
+    epoch of the checkpoint the report evaluates, labelled with its score."""
+    csv_path = _write_metrics(tmp_path / "run", [0.5, 0.7, 0.9, 0.85, 0.8])
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"best_epoch": 3, "best_val_acc": 0.9}))
+    fig = plot_training_curves(csv_path)
+    loss, acc, lr = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "learning rate (end of epoch)"]
+    for ax, expected in ((loss, ["train", "val", "EMA val"]), (acc, ["train", "val", "EMA val"]), (lr, ["lr"])):
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == [*expected, "best epoch 3 (val_acc 0.9)"]
+        marker = _panel_lines(ax)["best epoch 3 (val_acc 0.9)"]
+        assert list(marker.get_xdata()) == [3, 3] and marker.get_linestyle() == "--"
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 5]
+        assert ticks == [1, 2, 3, 4, 5] and ax.get_xlabel() == "epoch" and ax.get_ylabel()
+    assert lr.get_ylim()[0] == 0.0 and lr.yaxis.get_major_formatter()(0.0375, 0) == "0.0375"
+    # no summary.json (an unfinished run): the best of the monitored column, and the label says where it came from
+    csv_path = _write_metrics(tmp_path / "unfinished", [0.5, 0.7, 0.6], ema=False)
+    fig = plot_training_curves(csv_path)
+    assert "best epoch 2 (val_acc 0.7, from metrics.csv)" in _panel_lines(fig.axes[1])
+    assert "EMA val" not in _panel_lines(fig.axes[1])  # an empty column is not drawn
+    fig = plot_training_curves(csv_path, config={"training": {"early_stopping": {"monitor": "val_loss"}}})
+    assert "best epoch 2 (val_loss 0.3, from metrics.csv)" in _panel_lines(fig.axes[0])
+    # chosen by the EMA model's score: the label says so
+    ema = {"training": {"ema": {"enabled": True, "use_for_best": True}}}
+    fig = plot_training_curves(tmp_path / "run" / "metrics.csv", config=ema)
+    assert "best epoch 3 (EMA val_acc 0.9)" in _panel_lines(fig.axes[0])

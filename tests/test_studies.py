@@ -196,6 +196,97 @@ def test_reading_names_winner_gap_and_noise():
     assert "Last: **c**" in text and "c -11.0 pts (beyond noise)" in text and "Expect things." in text
 
 
+def _study_figure(monkeypatch, study, rows):
+    import imgcls.studies.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: drawn.append(fig) or path)
+    plots.plot_results(study, aggregate(rows, study.names), rows, Path("study.png"), "digits")
+    return drawn[0]
+
+
+def _legend_labels(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_study_plot_one_seed_tie_has_no_error_bars_and_no_winner(monkeypatch):
+    """One seed: the title says so and no error bars are drawn; equal means are all marked tied best (none bold
+    alone); the train-time bars start at zero."""
+    from matplotlib.container import ErrorbarContainer
+
+    study = StudyDefinition(name="t", title="T", shows="", concept="x", variants=(Variant("a"), Variant("b")))
+    fig = _study_figure(monkeypatch, study, _rows({"a": [0.10], "b": [0.10]}))
+    main_ax, time_ax = fig.axes
+    title = fig._suptitle.get_text()
+    assert "(digits, 1 seed)" in title and "no error bars" in title and "tied best: a, b" in title
+    assert "± std" not in title
+    assert not [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert "tied best" in _legend_labels(main_ax) and "best" not in _legend_labels(main_ax)
+    assert [t.get_fontweight() for t in main_ax.get_xticklabels()] == ["bold", "bold"]
+    # the 1-seed noise band is the test-set sampling floor (2 binomial s.e. on 1000 images: 1.9 pts)
+    assert any(label.startswith("noise around the best (± 1.9 pts") for label in _legend_labels(main_ax))
+    assert time_ax.get_ylim()[0] == 0.0 and time_ax.get_ylabel() == "train time (s)"
+
+
+def test_study_plot_several_seeds_dots_error_bars_and_noise_band(monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    study = StudyDefinition(
+        name="t", title="T", shows="", concept="x", variants=(Variant("a"), Variant("b"), Variant("c"))
+    )
+    rows = _rows({"a": [0.91, 0.92, 0.915], "b": [0.915, 0.925, 0.92], "c": [0.80, 0.81, 0.79]})
+    fig = _study_figure(monkeypatch, study, rows)
+    main_ax = fig.axes[0]
+    assert (
+        "(digits, 3 seeds)" in fig._suptitle.get_text()
+        and "best: b (a within noise of it);" in fig._suptitle.get_text()
+    )
+    bars = [c for c in main_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1 and not [p for p in main_ax.patches if p.get_width() == 0.8]  # dots, not bars
+    spans = [seg[1][1] - seg[0][1] for seg in bars[0].lines[2][0].get_segments()]
+    assert spans == pytest.approx([1.0, 1.0, 2.0])  # ± 1 std of each variant's seeds, in points
+    assert [t.get_fontweight() for t in main_ax.get_xticklabels()] == ["normal", "bold", "normal"]
+    band = [p for p in main_ax.patches if p.get_label().startswith("noise around the best")]
+    assert len(band) == 1  # best b (92.0%) ± 2 std of its seeds (0.5 pts), at least the floor on 1000 images
+    lo, hi = band[0].get_y(), band[0].get_y() + band[0].get_height()
+    assert (lo, hi) == (pytest.approx(91.0), pytest.approx(93.0))
+    assert "best" in _legend_labels(main_ax)
+    assert 0 < main_ax.get_ylim()[0] and main_ax.get_ylim()[1] <= 100  # a dot plot may zoom; percentages stay in range
+    assert fig.axes[1].get_ylim()[0] == 0.0
+
+
+def test_study_plot_sweep_is_a_line_with_the_same_honesty(monkeypatch):
+    study = StudyDefinition(
+        name="t",
+        title="T",
+        shows="",
+        concept="x",
+        plot="line",
+        x_log=True,
+        x_label="lr",
+        variants=(Variant("lr 0.01", x=0.01), Variant("lr 0.1", x=0.1), Variant("lr 1", x=1.0)),
+    )
+    fig = _study_figure(monkeypatch, study, _rows({"lr 0.01": [0.5], "lr 0.1": [0.6], "lr 1": [0.6]}))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "lr" and len(ax.lines) == 1
+    assert "1 seed" in fig._suptitle.get_text() and "tied best: lr 0.1, lr 1" in fig._suptitle.get_text()
+
+
+def test_reading_of_a_tie_names_no_winner_and_no_last():
+    study = StudyDefinition(
+        name="t", title="t", shows="", concept="x", variants=(Variant("a"), Variant("b"), Variant("c"))
+    )
+    rows = [{**r, "train_s": 2.0} for r in _rows({"a": [0.5], "b": [0.5], "c": [0.5]})]
+    text = make_reading(study, aggregate(rows, study.names), rows)
+    assert text.startswith("**a**, **b**, **c** tie on test accuracy at 50.0% (1 seed).")
+    assert "Last:" not in text and "has the best" not in text
+    assert "Train time (s): all tie at 2.0." in text
+    rows = _rows({"a": [0.5], "b": [0.5], "c": [0.4]})
+    text = make_reading(study, aggregate(rows, study.names), rows)
+    assert text.startswith("**a**, **b** tie on test accuracy") and "Last: **c**" in text
+
+
 def test_study_bad_input():
     with pytest.raises(ConfigError, match="unknown study"):
         run_study("optimizer")

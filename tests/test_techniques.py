@@ -522,9 +522,36 @@ def test_lr_range_test_restores_weights_and_suggests(tmp_path: Path) -> None:
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
     assert result.suggested_lr is not None and 1e-4 <= result.suggested_lr <= 100.0
     assert plot_lr_find(result, tmp_path / "f.png").is_file()
+    assert result.extra["smooth_beta"] == 0.98
     # steepest descent of a known curve: loss = -tanh(log10(lr)) falls fastest at lr = 1
     lrs = [10 ** (e / 10) for e in range(-30, 31)]
     assert suggest_lr(lrs, [-math.tanh(math.log10(v)) for v in lrs]) == pytest.approx(1.0)
+
+
+def test_lr_find_figure_shows_raw_and_smoothed_loss_and_the_suggestion() -> None:
+    """A person reading the plot sees every step's raw loss (not clipped away by limits fitted to the smoothed
+    curve), the bold smoothed loss it is judged by, the suggested lr on it, and where the sweep stopped."""
+    from imgcls.engine.lr_tools import LrFindResult, lr_find_figure
+
+    lrs = [10 ** (e / 10) for e in range(-40, 11)]
+    raw = [2.3 - 1.5 / (1 + math.exp(-3 * math.log10(v) - 3)) + 0.1 * math.sin(7 * i) for i, v in enumerate(lrs)]
+    raw[-1] = 50.0  # a divergence spike
+    smoothed = [2.3 - 1.0 / (1 + math.exp(-3 * math.log10(v) - 2)) for v in lrs]
+    result = LrFindResult(lrs, raw, smoothed, 0.1, diverged=True, extra={"smooth_beta": 0.98})
+    fig = lr_find_figure(result, title="t")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    raw_line = next(line for label, line in lines.items() if label.startswith("loss per step (raw)"))
+    assert list(raw_line.get_ydata()) == raw and raw_line.get_alpha() < 0.5  # light, every step
+    assert lines["smoothed (EMA, beta 0.98)"].get_linewidth() > 2 * raw_line.get_linewidth()  # bold
+    assert ax.get_ylim()[0] < min(raw) < max(raw[:-1]) < ax.get_ylim()[1]  # the raw loss is in view...
+    assert "1 above the axis" in raw_line.get_label()  # ...but for the spike, which is counted
+    marker = lines["suggested lr 0.1 (steepest descent)"]
+    assert list(marker.get_xdata()) == [0.1] and marker.get_ydata()[0] == pytest.approx(
+        smoothed[30]
+    )  # lr 0.1 is step 30
+    assert any(label.startswith("stopped at lr 10: diverged") for label in lines)
+    assert ax.get_xscale() == "log" and ax.get_legend() is not None
 
 
 def test_lr_find_on_digits(tmp_path: Path) -> None:

@@ -57,9 +57,19 @@ def _images(predictor, paths: list[str]):  # noqa: ANN001, ANN202
         yield path, raw, predictor.transform(raw)
 
 
+def _true_class(path: str, classes: list[str], given: str | None) -> int | None:
+    """The true class of an image: ``--true`` when given, else its parent folder when that is a class name (the
+    ImageFolder layout, ``root/<class>/<image>``), else unknown."""
+    if given is not None:
+        return _class_index(given, classes)
+    parent = Path(path).resolve().parent.name
+    return classes.index(parent) if parent in classes else None
+
+
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from imgcls.evaluate.infer import Predictor
-    from imgcls.explain.gradcam import GradCAM, overlay_heatmap, save_png
+    from imgcls.explain.figures import Prediction, save_explanation
+    from imgcls.explain.gradcam import GradCAM
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
     classes = predictor.classes
@@ -67,13 +77,23 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     target = _class_index(args.target_class, classes)
     out = _out_dir(args, predictor.checkpoint["path"], "gradcam")
     name = "gradcampp" if args.plus_plus else "gradcam"
+    method = f"{'Grad-CAM++' if args.plus_plus else 'Grad-CAM'} ({cam.layer_name})"
     n = 0
     for path, raw, x in _images(predictor, args.images):
         maps, logits = cam(x[None], target)
         probs = logits.softmax(1)[0]
         shown = int(probs.argmax()) if target is None else target
-        overlay = overlay_heatmap(_display_base(raw, predictor.preprocess.image_size), maps[0].numpy())
-        dest = save_png(overlay, out / f"{Path(path).stem}_{name}_{classes[shown]}.png")
+        prediction = Prediction.from_probs(
+            probs, classes, explained=target, true=_true_class(path, classes, args.true_class)
+        )
+        dest = save_explanation(
+            out / f"{Path(path).stem}_{name}_{classes[shown]}.png",
+            _display_base(raw, predictor.preprocess.image_size),
+            maps[0].numpy(),
+            prediction=prediction,
+            method=method,
+            source=Path(path).name,
+        )
         print(
             f"{path}: predicted {classes[int(probs.argmax())]} ({float(probs.max()):.3f}); {name} for "
             f"'{classes[shown]}' at {cam.layer_name} -> {dest}"
@@ -85,7 +105,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from imgcls.evaluate.infer import Predictor
     from imgcls.explain.attention import attention_rollout, layer_attention, save_head_grid, upsample_map
-    from imgcls.explain.gradcam import overlay_heatmap, save_png
+    from imgcls.explain.figures import Prediction, save_explanation
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
     model = predictor.model
@@ -95,21 +115,34 @@ def cmd_attention(args: argparse.Namespace) -> int:
             "use 'imgcls explain gradcam' for CNNs"
         )
     out = _out_dir(args, predictor.checkpoint["path"], "attention")
+    n_layers = len(getattr(model, "blocks", ())) or None
+    known = n_layers is not None and -n_layers <= args.layer_idx < n_layers
+    layer = f"layer {args.layer_idx % n_layers + 1} of {n_layers}" if known else f"layer index {args.layer_idx}"
     n = 0
     for path, raw, x in _images(predictor, args.images):
         base = _display_base(raw, predictor.preprocess.image_size)
+        probs = predictor.predict_proba(x[None])[0]
+        prediction = Prediction.from_probs(
+            probs, predictor.classes, true=_true_class(path, predictor.classes, args.true_class)
+        )
         heads = layer_attention(model, x[None], args.layer_idx)[0]
         dest = save_head_grid(
             base,
             heads,
             out / f"{Path(path).stem}_attention_layer{args.layer_idx}.png",
-            title=f"class-token attention, layer {args.layer_idx}",
+            title=f"class-token attention, {layer} · {prediction.headline()}",
         )
         print(f"{path}: layer {args.layer_idx} attention ({heads.shape[0]} heads) -> {dest}")
         if args.rollout:
             grid = attention_rollout(model, x[None], head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
-            overlay = overlay_heatmap(base, upsample_map(grid[0], base.shape[:2]))
-            dest = save_png(overlay, out / f"{Path(path).stem}_rollout.png")
+            dest = save_explanation(
+                out / f"{Path(path).stem}_rollout.png",
+                base,
+                upsample_map(grid[0], base.shape[:2]),
+                prediction=prediction,
+                method=f"attention rollout ({args.head_fusion} over heads)",
+                source=Path(path).name,
+            )
             print(f"{path}: attention rollout -> {dest}")
         n += 1
     return 0 if n == len(args.images) else 2
@@ -148,6 +181,15 @@ def _guarded(fn):  # noqa: ANN001, ANN202
     return run
 
 
+def _add_true_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--true",
+        dest="true_class",
+        default=None,
+        help="the images' true class, for the title (default: the parent folder when it is a class name)",
+    )
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``imgcls explain`` and its subcommands."""
     explain = subparsers.add_parser("explain", help="Grad-CAM, ViT attention and feature embeddings of a checkpoint")
@@ -159,6 +201,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default=None, help="dotted module name (default: the model's cam_layer / last conv)")
     p.add_argument("--plus-plus", action="store_true", help="Grad-CAM++ weighting")
     p.add_argument("--class", dest="target_class", default=None, help="class name or index (default: predicted)")
+    _add_true_flag(p)
     p.add_argument("--out", default=None, help="output folder (default: <run>/explain/gradcam)")
     p.set_defaults(func=_guarded(cmd_gradcam))
 
@@ -169,6 +212,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rollout", action="store_true", help="also write the attention rollout over all layers")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
     p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of weak weights")
+    _add_true_flag(p)
     p.add_argument("--out", default=None, help="output folder (default: <run>/explain/attention)")
     p.set_defaults(func=_guarded(cmd_attention))
 

@@ -11,15 +11,17 @@ import argparse
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from imgcls.config import ConfigError
-    from imgcls.tune.compare import CompareError, compare, print_comparison
+    from imgcls.tune.compare import CompareError, compare
+    from imgcls.tune.table import print_comparison
 
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         comparison, outputs = compare(
             args.runs, all_runs=args.all, runs_dir=args.runs_dir, out_dir=args.out, keep_all=args.keep_all
         )
+        print_comparison(comparison, columns=columns, width=args.width, transpose=args.transpose)
     except CompareError as e:
         raise ConfigError(str(e)) from None
-    print_comparison(comparison)
     print(f"written: {outputs.markdown}, {outputs.csv}, {outputs.curves or '(no curves)'}, {outputs.html}")
     return 0
 
@@ -54,6 +56,19 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default=None, help="output folder (default: <runs-dir>/compare-<timestamp>)")
     p.add_argument("--keep-all", action="store_true", help="also show run.dir and other incidental keys")
+    p.add_argument(
+        "--columns",
+        default=None,
+        metavar="A,B,...",
+        help="the terminal table's columns, names or patterns (e.g. 'training.*,test_acc'); the files keep all",
+    )
+    p.add_argument("--width", type=int, default=None, help="fit the table to this many characters (default: terminal)")
+    p.add_argument(
+        "--transpose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one row per column and one column per run (default: only when one row per run does not fit)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser(

@@ -235,36 +235,65 @@ def lr_range_test(
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
     return LrFindResult(
-        lrs=lrs, losses=losses, smoothed=smoothed, suggested_lr=suggest_lr(lrs, smoothed), diverged=diverged
+        lrs=lrs,
+        losses=losses,
+        smoothed=smoothed,
+        suggested_lr=suggest_lr(lrs, smoothed),
+        diverged=diverged,
+        extra={"smooth_beta": smooth_beta},
     )
 
 
-def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range test") -> Path:
-    """Loss against lr (log scale): raw, smoothed, and the suggestion."""
-    fig = Figure(figsize=(7, 4), dpi=120)  # a plain Figure (Agg canvas), never pyplot: no global backend state
+def lr_find_figure(result: LrFindResult, title: str = "LR range test") -> Figure:
+    """Loss against lr (log x): every step's raw loss (light), the smoothed loss it is judged by (bold), the suggested
+    lr marked on it, and where the sweep stopped when the loss diverged.
+
+    The y axis spans the raw loss, from its lowest value to a little above where it starts, so that the noise the
+    smoothing removes stays visible; spikes above that (divergence) are clipped and counted in the legend.
+    """
+    fig = Figure(figsize=(7.5, 4.4), dpi=120)  # a plain Figure (Agg canvas), never pyplot: no global backend state
     ax = fig.subplots()
-    ax.plot(result.lrs, result.losses, color="lightgray", lw=1, label="loss")
-    ax.plot(result.lrs, result.smoothed, lw=1.8, label="smoothed loss")
+    raw, smooth = np.asarray(result.losses, dtype=np.float64), np.asarray(result.smoothed, dtype=np.float64)
+    lo = hi = None
+    if len(raw):
+        head = raw[: max(5, len(raw) // 2)]
+        lo = float(min(raw.min(), smooth.min()))
+        hi = float(max(smooth[0], np.percentile(head, 90)))
+        pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
+        lo, hi = lo - pad, hi + 2 * pad
+    clipped = int((raw > hi).sum()) if hi is not None else 0
+    raw_label = "loss per step (raw)" + (f", {clipped} above the axis" if clipped else "")
+    ax.plot(result.lrs, raw, color="tab:blue", alpha=0.35, lw=0.9, marker=".", ms=3, label=raw_label)
+    beta = result.extra.get("smooth_beta")
+    ax.plot(result.lrs, smooth, color="tab:blue", lw=2.2, label="smoothed" + (f" (EMA, beta {beta:g})" if beta else ""))
     if result.suggested_lr is not None:
-        ax.axvline(
-            result.suggested_lr,
+        i = int(np.argmin(np.abs(np.log(np.asarray(result.lrs)) - math.log(result.suggested_lr))))
+        ax.axvline(result.suggested_lr, color="tab:red", ls="--", lw=1)
+        ax.plot(
+            [result.suggested_lr],
+            [smooth[i]],
+            "o",
             color="tab:red",
-            ls="--",
-            lw=1,
+            ms=7,
             label=f"suggested lr {result.suggested_lr:.2g} (steepest descent)",
         )
+    if result.diverged and result.lrs:
+        ax.axvline(result.lrs[-1], color="gray", ls=":", lw=1.2, label=f"stopped at lr {result.lrs[-1]:.2g}: diverged")
     ax.set_xscale("log")
-    if result.smoothed:
-        lo = min(result.smoothed)
-        hi = max(result.smoothed[: max(1, len(result.smoothed) // 2)] + [lo])
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-8), hi + 0.5 * (hi - lo + 1e-8))
-    ax.set_xlabel("learning rate")
+    if lo is not None:
+        ax.set_ylim(lo, hi)
+    ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
+
+
+def plot_lr_find(result: LrFindResult, out: str | Path, title: str = "LR range test") -> Path:
+    """:func:`lr_find_figure` written as a PNG; returns the path."""
+    return save_figure(lr_find_figure(result, title), out)
 
 
 def lr_find(

@@ -108,6 +108,7 @@ def write_run_report(
             meta=meta,
             title=title,
             outputs=test_outputs if split == "test" else None,
+            config=cfg or None,
         )
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:

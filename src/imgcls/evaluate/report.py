@@ -2,8 +2,9 @@
 
 Sections (each a ``<section id=...>``, listed in :data:`REPORT_SECTIONS`): summary numbers, classification report,
 confusion matrix heatmap, reliability diagram, per-class precision/recall/F1 bars, training curves (from the run's
-``metrics.csv``), most-confused class pairs, and a gallery of the most confidently wrong images with a heatmap of
-what drove the wrong prediction (Grad-CAM for CNNs, attention rollout for transformers).
+``metrics.csv``, the best epoch marked), most-confused class pairs, a gallery of the most confidently wrong images with
+a heatmap of what drove the wrong prediction (Grad-CAM for CNNs, attention rollout for transformers), and the run's
+resolved config (collapsed).
 
 :func:`write_run_report` is what training calls at its end; ``imgcls eval`` writes the same report through
 :func:`imgcls.evaluate.run_eval.evaluate_split`.
@@ -12,23 +13,26 @@ what drove the wrong prediction (Grad-CAM for CNNs, attention rollout for transf
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
+import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
 from imgcls.evaluate.calibration import ReliabilityBins, plot_reliability_diagram
+from imgcls.evaluate.training_curves import best_epoch, plot_training_curves, read_metrics_csv
 from imgcls.explain.attention import attention_rollout, upsample_map
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap, to_display_image
 
@@ -49,6 +53,7 @@ REPORT_SECTIONS = (
     "training-curves",
     "most-confused",
     "confidently-wrong",
+    "config",
 )
 
 _CSS = """
@@ -64,6 +69,7 @@ img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .card { border: 1px solid #ddd; border-radius: 4px; padding: 6px; font-size: 0.8em; width: 212px; }
 .card img { width: 100px; height: 100px; image-rendering: pixelated; }
 .note { color: #777; font-style: italic; }
+details > summary { cursor: pointer; font-weight: 600; } details pre { max-height: 36em; }
 """
 
 # marks images the browser could not decode (a headless-browser check reads data-broken-images)
@@ -167,48 +173,6 @@ def plot_per_class(metrics: dict[str, Any]) -> Figure:
     return fig
 
 
-def read_metrics_csv(path: str | Path) -> dict[str, np.ndarray]:
-    """A run's metrics.csv as columns of floats (NaN for empty cells)."""
-    with Path(path).open() as f:
-        rows = list(csv.DictReader(f))
-    cols: dict[str, np.ndarray] = {}
-    for key in rows[0] if rows else []:
-        values = []
-        for r in rows:
-            try:
-                values.append(float(r[key]))
-            except (TypeError, ValueError):
-                values.append(float("nan"))
-        cols[key] = np.array(values)
-    return cols
-
-
-def plot_training_curves(metrics_csv: str | Path) -> Figure | None:
-    """Loss, accuracy and learning rate per epoch from a run's metrics.csv (None if it has no rows)."""
-
-    cols = read_metrics_csv(metrics_csv)
-    if not cols or "epoch" not in cols or len(cols["epoch"]) == 0:
-        return None
-    ep = cols["epoch"]
-    fig = Figure(figsize=(12.0, 3.6))
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.22)  # fixed layout: faster to draw
-    axes = fig.subplots(1, 3)
-    for ax, keys, title in (
-        (axes[0], ("train_loss", "val_loss", "ema_val_loss"), "loss"),
-        (axes[1], ("train_acc", "val_acc", "ema_val_acc"), "accuracy"),
-        (axes[2], ("lr",), "learning rate (end of epoch)"),
-    ):
-        for key in keys:
-            if key in cols and not np.isnan(cols[key]).all():
-                ax.plot(ep, cols[key], marker="o", ms=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    return fig
-
-
 def plot_most_confused(pairs: Sequence[dict[str, Any]]) -> Figure | None:
     """Horizontal bars of the most-confused (true -> predicted) pairs (None when there are no mistakes)."""
 
@@ -218,6 +182,7 @@ def plot_most_confused(pairs: Sequence[dict[str, Any]]) -> Figure | None:
     ax = fig.subplots()
     labels = [f"{p['true']} -> {p['predicted']}" for p in pairs][::-1]
     ax.barh(labels, [p["count"] for p in pairs][::-1], color="#e45756")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts of images: no 0.2-image ticks
     ax.set_xlabel("images")
     ax.set_title("Most-confused pairs (true -> predicted)")
     return fig
@@ -396,6 +361,24 @@ def _tables_html(metrics: dict[str, Any]) -> tuple[str, str]:
     return pair_table, per_class_table
 
 
+def _config_html(config: Mapping[str, Any] | None) -> str:
+    """The run's resolved config as YAML in a collapsed ``<details>`` (its summary line says what it is)."""
+    if not config:
+        return "<p class='note'>no config: the checkpoint and the run folder have none</p>"
+    try:
+        text = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    except yaml.YAMLError:
+        text = json.dumps(config, indent=2, default=str)
+    model = (config.get("model") or {}).get("name", "?")
+    data = (config.get("data") or {}).get("name", "?")
+    epochs = (config.get("training") or {}).get("epochs", "?")
+    return (
+        f"<details id='resolved-config'><summary>Resolved config: {html.escape(str(model))} on "
+        f"{html.escape(str(data))}, {html.escape(str(epochs))} epochs (every key, as the run used it; click to "
+        f"expand)</summary>\n<pre>{html.escape(text)}</pre>\n</details>"
+    )
+
+
 def render_report(
     *,
     title: str,
@@ -403,8 +386,9 @@ def render_report(
     figures: dict[str, str | None],
     gallery: Sequence[dict[str, Any]],
     gallery_method: str | None,
+    config: Mapping[str, Any] | None = None,
 ) -> str:
-    """The HTML page from the metrics, base64 figures (by section id) and gallery cards."""
+    """The HTML page from the metrics, base64 figures (by section id), gallery cards and the run's config."""
 
     def section(sid: str, heading: str, body: str) -> str:
         return f'<section id="{sid}">\n<h2>{heading}</h2>\n{body}\n</section>\n'
@@ -446,6 +430,7 @@ def render_report(
             "most-confused", "Most-confused pairs", fig_or_note("most-confused", "most-confused pairs", "") + pair_table
         )
         + section("confidently-wrong", "Most confidently wrong", gallery_html)
+        + section("config", "Config", _config_html(config))
     )
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
@@ -468,6 +453,7 @@ def write_report(
     device: str | torch.device | None = None,
     title: str = "Evaluation report",
     gallery_size: int = 12,
+    config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Render every plot and write the self-contained report.
 
@@ -481,6 +467,8 @@ def write_report(
         device: unused (the model's own device is used); kept for symmetry with the callers.
         title: page title.
         gallery_size: number of confidently wrong images.
+        config: the run's resolved config (the checkpoint's) for the config section; default: the run folder's
+            ``config.yaml``.
 
     Returns:
         The path written.
@@ -500,8 +488,13 @@ def write_report(
         accuracy=np.array([np.nan if v is None else v for v in cal["accuracy"]], dtype=np.float64),
     )
     figures["calibration"] = figure_to_base64(plot_reliability_diagram(bins))
+    config_path = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    if config is None and config_path is not None and config_path.is_file():
+        config = yaml.safe_load(config_path.read_text()) or None
     csv_path = Path(run_dir) / "metrics.csv" if run_dir is not None else None
-    curves = plot_training_curves(csv_path) if csv_path is not None and csv_path.is_file() else None
+    curves = None
+    if csv_path is not None and csv_path.is_file():
+        curves = plot_training_curves(csv_path, best=best_epoch(run_dir, read_metrics_csv(csv_path), config))
     figures["training-curves"] = figure_to_base64(curves) if curves is not None else None
     confused = plot_most_confused(metrics.get("most_confused", []))
     figures["most-confused"] = figure_to_base64(confused) if confused is not None else None
@@ -509,7 +502,9 @@ def write_report(
     method = None
     if model is not None and view is not None and transform is not None and probs is not None and targets is not None:
         gallery, method = build_gallery(model, view, transform, probs.float(), targets, classes, k=gallery_size)
-    page = render_report(title=title, metrics=metrics, figures=figures, gallery=gallery, gallery_method=method)
+    page = render_report(
+        title=title, metrics=metrics, figures=figures, gallery=gallery, gallery_method=method, config=config
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

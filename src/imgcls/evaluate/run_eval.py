@@ -120,6 +120,7 @@ def evaluate_split(
     meta: dict[str, Any] | None = None,
     title: str = "Evaluation report",
     outputs: EvalResult | None = None,
+    config: dict[str, Any] | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
 
@@ -140,6 +141,8 @@ def evaluate_split(
         title: the report's title.
         outputs: an evaluation of ``models`` on ``view`` already made, in the view's order and with outputs (the
             test pass at the end of training): used as it is, so the report and the run's summary cannot disagree.
+        config: the resolved config of the checkpoint, for the report's config section (default: the run folder's
+            ``config.yaml``).
 
     Returns:
         (the EvalResult with outputs, the metrics dict).
@@ -174,6 +177,7 @@ def evaluate_split(
                 run_dir=run_dir,
                 device=device,
                 title=title,
+                config=config,
             )
     return result, metrics
 
@@ -245,6 +249,7 @@ def run_eval(
         run_dir=run_dir if (run_dir / "metrics.csv").is_file() else None,
         meta=meta,
         title=f"{cfg['model']['name']} on {cfg['data']['name']} ({split})",
+        config=cfg,
     )
     if not quiet:
         print_eval(result, classes, split, metrics)

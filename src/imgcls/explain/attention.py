@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import nn
 
+from imgcls.explain.figures import HEATMAP_CMAP
 from imgcls.explain.gradcam import overlay_heatmap, to_display_image
 from imgcls.plotting import save_figure
 
@@ -150,20 +153,25 @@ def upsample_map(grid_map: torch.Tensor | np.ndarray, size: tuple[int, int]) -> 
 def save_head_grid(
     image: torch.Tensor | np.ndarray, head_maps: torch.Tensor, path: str | Path, *, title: str = ""
 ) -> Path:
-    """One figure: the image, then each head's class-token attention [heads, h, w] overlaid on it, as PNG."""
+    """One figure: the image, then each head's class-token attention [heads, h, w] overlaid on it, a colour bar (each
+    head's map scaled to [0, 1] on its own) and ``title`` (the layer and the prediction), as PNG."""
 
     base = to_display_image(image)
     maps = normalize_maps(head_maps.float())
     n = maps.shape[0] + 1
-    fig = Figure(figsize=(1.9 * n, 2.2), layout="constrained")
+    fig = Figure(figsize=(1.9 * n + 0.9, 2.5), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
-    axes[0].imshow(base)
+    axes[0].imshow(base, interpolation="nearest")
     axes[0].set_title("input", fontsize=8)
     for i, m in enumerate(maps):
-        axes[i + 1].imshow(overlay_heatmap(base, m.numpy()))
+        axes[i + 1].imshow(overlay_heatmap(base, m.numpy(), cmap=HEATMAP_CMAP), interpolation="nearest")
         axes[i + 1].set_title(f"head {i}", fontsize=8)
     for ax in axes:
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=HEATMAP_CMAP), ax=list(axes[1:]), fraction=0.03)
+    bar.set_label("attention (per head: 1 = its strongest)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=110)

@@ -1,10 +1,19 @@
-"""A study's figures: ``study.png`` (bars, or a sweep line, of the deciding metric with std error bars and the seeds
-as dots), ``curves.png`` (validation curves, seed 0) and ``lr.png`` (each variant's learning-rate schedule)."""
+"""A study's figures: ``study.png`` (the deciding metric as a dot plot, or a sweep line, with std error bars, the seeds
+as small dots and a shaded noise band around the best; a second panel of zero-based bars for train time when the study
+reports it), ``curves.png`` (validation curves, seed 0) and ``lr.png`` (each variant's learning-rate schedule).
+
+Honest axes: a bar's length is read as its value, so bars always start at zero; the deciding metric is drawn as dots
+(a position, not a length), so its axis may zoom to the values, and the noise band gives the zoom its scale: variants
+whose dots fall inside the band are not distinguishable from the best at this budget. Error bars are drawn only where
+there is a spread (two seeds or more), and the title says how many seeds there are. Variants that tie for the best are
+all marked, none as the winner.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,72 +21,156 @@ from imgcls.engine.lr_tools import default_steps_per_epoch, schedule_lrs
 from imgcls.engine.runs import load_run
 from imgcls.plotting import plot_curves, pyplot, save_figure
 from imgcls.studies.definitions import StudyDefinition
-from imgcls.studies.metrics import MetricInfo, metric_info
+from imgcls.studies.metrics import fmt_gap, fmt_value, metric_info
 from imgcls.studies.plan import variant_config
-from imgcls.studies.stats import Summary
+from imgcls.studies.stats import Summary, best_names, mean_test_n, within_noise
+
+#: the colour of the dots and bars, and of the noise band
+_COLOR = "#4c72b0"
+
+
+@dataclass
+class _Panel:
+    """One metric's numbers in plot units (percent metrics x 100), per variant in study order."""
+
+    metric: str
+    names: list[str]
+    means: list[float]
+    stds: list[float | None]  # None: one seed, no spread to draw
+    seeds: list[list[float]]
+    scale: float
+
+    @classmethod
+    def of(cls, metric: str, names: list[str], summary: Summary, rows: list[dict[str, Any]]) -> _Panel:
+        scale = 100.0 if metric_info(metric).percent else 1.0
+        stds = [summary[n][metric]["std"] for n in names]
+        return cls(
+            metric=metric,
+            names=names,
+            means=[summary[n][metric]["mean"] * scale for n in names],
+            stds=[None if math.isnan(s) else s * scale for s in stds],
+            seeds=[[r[metric] * scale for r in rows if r["variant"] == n and r.get(metric) is not None] for n in names],
+            scale=scale,
+        )
+
+    @property
+    def has_spread(self) -> bool:
+        return any(s is not None for s in self.stds)
+
+
+def seeds_label(summary: Summary, names: Sequence[str], metric: str) -> str:
+    """``1 seed``, ``3 seeds`` or ``2-3 seeds`` (variants with different numbers of finished seeds)."""
+    counts = sorted({int(summary[n][metric]["n"]) for n in names if n in summary})
+    if not counts:
+        return "no seeds"
+    text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{text} seed{'' if counts == [1] else 's'}"
 
 
 def plot_results(
     study: StudyDefinition, summary: Summary, rows: list[dict[str, Any]], path: Path, dataset: str
 ) -> Path:
-    """Bars (or a sweep line) of the deciding metric with std error bars and the seeds as dots; a second panel for
-    train time when the study reports it."""
+    """The deciding metric (dots or a sweep line, std error bars, seeds, noise band), and zero-based bars of the
+    first ranked secondary metric (train time) when the study reports one."""
     plt = pyplot()
     metric = study.metric
     ranked_also = [m for m in study.also if m != metric and metric_info(m).higher is not None]
-    panels = [metric, *ranked_also[:1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
-    names = [n for n in study.names if n in summary]
-    for ax, m in zip(axes[0], panels, strict=True):
+    names = [n for n in study.names if n in summary and summary[n][metric]["n"] > 0]
+    panels = [metric, *[m for m in ranked_also[:1] if any(summary[n][m]["n"] > 0 for n in names)]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    notes = []
+    for i, (ax, m) in enumerate(zip(axes[0], panels, strict=True)):
+        panel = _Panel.of(m, names, summary, rows)
         info = metric_info(m)
-        scale = 100.0 if info.percent else 1.0
-        means = [summary[n][m]["mean"] * scale for n in names]
-        stds = [0.0 if math.isnan(summary[n][m]["std"]) else summary[n][m]["std"] * scale for n in names]
-        seeds = [[r[m] * scale for r in rows if r["variant"] == n and r.get(m) is not None] for n in names]
-        if study.plot == "line" and all(study.variant(n).x is not None for n in names):
-            _sweep_panel(ax, study, [study.variant(n).x for n in names], means, stds, seeds)
+        if i == 0:
+            notes.append(_main_panel(ax, study, panel, summary, rows))
         else:
-            _bar_panel(ax, m, info, names, means, stds, seeds)
+            _bar_panel(ax, panel)
         ax.set_ylabel(info.label + (" (%)" if info.percent else ""))
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{study.title} ({dataset})\nmean ± std over seeds, dots = seeds", fontsize=11)
+    seeds = seeds_label(summary, names, metric)
+    how = "mean ± std over seeds (small dots: each seed)" if seeds != "1 seed" else "one run per variant: no error bars"
+    fig.suptitle(f"{study.title} ({dataset}, {seeds})\n{how}{'; ' + notes[0] if notes[0] else ''}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
 
-def _sweep_panel(
-    ax: Any, study: StudyDefinition, xs: list[Any], means: list[float], stds: list[float], seeds: list[list[float]]
-) -> None:
-    """Mean ± std against ``Variant.x``, the seeds as grey dots."""
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4)
-    for x, pts in zip(xs, seeds, strict=True):
-        ax.scatter([x] * len(pts), pts, s=10, color="gray", alpha=0.6, zorder=3)
-    if study.x_log:
-        ax.set_xscale("log")
-    ax.set_xlabel(study.x_label or "")
+def _main_panel(ax: Any, study: StudyDefinition, panel: _Panel, summary: Summary, rows: list[dict[str, Any]]) -> str:
+    """The deciding metric: a dot plot (or sweep line), the best (or every variant tied for it) ringed, and the
+    noise band around the best; returns the title note on the band."""
+    best = best_names(summary, [n for n in study.ranked if n in panel.names], panel.metric)
+    xs: list[Any]
+    if study.plot == "line" and all(study.variant(n).x is not None for n in panel.names):
+        xs = [study.variant(n).x for n in panel.names]
+        ax.plot(xs, panel.means, color=_COLOR, lw=1.2, zorder=2)
+        if study.x_log:
+            ax.set_xscale("log")
+        ax.set_xlabel(study.x_label or "")
+    else:
+        xs = list(range(len(panel.names)))
+        ax.set_xticks(xs)
+        ax.set_xticklabels(panel.names, rotation=25, ha="right", fontsize=8)
+        for label in ax.get_xticklabels():
+            label.set_fontweight("bold" if label.get_text() in best else "normal")
+        ax.set_xlim(-0.6, len(xs) - 0.4)
+    _dots(ax, xs, panel)
+    ringed = [(x, m) for x, m, n in zip(xs, panel.means, panel.names, strict=True) if n in best]
+    if ringed:
+        bx, by = zip(*ringed, strict=True)
+        label = "tied best" if len(best) > 1 else "best"
+        ax.scatter(bx, by, s=170, facecolors="none", edgecolors="black", lw=1.2, zorder=6, label=label)
+    note = _noise_band(ax, panel, summary, best, mean_test_n(rows))
+    ax.legend(loc="best", fontsize=8, frameon=False)
+    if panel.scale == 100.0:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
+    return note
 
 
-def _bar_panel(
-    ax: Any,
-    metric: str,
-    info: MetricInfo,
-    names: list[str],
-    means: list[float],
-    stds: list[float],
-    seeds: list[list[float]],
-) -> None:
-    """One bar per variant (mean ± std), the seeds as black dots; percentages zoomed to the bars' range."""
-    pos = list(range(len(names)))
-    ax.bar(pos, means, yerr=stds, capsize=4, color="#4c72b0", alpha=0.85)
-    for i, pts in enumerate(seeds):
-        ax.scatter([i] * len(pts), pts, s=12, color="black", alpha=0.6, zorder=3)
+def _dots(ax: Any, xs: list[Any], panel: _Panel) -> None:
+    """Each variant's mean as a dot with its value, std error bars where there is a spread, each seed as a small dot."""
+    if panel.has_spread:
+        yerr = [0.0 if s is None else s for s in panel.stds]
+        ax.errorbar(xs, panel.means, yerr=yerr, fmt="none", ecolor=_COLOR, capsize=5, lw=1.2, zorder=3)
+        for x, pts in zip(xs, panel.seeds, strict=True):
+            ax.scatter([x] * len(pts), pts, s=12, color="black", alpha=0.5, zorder=4)
+    ax.scatter(xs, panel.means, s=48, color=_COLOR, zorder=5)
+    for x, mean in zip(xs, panel.means, strict=True):
+        text = fmt_value(panel.metric, mean / panel.scale)
+        ax.annotate(text, (x, mean), xytext=(9, 0), textcoords="offset points", va="center", fontsize=8)
+
+
+def _noise_band(ax: Any, panel: _Panel, summary: Summary, best: list[str], n_test: float | None) -> str:
+    """Shade best ± noise (2 std of the best's seeds, at least the test-set sampling floor); returns the note."""
+    if not best:
+        return ""
+    top = summary[best[0]][panel.metric]
+    _, noise, source = within_noise(panel.metric, top, top, n_test)
+    who = f"tied best: {', '.join(best)}" if len(best) > 1 else f"best: {best[0]}"
+    if noise is None:
+        return f"{who}; noise unknown with one seed"
+    centre, half = top["mean"] * panel.scale, noise * panel.scale
+    label = f"noise around the best (± {fmt_gap(panel.metric, noise).lstrip('+')})"
+    ax.axhspan(centre - half, centre + half, color=_COLOR, alpha=0.12, zorder=1, label=label)
+    if source.startswith("2 std"):
+        source = "2 std of the best's seeds"
+    inside = [n for n, m in zip(panel.names, panel.means, strict=True) if n not in best and abs(m - centre) < half]
+    if inside:
+        who += f" ({', '.join(inside)} within noise of it)"
+    return f"{who}; band: ± {source}"
+
+
+def _bar_panel(ax: Any, panel: _Panel) -> None:
+    """One zero-based bar per variant (mean), std error bars and the seeds where there are two or more."""
+    pos = list(range(len(panel.names)))
+    yerr = [0.0 if s is None else s for s in panel.stds] if panel.has_spread else None
+    ax.bar(pos, panel.means, yerr=yerr, capsize=4, color=_COLOR, alpha=0.85)
+    if panel.has_spread:
+        for i, pts in enumerate(panel.seeds):
+            ax.scatter([i] * len(pts), pts, s=12, color="black", alpha=0.6, zorder=3)
     ax.set_xticks(pos)
-    ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
-    finite = [v for v in means if not math.isnan(v)]
-    if finite and info.percent and metric != "ece":
-        lo = min(v - s for v, s in zip(means, stds, strict=True) if not math.isnan(v))
-        hi = max(v + s for v, s in zip(means, stds, strict=True) if not math.isnan(v))
-        ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1.0)), min(100.5, hi + 1.0))
+    ax.set_xticklabels(panel.names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylim(bottom=0.0)
 
 
 def plot_seed_curves(study: StudyDefinition, dataset: str, rows: list[dict[str, Any]], path: Path) -> Path | None:

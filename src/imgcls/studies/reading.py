@@ -7,7 +7,7 @@ from typing import Any
 
 from imgcls.studies.definitions import StudyDefinition
 from imgcls.studies.metrics import fmt_gap, fmt_value, metric_info
-from imgcls.studies.stats import Summary, mean_test_n, rank, within_noise
+from imgcls.studies.stats import Summary, best_names, mean_test_n, rank, within_noise
 
 #: metrics whose best and worst are also compared as a ratio ("1.52x")
 _RATIO_METRICS = ("train_s", "total_s", "images_per_s")
@@ -31,7 +31,7 @@ def make_reading(study: StudyDefinition, summary: Summary, rows: list[dict[str, 
     else:
         lines = [_winner_sentence(metric, summary, ranked, n_test, seeds_text)]
         worst, second = ranked[-1], ranked[1]
-        if worst != second:
+        if worst != second and worst not in best_names(summary, ranked, metric):  # a tie has no last
             w = summary[worst][metric]
             lines.append(
                 f"Last: **{worst}** ({fmt_value(metric, w['mean'], w['std'])}, "
@@ -52,8 +52,8 @@ def _winner_sentence(metric: str, summary: Summary, ranked: list[str], n_test: f
     best, second = ranked[0], ranked[1]
     b, s = summary[best][metric], summary[second][metric]
     gap = b["mean"] - s["mean"]
-    if abs(gap) < 1e-12:
-        tied = [n for n in ranked if abs(summary[n][metric]["mean"] - b["mean"]) < 1e-12]
+    tied = best_names(summary, ranked, metric)
+    if len(tied) > 1:
         return (
             f"{', '.join(f'**{n}**' for n in tied)} tie on {info.label} at "
             f"{fmt_value(metric, b['mean'])} ({seeds_text})."
@@ -109,9 +109,13 @@ def _secondary_lines(study: StudyDefinition, summary: Summary) -> list[str]:
         if top == bottom:
             continue
         t, w = summary[top][m]["mean"], summary[bottom][m]["mean"]
+        tied = best_names(summary, names, m)
+        if bottom in tied:
+            lines.append(f"{mi.label.capitalize()}: all tie at {fmt_value(m, t)}.")
+            continue
         ratio = f", {max(w, t) / max(1e-9, min(w, t)):.2f}x" if m in _RATIO_METRICS and t > 0 else ""
+        tops = ", ".join(f"**{n}**" for n in tied) + (" (tie)" if len(tied) > 1 else "")
         lines.append(
-            f"{mi.label.capitalize()}: best **{top}** ({fmt_value(m, t)}), worst "
-            f"**{bottom}** ({fmt_value(m, w)}{ratio})."
+            f"{mi.label.capitalize()}: best {tops} ({fmt_value(m, t)}), worst **{bottom}** ({fmt_value(m, w)}{ratio})."
         )
     return lines

@@ -82,3 +82,12 @@ def rank(summary: Summary, names: Sequence[str], metric: str) -> list[str]:
     """The variants of ``names`` that have ``metric``, best first (an unknown metric counts higher-is-better)."""
     have = [n for n in names if n in summary and summary[n][metric]["n"] > 0]
     return sorted(have, key=lambda n: summary[n][metric]["mean"], reverse=bool(metric_info(metric, True).higher))
+
+
+def best_names(summary: Summary, names: Sequence[str], metric: str) -> list[str]:
+    """The variants of ``names`` with the best mean of ``metric``: one, or every variant tied for it (equal means)."""
+    ranked = rank(summary, names, metric)
+    if not ranked:
+        return []
+    top = summary[ranked[0]][metric]["mean"]
+    return [n for n in ranked if math.isclose(summary[n][metric]["mean"], top, rel_tol=1e-9, abs_tol=1e-12)]

@@ -19,11 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from imgcls.engine.runs import RunFolderError, RunRecord, find_runs, load_run
-from imgcls.plotting import plot_curves
+from imgcls.plotting import plot_curves, run_colors
 
 #: config keys that say where or how a run was launched, not what it trained; they always differ between runs and
 #: are left out of the differences table unless ``keep_all`` is set
@@ -93,7 +90,8 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
 METRIC_COLUMNS = ("best_val_acc", "final_val_acc", "test_acc", "epochs", "train_s", "total_s", "params", "status")
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as the tables show it: ``-`` for None, 4 significant digits, thousands separators."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -122,7 +120,9 @@ class Comparison:
     def to_markdown(self) -> str:
         header = "| " + " | ".join(self.columns) + " |"
         sep = "|" + "|".join("---" if c == "run" or c in self.diff_keys else "---:" for c in self.columns) + "|"
-        body = ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in self.columns) + " |" for r in self.rows]
+        body = [
+            "| " + " | ".join(cell_text(r.get(c)).replace("|", "\\|") for c in self.columns) + " |" for r in self.rows
+        ]
         return "\n".join([header, sep, *body])
 
 
@@ -157,19 +157,44 @@ def png_data_uri(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def markdown_table_to_html(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain HTML table (values formatted like the Markdown table)."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], colors: Sequence[str]) -> str:
+    """A scrolling HTML table: the header row and the run column stay in view, each run's colour (its line in
+    ``curves.png``) beside its name, long text cut with an ellipsis (the full value on hover).
+
+    Args:
+        rows: one dict per run (``run`` and the columns).
+        columns: the columns, ``run`` first.
+        colors: one CSS colour per row (:func:`imgcls.plotting.run_colors`).
+    """
+    head = "".join(f"<th class='{'run' if c == 'run' else 'col'}'>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r, color in zip(rows, colors, strict=True):
+        cells = []
+        for c in columns:
+            value = r.get(c)
+            text = html.escape(cell_text(value))
+            if c == "run":
+                swatch = f"<span class='swatch' style='background:{color}'></span>"
+                cells.append(f"<td class='run' title='{text}'>{swatch}{text}</td>")
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                cells.append(f"<td class='num'>{text}</td>")
+            else:
+                cells.append(f"<td class='text' title='{text}'>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 HTML_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
-    "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 3px}"
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}code{background:#f3f3f3;padding:1px 3px}"
+    "img{max-width:100%}.table-wrap{overflow:auto;max-height:70vh;max-width:100%;border:1px solid #ccc}"
+    "table{border-collapse:separate;border-spacing:0;font-size:13px}"
+    "th,td{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:4px 8px;white-space:nowrap}"
+    "thead th{position:sticky;top:0;background:#f3f3f3;z-index:2;text-align:left}"
+    "th.run,td.run{position:sticky;left:0;background:#fff;z-index:1;max-width:28em;overflow:hidden;"
+    "text-overflow:ellipsis}thead th.run{z-index:3;background:#f3f3f3}"
+    "td.text{max-width:20em;overflow:hidden;text-overflow:ellipsis}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:hover td{background:#f4f8ff}"
+    ".swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.5em;vertical-align:-1px}"
 )
 
 
@@ -226,7 +251,9 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> CompareOutp
         if comparison.diff_keys
         else "<p>The runs have the same config.</p>"
     )
-    sections = [("Table", differing + markdown_table_to_html(comparison.rows, comparison.columns))]
+    colors = run_colors(len(comparison.runs))
+    key = "<p>Each run's colour is its line in the training curves below.</p>" if curves is not None else ""
+    sections = [("Table", differing + key + html_table(comparison.rows, comparison.columns, colors))]
     if curves is not None:
         sections.append(("Training curves", f"<img src='{png_data_uri(curves)}' alt='training curves'>"))
     sections.append(("Runs", f"<ul>{paths}</ul>"))
@@ -268,14 +295,3 @@ def compare(
     comparison = compare_runs(paths, keep_all=keep_all)
     out = Path(out_dir) if out_dir else Path(runs_dir) / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return comparison, write_comparison(comparison, out)
-
-
-def print_comparison(comparison: Comparison) -> None:
-    """The table on the console (rich)."""
-
-    table = Table(title=f"{len(comparison.runs)} runs (config: differences only)")
-    for c in comparison.columns:
-        table.add_column(c, justify="left" if c == "run" or c in comparison.diff_keys else "right", overflow="fold")
-    for r in comparison.rows:
-        table.add_row(*(_cell(r.get(c)) for c in comparison.columns))
-    Console(width=200).print(table)
