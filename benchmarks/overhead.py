@@ -69,6 +69,7 @@ def recipe(
         "augmentation.train.crop_padding=2",
         "augmentation.train.hflip=0.5",
         "run.progress=false",
+        f"run.threads={torch.get_num_threads()}",  # the hand loop's threads (not the idle-core default)
         "run.eval_test=false",
         "run.tracker=none",
         f"run.dir={tmp}",

@@ -522,7 +522,7 @@ def test_lr_range_test_restores_weights_and_suggests(tmp_path: Path) -> None:
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
     assert result.suggested_lr is not None and 1e-4 <= result.suggested_lr <= 100.0
     assert plot_lr_find(result, tmp_path / "f.png").is_file()
-    assert result.extra["smooth_beta"] == 0.98
+    assert result.extra["stop_beta"] == 0.98 and result.extra["smooth_beta"] == pytest.approx(1 - 20 / 40)
     # steepest descent of a known curve: loss = -tanh(log10(lr)) falls fastest at lr = 1
     lrs = [10 ** (e / 10) for e in range(-30, 31)]
     assert suggest_lr(lrs, [-math.tanh(math.log10(v)) for v in lrs]) == pytest.approx(1.0)
@@ -583,3 +583,33 @@ def test_cli_registration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "LR PLOT" in capsys.readouterr().out
     args = parser.parse_args(["lr-find", "--num-steps", "5"])
     assert args.out == "lr_find.png" and args.start_lr == 1e-7 and args.end_lr == 10.0
+
+
+def test_lr_suggestion_is_judged_without_the_ema_lag() -> None:
+    """A loss that falls fastest at lr 1e-2 and bottoms out at 1e-1: the online EMA (beta 0.98, 100 steps) lags by
+    about four decades and would put the steepest descent past the minimum; the zero-lag curve does not."""
+    from imgcls.engine.lr_tools import suggest_lr, zero_lag_smooth
+
+    lrs = [1e-7 * (1e8) ** (i / 99) for i in range(100)]
+    x = [math.log10(v) for v in lrs]
+    loss = [2.3 - math.tanh(2 * (v + 2)) * 0.6 - 0.6 + (0.8 * max(0.0, v + 1) ** 2) for v in x]
+    judged = zero_lag_smooth(loss, 0.8)
+    online, avg = [], 0.0  # the sweep's own stopping EMA, beta 0.98: four decades behind
+    for i, v in enumerate(loss):
+        avg = 0.98 * avg + 0.02 * v
+        online.append(avg / (1 - 0.98 ** (i + 1)))
+    descent = [i for i, v in enumerate(x) if v < -1]
+    lag = max(abs(online[i] - loss[i]) for i in descent)
+    assert max(abs(judged[i] - loss[i]) for i in descent) < 0.3 * lag  # it follows the curve where it is judged
+    assert not 10**-2.5 <= suggest_lr(lrs, online) <= 10**-1.5  # what the lagging curve would have said
+    suggested = suggest_lr(lrs, judged)
+    assert 10**-2.5 <= suggested <= 10**-1.5
+
+
+def test_save_figure_without_a_suffix_returns_the_file_written(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from imgcls.plotting import save_figure
+
+    path = save_figure(plt.figure(), tmp_path / "plot")
+    assert path == tmp_path / "plot.png" and path.is_file()

@@ -29,10 +29,12 @@ def save_figure(fig: Any, path: str | Path, *, dpi: float | None = None) -> Path
 
     Args:
         fig: a matplotlib Figure (pyplot-managed or not).
-        path: output file; the format follows the suffix.
+        path: output file; the format follows the suffix (none: PNG, and ``.png`` is added).
         dpi: resolution (None: the figure's own).
     """
     path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib writes then; the returned path must be the real file
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, **({"dpi": dpi} if dpi is not None else {}))
     plt.close(fig)  # pyplot keeps every figure alive until closed; a no-op for plain Figure objects
