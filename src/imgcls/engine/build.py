@@ -26,11 +26,12 @@ from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
-from imgcls.engine.losses import LOSSES, check_loss_config
+from imgcls.engine.losses import LOSSES, check_loss_config, check_loss_values
 from imgcls.engine.optim import OPTIMIZERS
 from imgcls.engine.schedules import SCHEDULES
+from imgcls.engine.tracking import check_tracker
 from imgcls.models import MODELS, create_model
-from imgcls.models.pretrained import load_pretrained
+from imgcls.models.pretrained import check_weights_available, load_pretrained
 
 #: config keys whose value names a registry entry, checked by :func:`check_config`
 REGISTRY_KEYS: dict[str, Any] = {
@@ -50,8 +51,15 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 
 def check_config(cfg: Config) -> None:
-    """Every check that needs no data: types and ranges (:func:`imgcls.config.validate_config`), registry names, the
-    model's keyword arguments and the TTA view count. Raises :class:`ConfigError` before any work."""
+    """Every check that needs no data, before any work: types, ranges and the rules between fields
+    (:func:`imgcls.config.validate_config`), registry names, the loss's and the model's options, the TTA view count,
+    the device, the tracker's package, the teacher file, and what the model itself knows (:func:`check_model_config`:
+    freeze depth, smallest input, pretrained weights).
+
+    Raises:
+        ConfigError: (or another :class:`~imgcls.config.UserFacingError`) one line naming the key, the bad value and
+            what is valid.
+    """
     validate_config(cfg)
     for key, registry in REGISTRY_KEYS.items():
         value = _get(cfg, key)
@@ -64,7 +72,141 @@ def check_config(cfg: Config) -> None:
             f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}"
         )
     check_loss_config(cfg.training.loss)
+    check_loss_values(cfg.training.loss)
     model_kwargs(cfg, model_entry(cfg), image_size=None)
+    check_device(cfg.run.device)
+    check_tracker(cfg.run.tracker)
+    teacher = cfg.training.distill.teacher
+    if teacher and not Path(teacher).expanduser().exists():
+        raise ConfigError(f"bad value {teacher!r} for 'training.distill.teacher': no such checkpoint or run folder")
+    check_model_config(cfg)
+
+
+def check_device(name: str) -> None:
+    """``run.device`` names a device this machine has (``auto`` always does).
+
+    Raises:
+        ConfigError: a CUDA device without CUDA (or beyond the GPU count), ``mps`` without Apple's Metal backend.
+    """
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            built = "" if torch.version.cuda else f", and this torch {torch.__version__} is built without CUDA"
+            have = f"{count} CUDA device(s), cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+            raise ConfigError(
+                f"bad value {name!r} for 'run.device': this machine has {have}{built}; use run.device=cpu or auto"
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("bad value 'mps' for 'run.device': Apple's Metal backend is not available here; use cpu")
+
+
+def check_model_config(cfg: Config) -> None:
+    """What only the model knows, asked of a copy built on the meta device (shapes without memory or weights, a few
+    ms for small models): ``model.freeze_layers`` at most its stage-group count, ``data.image_size`` (when set) at
+    least its smallest input, and the ``model.pretrained`` weights obtainable
+    (:func:`~imgcls.models.pretrained.check_weights_available`).
+
+    Raises:
+        ConfigError: the model cannot be built with the configured options, or the values above do not fit it.
+        PretrainedWeightsError, NoInternetError: the weights cannot be had.
+    """
+    side = cfg.data.image_size
+    try:
+        model = _model_for_checks(cfg, side)
+    except ConfigError as e:
+        smallest = None if side is None else _smallest_side(cfg, side)
+        if smallest is None:
+            raise
+        raise ConfigError(f"{e}; the smallest data.image_size above {side} that it takes is {smallest}") from e
+    groups = len(model.stage_groups())
+    if cfg.model.freeze_layers > groups:
+        raise ConfigError(
+            f"bad value {cfg.model.freeze_layers} for 'model.freeze_layers': model '{cfg.model.name}' has {groups} "
+            f"stage groups, so use 0..{groups} (or model.freeze_backbone=true to freeze them all)"
+        )
+    if side is not None and _on_meta(model):
+        reason = _forward_error(model, side, cfg.data.in_chans or 3)
+        smallest = None if reason is None else _smallest_side(cfg, side)
+        if smallest is not None:
+            raise ConfigError(
+                f"bad value {side} for 'data.image_size': model '{cfg.model.name}' cannot take {side}x{side} inputs "
+                f"({reason}); the smallest side above {side} that it takes is {smallest}"
+            )
+    if cfg.model.pretrained is True and getattr(model, "pretrained_source", None) is None and side is None:
+        # which weights exist may depend on the input size (a ResNet's stem), unknown until the data is loaded
+        if getattr(_model_for_checks(cfg, 224), "pretrained_source", None) is not None:
+            return
+    check_weights_available(model, cfg.model.pretrained)
+
+
+def _model_options(cfg: Config) -> str:
+    m = cfg.model
+    options = {
+        "model.activation": m.activation,
+        "model.dropout_rate": m.dropout_rate,
+        "model.drop_path_rate": m.drop_path_rate,
+        "model.stem": m.stem,
+        "data.image_size": cfg.data.image_size,
+        "data.in_chans": cfg.data.in_chans,
+        **{f"model.kwargs.{k}": v for k, v in m.kwargs.items()},
+    }
+    return ", ".join(f"{k}={v}" for k, v in options.items() if v is not None) or "its defaults"
+
+
+def _build_on(device: str, cfg: Config, image_size: int | None) -> nn.Module:
+    kwargs = model_kwargs(cfg, model_entry(cfg), image_size)
+    with torch.device(device):
+        return create_model(cfg.model.name, num_classes=2, in_chans=cfg.data.in_chans or 3, **kwargs)
+
+
+def _model_for_checks(cfg: Config, image_size: int | None) -> nn.Module:
+    """The configured model without weights: on the meta device, else (init code that reads values, like timm's
+    ``linspace(...).item()`` drop-path rates, cannot run there) on the CPU. Raises :class:`ConfigError` when it
+    cannot be built at all."""
+    try:
+        return _build_on("meta", cfg, image_size)
+    except Exception:  # whatever failed on meta tensors, the CPU build below tells whether it is real
+        pass
+    try:
+        return _build_on("cpu", cfg, image_size)
+    except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, AttributeError) as e:
+        reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(
+            f"model.name={cfg.model.name} cannot be built with {_model_options(cfg)}: {' '.join(reason.split())}"
+        ) from e
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return all(p.device.type == "meta" for p in model.parameters())
+
+
+def _forward_error(model: nn.Module, side: int, in_chans: int) -> str | None:
+    """Why a forward pass of a [2, C, side, side] batch fails on ``model`` (meta device), or None when it runs."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, in_chans, side, side, device="meta"))
+    except Exception as e:  # any failure; the caller only reports it when a larger input runs
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def _smallest_side(cfg: Config, side: int) -> int | None:
+    """The smallest input side above ``side`` (up to 64 more) that the model builds and runs at, or a larger one that
+    does; None when none does (then the failure is not about the input size)."""
+
+    def fits(s: int) -> bool:
+        try:
+            model = _build_on("meta", cfg, s)
+        except Exception:  # a model that cannot be built at this size does not fit it
+            return False
+        return _forward_error(model, s, cfg.data.in_chans or 3) is None
+
+    big = max(4 * side, 64)
+    if not fits(big):
+        return None
+    return next((s for s in range(side + 1, min(big, side + 65)) if fits(s)), big)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
