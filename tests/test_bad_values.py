@@ -271,6 +271,7 @@ def test_any_value_anywhere_is_accepted_or_one_line(key, value, capsys):
         ["training.clip_grad_norm=1e-3", "training.optimizer.betas=[0, 0.999]", "data.in_chans=1"],
         ["run.device=cpu", "model.pretrained=false", "training.early_stopping.patience=1"],
         ["augmentation.train.random_erasing_scale=[0.5, 0.5]", "augmentation.mix.mixup_alpha=0"],
+        ["data.mean=[0.5]", "data.std=[0.25]", "training.scheduler.warmup_lr=1", "training.distill.alpha=0"],
     ],
     ids=lambda o: " ".join(o),
 )
@@ -286,6 +287,8 @@ COUPLED = {
     "augmentation.train.crop_padding",
     "augmentation.train.cutout",
     "model.freeze_layers",
+    "data.mean",
+    "data.std",
     "run.test_tta",
 }
 

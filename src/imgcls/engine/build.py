@@ -53,8 +53,9 @@ def _get(cfg: Config, dotted: str) -> Any:
 def check_config(cfg: Config) -> None:
     """Every check that needs no data, before any work: types, ranges and the rules between fields
     (:func:`imgcls.config.validate_config`), registry names, the loss's and the model's options, the TTA view count,
-    the device, the tracker's package, the teacher file, and what the model itself knows (:func:`check_model_config`:
-    freeze depth, smallest input, pretrained weights).
+    the device, the tracker's package, and what the model itself knows (:func:`check_model_config`: freeze depth,
+    smallest input, pretrained weights). The paths a run reads and writes are checked when it starts
+    (:func:`imgcls.engine.runs.check_run_paths`: a config may name a file that an earlier run will write).
 
     Raises:
         ConfigError: (or another :class:`~imgcls.config.UserFacingError`) one line naming the key, the bad value and
@@ -76,9 +77,6 @@ def check_config(cfg: Config) -> None:
     model_kwargs(cfg, model_entry(cfg), image_size=None)
     check_device(cfg.run.device)
     check_tracker(cfg.run.tracker)
-    teacher = cfg.training.distill.teacher
-    if teacher and not Path(teacher).expanduser().exists():
-        raise ConfigError(f"bad value {teacher!r} for 'training.distill.teacher': no such checkpoint or run folder")
     check_model_config(cfg)
 
 

@@ -55,23 +55,27 @@ def run_name(cfg: Config) -> str:
     return cfg.run.name or cfg.preset or cfg.model.name.replace(":", "_")
 
 
-def check_run_dir(run_dir: str | Path) -> None:
-    """``run.dir`` can hold a new run folder: the nearest folder on its path that exists is a folder, and writable.
+def check_run_paths(cfg: Config) -> None:
+    """The paths a run needs, when it starts: ``run.dir`` can hold a new run folder (the nearest folder on its path
+    that exists is a folder, and writable) and ``training.distill.teacher`` exists.
 
     Raises:
-        ConfigError: before any work, naming ``run.dir`` and the path that is a file or read-only.
+        ConfigError: before any work, naming the key and the path that is missing, a file or read-only.
     """
-    path = existing = Path(run_dir).expanduser()
+    teacher = cfg.training.distill.teacher
+    if teacher and not Path(teacher).expanduser().exists():
+        raise ConfigError(f"bad value '{teacher}' for 'training.distill.teacher': no such checkpoint or run folder")
+    path = existing = Path(cfg.run.dir).expanduser()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(
-            f"bad value '{run_dir}' for 'run.dir': {existing} is a file, not a folder; set run.dir=FOLDER"
+            f"bad value '{cfg.run.dir}' for 'run.dir': {existing} is a file, not a folder; set run.dir=FOLDER"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path else f" (its nearest existing folder, {existing})"
         raise ConfigError(
-            f"bad value '{run_dir}' for 'run.dir': cannot write into it{where}: read-only or no permission; set "
+            f"bad value '{cfg.run.dir}' for 'run.dir': cannot write into it{where}: read-only or no permission; set "
             "run.dir= to a folder you can write"
         )
 

@@ -69,7 +69,7 @@ from imgcls.engine.loop import (
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
-from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_dir, new_run_dir, record_resume, writing
+from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.threads import apply_threads
 from imgcls.engine.tracking import Tracker, create_tracker
@@ -660,7 +660,7 @@ def train(
         on_finish: post-run steps, called on rank 0 with (result, setup) once the run is done.
     """
     check_config(cfg)
-    check_run_dir(cfg.run.dir)
+    check_run_paths(cfg)
     t_start = time.perf_counter()
     threads = apply_threads(cfg.run.threads)
     use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
