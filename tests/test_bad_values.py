@@ -439,3 +439,10 @@ def test_online_weights_offline_are_one_line_before_any_work(tmp_path, monkeypat
         status, err = _train([*overrides, "model.pretrained=true"], tmp_path / "runs", capsys)
         _assert_refused(status, err, ["model.pretrained"], tmp_path / "runs")
         assert "no internet access" in err
+
+
+def test_models_command_with_options_the_model_cannot_take_is_one_line(capsys):
+    for flags in (["--freeze-layers", "99"], ["--input-size", "1"]):
+        assert main(["models", "simple_cnn", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"error: imgcls models simple_cnn {' '.join(flags)}:")

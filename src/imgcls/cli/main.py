@@ -117,13 +117,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches '{args.pattern}'; `imgcls models` lists them all")
-    rows = model_table(
-        names,
-        num_classes=args.num_classes,
-        input_size=args.input_size,
-        freeze_backbone=args.freeze_backbone,
-        freeze_layers=args.freeze_layers,
-    )
+    try:
+        rows = model_table(
+            names,
+            num_classes=args.num_classes,
+            input_size=args.input_size,
+            freeze_backbone=args.freeze_backbone,
+            freeze_layers=args.freeze_layers,
+        )
+    except (ValueError, RuntimeError) as e:  # a freeze depth or an input size the model cannot take
+        flags = {"--input-size": args.input_size, "--freeze-layers": args.freeze_layers or None}
+        given = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
+        raise ConfigError(f"imgcls models {args.pattern}{given}: {' '.join(str(e).split())}") from e
     table = Table(title="imgcls models")
     for col in ("model", "params", "trainable", "MACs", "input"):
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
