@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import socket
@@ -80,14 +81,19 @@ def check_run_paths(cfg: Config) -> None:
         )
 
 
+#: errno values of a failed write that :func:`writing` names the file of
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """Name ``path`` in an :class:`OSError` raised while writing it: the errors of ``write()`` (a full disk) and of
-    ``torch.save`` carry no file name, and the CLI's one-line message says which file could not be written."""
+    """Name ``path`` in an :class:`OSError` raised while writing it (a full disk, a read-only or forbidden folder):
+    the errors of ``write()`` and of ``torch.save`` carry no file name, and the CLI's one-line message says which file
+    could not be written. Other errors pass unchanged."""
     try:
         yield
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None and e.errno in WRITE_ERRNOS:
             e.filename = str(path)
         raise
 
