@@ -446,3 +446,15 @@ def test_models_command_with_options_the_model_cannot_take_is_one_line(capsys):
         assert main(["models", "simple_cnn", *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"error: imgcls models simple_cnn {' '.join(flags)}:")
+
+
+def test_the_datas_own_size_is_checked_once_loaded(tmp_path, capsys):
+    """data.image_size unset: digits' own 8x8 images are too small for airbench_small (and for a crop padding of 8);
+    known only once the data is loaded, still before the run folder exists."""
+    for overrides in (
+        ["model.name=airbench_small", "augmentation.train.random_crop=false"],
+        ["augmentation.train.random_crop=true", "augmentation.train.crop_padding=8"],
+    ):
+        status, err = _train([*overrides, "data.image_size=null"], tmp_path / "runs", capsys)
+        _assert_refused(status, err, ["data.image_size"], tmp_path / "runs")
+        assert "data.image_size is unset, so digits's own 8x8 images are used" in err

@@ -645,11 +645,12 @@ def validate_config(cfg: Config) -> None:
             f"bad value {aug.random_erasing_scale!r} for 'augmentation.train.random_erasing_scale': [low, high] with "
             "low <= high"
         )
-    _check_image_side(cfg)
+    check_image_side(cfg)
 
 
-def _check_image_side(cfg: Config) -> None:
-    """Augmentations that need room in the image (known here when ``data.image_size`` is set)."""
+def check_image_side(cfg: Config) -> None:
+    """Augmentations that need room in the image: checked when ``data.image_size`` is set (else, once the data is
+    loaded, for its own size: :func:`imgcls.engine.build.model_size_hint`)."""
     side, aug = cfg.data.image_size, cfg.augmentation.train
     if side is None or not aug.enabled:
         return

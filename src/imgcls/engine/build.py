@@ -8,6 +8,7 @@ down in :mod:`imgcls.data.build`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import random
@@ -19,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import Config, ConfigError, from_dict, parse_override, set_value, validate_config
+from imgcls.config import (
+    Config,
+    ConfigError,
+    check_image_side,
+    from_dict,
+    parse_override,
+    set_value,
+    validate_config,
+)
 from imgcls.data.build import build_splits, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
@@ -110,6 +119,28 @@ def check_model_config(cfg: Config) -> None:
         PretrainedWeightsError, NoInternetError: the weights cannot be had.
     """
     side = cfg.data.image_size
+    model = check_input_side(cfg, side)
+    groups = len(model.stage_groups())
+    if cfg.model.freeze_layers > groups:
+        raise ConfigError(
+            f"bad value {cfg.model.freeze_layers} for 'model.freeze_layers': model '{cfg.model.name}' has {groups} "
+            f"stage groups, so use 0..{groups} (or model.freeze_backbone=true to freeze them all)"
+        )
+    if cfg.model.pretrained is True and getattr(model, "pretrained_source", None) is None and side is None:
+        # which weights exist may depend on the input size (a ResNet's stem), unknown until the data is loaded
+        if getattr(_model_for_checks(cfg, 224), "pretrained_source", None) is not None:
+            return
+    check_weights_available(model, cfg.model.pretrained)
+
+
+def check_input_side(cfg: Config, side: int | None) -> nn.Module:
+    """The configured model, built for checks (:func:`_model_for_checks`) for ``side`` x ``side`` inputs (None: its
+    default), after a forward pass of such a batch on the meta device.
+
+    Raises:
+        ConfigError: the model cannot be built, or cannot take that input (naming the smallest side above it that it
+            takes).
+    """
     try:
         model = _model_for_checks(cfg, side)
     except ConfigError as e:
@@ -117,12 +148,6 @@ def check_model_config(cfg: Config) -> None:
         if smallest is None:
             raise
         raise ConfigError(f"{e}; the smallest data.image_size above {side} that it takes is {smallest}") from e
-    groups = len(model.stage_groups())
-    if cfg.model.freeze_layers > groups:
-        raise ConfigError(
-            f"bad value {cfg.model.freeze_layers} for 'model.freeze_layers': model '{cfg.model.name}' has {groups} "
-            f"stage groups, so use 0..{groups} (or model.freeze_backbone=true to freeze them all)"
-        )
     if side is not None and _on_meta(model):
         reason = _forward_error(model, side, cfg.data.in_chans or 3)
         smallest = None if reason is None else _smallest_side(cfg, side)
@@ -131,11 +156,7 @@ def check_model_config(cfg: Config) -> None:
                 f"bad value {side} for 'data.image_size': model '{cfg.model.name}' cannot take {side}x{side} inputs "
                 f"({reason}); the smallest side above {side} that it takes is {smallest}"
             )
-    if cfg.model.pretrained is True and getattr(model, "pretrained_source", None) is None and side is None:
-        # which weights exist may depend on the input size (a ResNet's stem), unknown until the data is loaded
-        if getattr(_model_for_checks(cfg, 224), "pretrained_source", None) is not None:
-            return
-    check_weights_available(model, cfg.model.pretrained)
+    return model
 
 
 def _model_options(cfg: Config) -> str:
@@ -273,7 +294,27 @@ def model_size_hint(cfg: Config, splits: Splits) -> int | None:
     """The input size a model is built for: explicit, else the data's own; file datasets default to 224 px unless
     pretrained weights bring their own size (:func:`imgcls.data.build.resolve_preprocess` then reads it)."""
     native = splits.train.source.image_size
+    if cfg.data.image_size is None and native:
+        check_native_side(cfg, int(native[0]))
     return cfg.data.image_size or (native[0] if native else (None if cfg.model.pretrained else 224))
+
+
+def check_native_side(cfg: Config, side: int) -> None:
+    """With ``data.image_size`` unset, the data's own image side (known once it is loaded) must suit the augmentations
+    and the model, as a set ``data.image_size`` is checked before any work (:func:`check_config`).
+
+    Raises:
+        ConfigError: before the run folder exists, saying that the data's own size was used and what to set.
+    """
+    trial = copy.deepcopy(cfg)
+    trial.data.image_size = side
+    try:
+        check_image_side(trial)
+        check_input_side(trial, side)
+    except ConfigError as e:
+        raise ConfigError(
+            f"data.image_size is unset, so {cfg.data.name}'s own {side}x{side} images are used: {e}"
+        ) from e
 
 
 def data_init_sample(
