@@ -3,14 +3,18 @@
 A config is a tree of dataclasses. Presets are partial YAML trees (``src/imgcls/presets/*.yaml``) merged over the
 defaults; overrides are ``dotted.key=value`` strings whose value is parsed as YAML and checked against the field's
 type. Unknown keys and ill-typed values raise :class:`ConfigError` naming the key and listing the valid keys or values,
-before any work is done. :func:`validate_config` checks ranges; names that live in registries (models, datasets,
-...) are checked where the registries are (:func:`imgcls.engine.build.check_config`).
+before any work is done. Numeric fields carry their valid :class:`Range` in their metadata (:func:`ranged`), which
+:func:`validate_config` reads, with the rules between fields; names that live in registries (models, datasets, ...)
+and what needs the model or the machine (freeze depth, input size, device, weights) are checked where those are
+(:func:`imgcls.engine.build.check_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -22,12 +26,63 @@ from typing import Any, Literal, Union
 import yaml
 
 
-class ConfigError(ValueError):
+class UserFacingError(Exception):
+    """A failure the user can fix (a bad value, a missing package, a full disk ...), not a bug: the message says what
+    went wrong and how to fix it in one line, and the CLI prints it without a traceback (exit status 2)."""
+
+
+class ConfigError(UserFacingError, ValueError):
     """A bad config key or value. The message names the key and the valid choices."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config field (of each item of a list field): bounds, open or closed.
+
+    Non-finite values (NaN, inf) are never valid. ``str(Range(0, 1, hi_open=True))`` is ``"in [0, 1)"``.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return f"{x:g}" if isinstance(x, float) else str(x)
+
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {num(self.lo)}" if self.lo is not None else "any finite number"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {num(self.hi)}"
+        return f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, lo_open=True)
+PROBABILITY = Range(0, 1)
+FRACTION = Range(0, 1, hi_open=True)  # [0, 1): a share that must leave something over
+SEED = Range(0, 2**32 - 1)  # what NumPy and scikit-learn accept
+
+
+def ranged(default: Any, valid: Range) -> Any:
+    """A dataclass field with ``default`` and its valid :class:`Range` (for a list: of each item) in its metadata."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"range": valid})
+    return field(default=default, metadata={"range": valid})
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# The tree. Defaults are the "quickstart"-friendly values; presets change what they need.
+# The tree. Defaults are the "quickstart"-friendly values; presets change what they need. Every number carries its
+# valid range (``ranged``), every closed set of names is a ``Literal``: both are checked before any work.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -36,22 +91,28 @@ class DataConfig:
     name: str = "digits"  # a registered dataset: see `imgcls data --list`
     root: str | None = None  # where files live (or will be downloaded); default ~/.cache/imgcls/data/<name>
     download: bool = True  # torchvision datasets: download when files are missing (needs internet)
-    image_size: int | None = None  # resize to this square size (None: the dataset's native size)
-    in_chans: int | None = None  # force 1 or 3 channels (None: the dataset's native channels)
-    val_fraction: float = 0.1  # fraction of train held out for validation when the dataset has no val split
-    test_fraction: float = 0.2  # fraction held out for test when the dataset has no test split (digits, imagefolder)
-    subset: int | None = None  # cap the train split to this many samples (quick experiments)
-    split_seed: int | None = None  # seed of the train/val/test split (None: run.seed); fix it to vary only the init
-    batch_size: int = 64
-    eval_batch_size: int | None = None  # default: 2 x batch_size
-    num_workers: int = 0
+    image_size: int | None = ranged(None, AT_LEAST_1)  # resize to this square size (None: the dataset's native size)
+    in_chans: Literal[1, 3] | None = None  # force 1 or 3 channels (None: the dataset's native channels)
+    # fraction of train held out for validation when the dataset has no val split
+    val_fraction: float = ranged(0.1, FRACTION)
+    # fraction held out for test when the dataset has no test split (digits, imagefolder)
+    test_fraction: float = ranged(0.2, FRACTION)
+    subset: int | None = ranged(None, AT_LEAST_1)  # cap the train split to this many samples (quick experiments)
+    # seed of the train/val/test split (None: run.seed); fix it to vary only the init
+    split_seed: int | None = ranged(None, SEED)
+    batch_size: int = ranged(64, AT_LEAST_1)
+    eval_batch_size: int | None = ranged(None, AT_LEAST_1)  # default: 2 x batch_size
+    num_workers: int = ranged(0, NON_NEGATIVE)
     loader: Literal["torch", "device"] = "torch"  # device: uint8 tensor on the device + batch tensor augmentations
     sampler: Literal["random", "balanced"] = "random"
-    imbalance: float | None = None  # make a long-tailed train split: rarest class has this fraction of the commonest
-    max_bad_fraction: float = 0.01  # stop if more than this fraction of image files cannot be decoded
-    max_image_pixels: int = 40_000_000  # image files with more pixels (from the header) are bad files, never decoded
-    mean: list[float] | None = None  # normalisation statistics (None: computed from the train split / known values)
-    std: list[float] | None = None
+    # make a long-tailed train split: rarest class has this fraction of the commonest
+    imbalance: float | None = ranged(None, Range(0, 1, lo_open=True))
+    max_bad_fraction: float = ranged(0.01, PROBABILITY)  # stop if more than this fraction of files cannot be decoded
+    # image files with more pixels (from the header) are bad files, never decoded
+    max_image_pixels: int = ranged(40_000_000, AT_LEAST_1)
+    # normalisation statistics in [0, 1] units (None: computed from the train split / known values)
+    mean: list[float] | None = ranged(None, PROBABILITY)
+    std: list[float] | None = ranged(None, POSITIVE)
 
 
 @dataclass
@@ -59,88 +120,91 @@ class ModelConfig:
     name: str = "simple_cnn"  # a registered model (`imgcls models`) or timm:<name>
     pretrained: bool | str = False  # true: published weights (online); a path: local .safetensors / state dict
     activation: str | None = None  # relu, gelu, silu, swish, leaky_relu, mish (None: the model's default)
-    dropout_rate: float | None = None
-    drop_path_rate: float | None = None
-    stem: str | None = None  # resnets: cifar or imagenet (None: by input size)
+    dropout_rate: float | None = ranged(None, FRACTION)
+    drop_path_rate: float | None = ranged(None, FRACTION)
+    stem: Literal["cifar", "imagenet"] | None = None  # resnets (None: by input size)
     freeze_backbone: bool = False  # train only the classifier head
-    freeze_layers: int = 0  # freeze the first N stage groups
+    freeze_layers: int = ranged(0, NON_NEGATIVE)  # freeze the first N stage groups (at most the model's count)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the model's entry point
 
 
 @dataclass
 class OptimizerConfig:
     name: str = "sgd"  # a registered optimizer (imgcls.engine.optim.OPTIMIZERS): sgd, adam, adamw, ...
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = ranged(0.05, POSITIVE)
+    momentum: float = ranged(0.9, FRACTION)
     nesterov: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 5e-4  # not applied to norms and biases
-    backbone_lr_mult: float = 1.0  # lr multiplier for backbone parameters (transfer learning)
-    bias_lr_mult: float = 1.0  # lr multiplier for biases and norm parameters (airbench: 64 for BN biases)
+    betas: list[float] = ranged([0.9, 0.999], FRACTION)  # two of them
+    weight_decay: float = ranged(5e-4, NON_NEGATIVE)  # not applied to norms and biases
+    backbone_lr_mult: float = ranged(1.0, NON_NEGATIVE)  # lr multiplier for backbone parameters (transfer learning)
+    # lr multiplier for biases and norm parameters (airbench: 64 for BN biases)
+    bias_lr_mult: float = ranged(1.0, NON_NEGATIVE)
     lookahead: bool = False  # wrap the optimizer in Lookahead (Zhang et al. 2019; timm's implementation)
-    lookahead_k: int = 6  # fast steps between slow-weight updates
-    lookahead_alpha: float = 0.5  # slow weights move this fraction of the way to the fast weights
+    lookahead_k: int = ranged(6, AT_LEAST_1)  # fast steps between slow-weight updates
+    # slow weights move this fraction of the way to the fast weights
+    lookahead_alpha: float = ranged(0.5, Range(0, 1, lo_open=True))
 
 
 @dataclass
 class SchedulerConfig:
     name: str = "cosine"  # a registered schedule (engine.schedules.SCHEDULES): cosine, linear, onecycle, step, ...
-    warmup_epochs: float = 0.0  # linear warmup length, in epochs (fractions allowed)
-    warmup_lr: float = 0.0  # lr multiplier at the start of warmup
-    eta_min: float = 0.0  # final lr multiplier for cosine and linear
-    step_size: int = 30  # step: epochs between decays
-    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # multistep: epochs
-    gamma: float = 0.1  # step / multistep / plateau decay factor
-    max_lr_mult: float = 1.0  # onecycle: peak lr = lr * max_lr_mult
-    pct_start: float = 0.25  # onecycle: fraction of steps spent rising
-    patience: int = 5  # plateau: epochs without improvement before decaying
+    warmup_epochs: float = ranged(0.0, NON_NEGATIVE)  # linear warmup length, in epochs (fractions allowed)
+    warmup_lr: float = ranged(0.0, PROBABILITY)  # lr multiplier at the start of warmup
+    eta_min: float = ranged(0.0, PROBABILITY)  # final lr multiplier for cosine and linear
+    step_size: int = ranged(30, AT_LEAST_1)  # step: epochs between decays
+    milestones: list[int] = ranged([30, 60, 90], NON_NEGATIVE)  # multistep: epochs
+    gamma: float = ranged(0.1, POSITIVE)  # step / multistep / plateau decay factor
+    max_lr_mult: float = ranged(1.0, POSITIVE)  # onecycle: peak lr = lr * max_lr_mult
+    pct_start: float = ranged(0.25, Range(0, 1, lo_open=True, hi_open=True))  # onecycle: fraction of steps rising
+    patience: int = ranged(5, NON_NEGATIVE)  # plateau: epochs without improvement before decaying
 
 
 @dataclass
 class LossConfig:
     name: str = "cross_entropy"  # a registered loss (imgcls.engine.losses.LOSSES): cross_entropy, focal, ...
-    label_smoothing: float = 0.0
-    class_weights: str | None = None  # "balanced" (inverse frequency) or None
+    label_smoothing: float = ranged(0.0, FRACTION)
+    class_weights: Literal["balanced"] | None = None  # "balanced" (inverse frequency) or None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the loss: focal {gamma, alpha}
 
 
 @dataclass
 class EmaConfig:
     enabled: bool = False
-    decay: float = 0.999
+    decay: float = ranged(0.999, FRACTION)
     warmup: bool = True  # ramp the decay up over the first steps: min(decay, (1 + step) / (10 + step))
     use_for_best: bool = True  # select the best checkpoint by the EMA model's metric when enabled
 
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: int | None = None  # epochs without improvement before stopping (None: off)
-    min_delta: float = 0.0
-    monitor: str = "val_acc"  # val_acc (maximise) or val_loss (minimise)
+    patience: int | None = ranged(None, AT_LEAST_1)  # epochs without improvement before stopping (None: off)
+    min_delta: float = ranged(0.0, NON_NEGATIVE)
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # val_acc (maximise) or val_loss (minimise)
 
 
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # path to a teacher checkpoint
-    temperature: float = 4.0
-    alpha: float = 0.5  # weight of the soft (teacher) term; 0 = plain CE
+    temperature: float = ranged(4.0, POSITIVE)
+    alpha: float = ranged(0.5, PROBABILITY)  # weight of the soft (teacher) term; 0 = plain CE
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 10
+    epochs: int = ranged(10, AT_LEAST_1)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     amp: bool = False  # autocast: bf16 on CPU, fp16 (with a grad scaler) or bf16 on CUDA
     amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
-    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
-    clip_grad_norm: float | None = None
+    accum_steps: int = ranged(1, AT_LEAST_1)  # gradient accumulation: optimizer step every N batches
+    clip_grad_norm: float | None = ranged(None, POSITIVE)
     ema: EmaConfig = field(default_factory=EmaConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    unfreeze_epochs: list[int] = field(default_factory=list)  # gradual unfreezing: one more group at each epoch
-    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
+    # gradual unfreezing: one more group at each epoch
+    unfreeze_epochs: list[int] = ranged([], NON_NEGATIVE)
+    max_nonfinite_steps: int = ranged(5, AT_LEAST_1)  # stop after this many non-finite losses in a row
     compile: bool = False
     channels_last: bool = False
 
@@ -150,28 +214,28 @@ class TrainingConfig:
 class TrainAugConfig:
     enabled: bool = True  # false disables every train augmentation (baseline)
     random_crop: bool = False
-    crop_padding: int = 4
-    hflip: float = 0.0  # probability
-    rotation: float = 0.0  # max degrees
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength (0 = off)
+    crop_padding: int = ranged(4, NON_NEGATIVE)  # pixels; reflect padding: less than the image side
+    hflip: float = ranged(0.0, PROBABILITY)  # probability
+    rotation: float = ranged(0.0, Range(0, 180))  # max degrees
+    color_jitter: float = ranged(0.0, NON_NEGATIVE)  # brightness/contrast/saturation strength (0 = off)
     randaugment: bool = False
-    randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 9
+    randaugment_num_ops: int = ranged(2, NON_NEGATIVE)
+    randaugment_magnitude: int = ranged(9, Range(0, 30))  # torchvision's 31 magnitude bins
     autoaugment: bool = False
     trivialaugment: bool = False
-    cutout: int = 0  # square side in pixels (0 = off)
-    cutout_count: int = 1
-    random_erasing: float = 0.0  # probability
-    random_erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+    cutout: int = ranged(0, NON_NEGATIVE)  # square side in pixels (0 = off)
+    cutout_count: int = ranged(1, AT_LEAST_1)
+    random_erasing: float = ranged(0.0, PROBABILITY)  # probability
+    random_erasing_scale: list[float] = ranged([0.02, 0.33], Range(0, 1, lo_open=True))  # [low, high] of the area
 
 
 @dataclass
 class MixConfig:
-    cutmix_alpha: float = 0.0  # 0 = off
-    mixup_alpha: float = 0.0  # 0 = off
-    prob: float = 1.0  # probability of mixing a batch
-    switch_prob: float = 0.5  # with both on: probability of CutMix rather than MixUp for a batch
-    off_last_epochs: int = 0  # no mixing in the last N epochs
+    cutmix_alpha: float = ranged(0.0, NON_NEGATIVE)  # 0 = off
+    mixup_alpha: float = ranged(0.0, NON_NEGATIVE)  # 0 = off
+    prob: float = ranged(1.0, PROBABILITY)  # probability of mixing a batch
+    switch_prob: float = ranged(0.5, PROBABILITY)  # with both on: probability of CutMix rather than MixUp for a batch
+    off_last_epochs: int = ranged(0, NON_NEGATIVE)  # no mixing in the last N epochs
 
 
 @dataclass
@@ -184,21 +248,24 @@ class AugmentationConfig:
 class RunConfig:
     name: str | None = None  # run folder prefix (default: the preset's name)
     dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    threads: int | None = None  # CPU intra-op threads (train, eval, study, bench, serve); null: the idle cores at start
+    seed: int = ranged(0, SEED)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    # CPU intra-op threads (train, eval, study, bench, serve); null: the idle cores at start
+    threads: int | None = ranged(None, AT_LEAST_1)
     resume: str | None = None  # a checkpoint path, a run folder, or "auto" (latest unfinished run with this name)
     deterministic: bool = False
     # experiment tracker, writing inside the run folder; tensorboard falls back to none (one warning) if not installed
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
-    log_interval: int = 50  # steps between progress updates and rows of steps.csv (0: neither)
+    log_interval: int = ranged(50, NON_NEGATIVE)  # steps between progress updates and rows of steps.csv (0: neither)
     # mid-epoch checkpoints (last.pt) for preemptible or time-limited jobs: "500" or "500steps" (optimizer steps) or
     # "10min" / "90s"; a resume continues at the exact sample (null: checkpoints at epoch ends only)
     checkpoint_every: str | None = None
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
-    test_tta: int = 1  # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors)
+    # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors; the upper bound is
+    # the engine's, checked with it)
+    test_tta: int = ranged(1, AT_LEAST_1)
     progress: bool = True  # a live bar on a terminal (steps, img/s, ETAs); else a line every progress_interval s
-    progress_interval: float = 15.0  # seconds between those plain progress lines (logs, CI, batch jobs)
+    progress_interval: float = ranged(15.0, POSITIVE)  # seconds between those plain progress lines (logs, CI, jobs)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
 
 
@@ -264,7 +331,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):  # so that true is not 1
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"bad value {value!r} for '{key}'.{hint} Valid values: {', '.join(map(str, choices))}")
@@ -520,52 +587,82 @@ def load_config(path: str | Path) -> Config:
     return from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def validate_config(cfg: Config) -> None:
-    """Check value ranges and cross-field rules. Raises :class:`ConfigError` before any work.
+def check_ranges(node: Any, prefix: str = "") -> None:
+    """Every number of the tree ``node`` is finite and in its field's :class:`Range` (each item of a list; the numbers
+    of ``kwargs`` mappings must be finite). Raises :class:`ConfigError` naming the key, the value and the range."""
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        valid: Range | None = f.metadata.get("range")
+        items = value.items() if isinstance(value, dict) else enumerate(value if isinstance(value, list) else [value])
+        for i, item in items:
+            if item is None or isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            if isinstance(item, float) and not math.isfinite(item):
+                where = f"{key}.{i}" if isinstance(value, dict) else key
+                raise ConfigError(f"bad value {value!r} for '{where}': must be a finite number {valid or ''}".rstrip())
+            if valid is not None and item not in valid:
+                each = f" (each of the {len(value)} values)" if isinstance(value, list) else ""
+                raise ConfigError(f"bad value {value!r} for '{key}': must be {valid}{each}")
 
-    Names that live in registries (models, datasets, losses, ...) and the model's keyword arguments are checked one
-    layer up, where the registries are (:func:`imgcls.engine.build.check_config`, which calls this first).
+
+#: ``run.device`` spellings (availability is checked with torch, in :func:`imgcls.engine.build.check_config`)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def validate_config(cfg: Config) -> None:
+    """Check types that are patterns, value ranges (:func:`check_ranges`) and the rules between fields. Raises
+    :class:`ConfigError` before any work.
+
+    Names that live in registries (models, datasets, losses, ...), the model's keyword arguments and what needs the
+    model or the machine are checked one layer up (:func:`imgcls.engine.build.check_config`, which calls this first).
     """
-    positive = {
-        "training.epochs": cfg.training.epochs,
-        "data.batch_size": cfg.data.batch_size,
-        "training.accum_steps": cfg.training.accum_steps,
-        "training.optimizer.lookahead_k": cfg.training.optimizer.lookahead_k,
-        "data.max_image_pixels": cfg.data.max_image_pixels,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"bad value {value} for '{key}': must be >= 1")
-    for key, value in {
-        "data.val_fraction": cfg.data.val_fraction,
-        "data.test_fraction": cfg.data.test_fraction,
-    }.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1)")
-    probabilities = {
-        "data.max_bad_fraction": cfg.data.max_bad_fraction,
-        "augmentation.mix.prob": cfg.augmentation.mix.prob,
-        "augmentation.mix.switch_prob": cfg.augmentation.mix.switch_prob,
-        "augmentation.train.hflip": cfg.augmentation.train.hflip,
-        "augmentation.train.random_erasing": cfg.augmentation.train.random_erasing,
-        "training.optimizer.lookahead_alpha": cfg.training.optimizer.lookahead_alpha,
-    }
-    for key, value in probabilities.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"bad value {value} for '{key}': must be in [0, 1]")
-    if cfg.training.optimizer.lr <= 0:
-        raise ConfigError(f"bad value {cfg.training.optimizer.lr} for 'training.optimizer.lr': must be > 0")
-    if cfg.training.loss.class_weights not in (None, "balanced"):
-        raise ConfigError(
-            f"bad value {cfg.training.loss.class_weights!r} for 'training.loss.class_weights': valid: balanced, null"
-        )
-    if cfg.training.early_stopping.monitor not in ("val_acc", "val_loss"):
-        raise ConfigError(
-            f"bad value {cfg.training.early_stopping.monitor!r} for 'training.early_stopping.monitor': "
-            "valid: val_acc, val_loss"
-        )
+    check_ranges(cfg)
+    if not DEVICE_PATTERN.fullmatch(cfg.run.device):
+        raise ConfigError(f"bad value {cfg.run.device!r} for 'run.device': valid: auto, cpu, cuda, cuda:N, mps")
     checkpoint_interval(cfg.run.checkpoint_every)  # raises on a bad value
-    if cfg.run.threads is not None and cfg.run.threads < 1:
-        raise ConfigError(f"bad value {cfg.run.threads} for 'run.threads': must be >= 1, or null for the idle cores")
-    if not cfg.run.progress_interval > 0:
-        raise ConfigError(f"bad value {cfg.run.progress_interval} for 'run.progress_interval': must be > 0 (seconds)")
+    d, tr, aug = cfg.data, cfg.training, cfg.augmentation.train
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"bad values data.val_fraction={d.val_fraction:g} and data.test_fraction={d.test_fraction:g}: together "
+            "they must be < 1, so that something is left to train on"
+        )
+    for key, values in {
+        "training.optimizer.betas": tr.optimizer.betas,
+        "augmentation.train.random_erasing_scale": aug.random_erasing_scale,
+    }.items():
+        if len(values) != 2:
+            raise ConfigError(f"bad value {values!r} for '{key}': expected two numbers, like [0.9, 0.999]")
+    if (d.mean is None) != (d.std is None) or (d.mean is not None and not 1 <= len(d.mean) == len(d.std)):
+        raise ConfigError(
+            f"bad values data.mean={d.mean} and data.std={d.std}: set both or neither, with one value per channel "
+            "(or one for all)"
+        )
+    if aug.random_erasing_scale[0] > aug.random_erasing_scale[1]:
+        raise ConfigError(
+            f"bad value {aug.random_erasing_scale!r} for 'augmentation.train.random_erasing_scale': [low, high] with "
+            "low <= high"
+        )
+    check_image_side(cfg)
+
+
+def check_image_side(cfg: Config) -> None:
+    """Augmentations that need room in the image: checked when ``data.image_size`` is set (else, once the data is
+    loaded, for its own size: :func:`imgcls.engine.build.model_size_hint`)."""
+    side, aug = cfg.data.image_size, cfg.augmentation.train
+    if side is None or not aug.enabled:
+        return
+    if aug.random_crop and aug.crop_padding >= side:
+        raise ConfigError(
+            f"data.image_size={side} is too small for augmentation.train.crop_padding={aug.crop_padding}: the random "
+            f"crop pads by reflection, which needs a padding below the image side. Set data.image_size >= "
+            f"{aug.crop_padding + 1}, augmentation.train.crop_padding <= {side - 1}, or "
+            "augmentation.train.random_crop=false"
+        )
+    if aug.cutout > side:
+        raise ConfigError(
+            f"bad value {aug.cutout} for 'augmentation.train.cutout': a square larger than the image "
+            f"(data.image_size={side}) erases all of it; use 0 (off) to {side}"
+        )

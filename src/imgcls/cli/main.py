@@ -2,19 +2,23 @@
 
 Every command that builds a config takes an optional preset name and ``dotted.key=value`` overrides, e.g.
 ``imgcls train cifar10_resnet18 model.name=resnet18 training.optimizer.name=adamw training.epochs=5``.
-Bad input (unknown key, bad value, missing dataset, unreadable checkpoint) ends with a one-line error and exit 2.
+Failures the user can fix (unknown key, bad value, missing dataset or package, unreadable checkpoint, training that
+diverged, a full disk, a read-only folder) end with a one-line ``error: ...`` saying what to do, and exit status 2;
+:func:`main` maps them in one place. ``--debug`` (or ``IMGCLS_DEBUG=1``) shows their traceback instead. Anything else
+is a bug, and shows its traceback (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
 
 from imgcls.cli import explain, export, lr, preview, serve, study, tune
 from imgcls.cli.common import config_from_args
-from imgcls.config import ConfigError, all_keys, build_config, list_presets, to_yaml
+from imgcls.config import ConfigError, UserFacingError, all_keys, build_config, list_presets, to_yaml
 
 # Library imports sit inside the commands (each marked "deferred"): the library pulls in torch and torchvision
 # (several seconds), which `imgcls --help` and a mistyped command should not wait for.
@@ -29,12 +33,13 @@ COMMAND_MODULES = (explain, export, lr, preview, serve, study, tune)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from imgcls.engine.runs import resume_config  # deferred
+    from imgcls.engine.runs import resume_config, writing  # deferred
     from imgcls.evaluate.post_run import train_and_report
 
     cfg, _, overrides = config_from_args(args.args)
     cfg, resume_path = resume_config(cfg, overrides)
-    result = train_and_report(cfg, resume_path=resume_path)
+    with writing(cfg.run.dir):  # a failed write that names no file (a full disk) is at least placed in run.dir
+        result = train_and_report(cfg, resume_path=resume_path)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if result.test is not None:
             tta = result.summary.get("test_tta") or 1
@@ -112,13 +117,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches '{args.pattern}'; `imgcls models` lists them all")
-    rows = model_table(
-        names,
-        num_classes=args.num_classes,
-        input_size=args.input_size,
-        freeze_backbone=args.freeze_backbone,
-        freeze_layers=args.freeze_layers,
-    )
+    try:
+        rows = model_table(
+            names,
+            num_classes=args.num_classes,
+            input_size=args.input_size,
+            freeze_backbone=args.freeze_backbone,
+            freeze_layers=args.freeze_layers,
+        )
+    except (ValueError, RuntimeError) as e:  # a freeze depth or an input size the model cannot take
+        flags = {"--input-size": args.input_size, "--freeze-layers": args.freeze_layers or None}
+        given = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
+        raise ConfigError(f"imgcls models {args.pattern}{given}: {' '.join(str(e).split())}") from e
     table = Table(title="imgcls models")
     for col in ("model", "params", "trainable", "MACs", "input"):
         table.add_column(col, justify="left" if col in ("model", "input") else "right")
@@ -172,6 +182,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Train, understand and ship image classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors too (also: IMGCLS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model: imgcls train [PRESET] [key=value ...]")
@@ -226,21 +237,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what to say about an OSError the user can fix, by errno ({path}: the file, {strerror}: the system's words)
+OS_ERRORS = {
+    errno.ENOSPC: "disk full writing {path}: free space there, or set run.dir=... (--out for exports) to a folder "
+    "on a disk with room",
+    errno.EACCES: "{strerror}: {path}: fix its permissions, or set run.dir=... (--out for exports) to a folder you "
+    "can write",
+    errno.ENOTDIR: "{strerror}: {path}: a file stands where a folder is expected; set run.dir=... (--out for "
+    "exports) to a folder",
+}
+OS_ERRORS[errno.EDQUOT] = OS_ERRORS[errno.ENOSPC]
+OS_ERRORS[errno.EPERM] = OS_ERRORS[errno.EROFS] = OS_ERRORS[errno.EACCES]
+
+
+def user_error_message(error: BaseException, user_errors: tuple[type[BaseException], ...]) -> str | None:
+    """The one line to print for a failure the user can fix, or None for anything else (a bug: show the traceback).
+
+    Args:
+        error: what was raised.
+        user_errors: exception types whose message already says what to do.
+    """
+    if isinstance(error, user_errors):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in OS_ERRORS:
+        path = error.filename if error.filename is not None else "a file"
+        return OS_ERRORS[error.errno].format(path=path, strerror=error.strerror or "OS error")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``imgcls`` command. Returns the exit status."""
+    """Entry point of the ``imgcls`` command. Returns the exit status: 0, 2 for a failure the user can fix (one line
+    on stderr, see :func:`user_error_message`), 130 when interrupted; a bug raises (traceback)."""
     from imgcls.data.datasets import DatasetNotFoundError  # deferred: after parsing (--help is fast)
     from imgcls.data.images import BadImageError
     from imgcls.engine.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("IMGCLS_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetNotFoundError, CheckpointError, BadImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = user_error_message(e, (UserFacingError, DatasetNotFoundError, CheckpointError, BadImageError))
+        if message is None or debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def _entry() -> None:

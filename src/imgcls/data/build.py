@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcls.config import Config
+from imgcls.config import Config, ConfigError
 from imgcls.data.batch import build_mixer
 from imgcls.data.datasets import FileSource, Splits, SplitView, load_dataset, make_splits
 from imgcls.data.device_loader import build_device_loaders
@@ -50,24 +50,34 @@ log = logging.getLogger(__name__)
 
 
 def build_splits(cfg: Config) -> Splits:
-    """Load the configured dataset and derive its deterministic splits (``data.split_seed``, else ``run.seed``)."""
+    """Load the configured dataset and derive its deterministic splits (``data.split_seed``, else ``run.seed``).
+
+    Raises:
+        ConfigError: ``data.subset`` / ``data.val_fraction`` / ``data.test_fraction`` leave a split smaller than the
+            class count (which only the loaded data knows).
+    """
+    d = cfg.data
     raw = load_dataset(
-        cfg.data.name,
-        root=cfg.data.root,
-        download=cfg.data.download,
-        in_chans=cfg.data.in_chans,
-        max_image_pixels=cfg.data.max_image_pixels,
+        d.name, root=d.root, download=d.download, in_chans=d.in_chans, max_image_pixels=d.max_image_pixels
     )
-    return make_splits(
-        raw,
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.run.seed if cfg.data.split_seed is None else cfg.data.split_seed,
-        subset=cfg.data.subset,
-        imbalance=cfg.data.imbalance,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
-    )
+    try:
+        return make_splits(
+            raw,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            seed=cfg.run.seed if d.split_seed is None else d.split_seed,
+            subset=d.subset,
+            imbalance=d.imbalance,
+            mean=d.mean,
+            std=d.std,
+        )
+    except ValueError as e:  # scikit-learn refuses a split with fewer samples than classes, or an empty one
+        if "size" not in str(e) and "n_samples" not in str(e):
+            raise
+        raise ConfigError(
+            f"data.subset={d.subset}, data.val_fraction={d.val_fraction:g} and data.test_fraction={d.test_fraction:g} "
+            f"do not fit {d.name}'s {len(raw.classes)} classes: {e}"
+        ) from e
 
 
 def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> PreprocessInfo:

@@ -8,6 +8,7 @@ down in :mod:`imgcls.data.build`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import random
@@ -19,18 +20,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import Config, ConfigError, from_dict, parse_override, set_value, validate_config
+from imgcls.config import (
+    Config,
+    ConfigError,
+    check_image_side,
+    from_dict,
+    parse_override,
+    set_value,
+    validate_config,
+)
 from imgcls.data.build import build_splits, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
-from imgcls.engine.losses import LOSSES, check_loss_config
+from imgcls.engine.losses import LOSSES, check_loss_config, check_loss_values
 from imgcls.engine.optim import OPTIMIZERS
 from imgcls.engine.schedules import SCHEDULES
+from imgcls.engine.tracking import check_tracker
 from imgcls.models import MODELS, create_model
-from imgcls.models.pretrained import load_pretrained
+from imgcls.models.pretrained import check_weights_available, load_pretrained
 
 #: config keys whose value names a registry entry, checked by :func:`check_config`
 REGISTRY_KEYS: dict[str, Any] = {
@@ -50,8 +60,16 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 
 def check_config(cfg: Config) -> None:
-    """Every check that needs no data: types and ranges (:func:`imgcls.config.validate_config`), registry names, the
-    model's keyword arguments and the TTA view count. Raises :class:`ConfigError` before any work."""
+    """Every check that needs no data, before any work: types, ranges and the rules between fields
+    (:func:`imgcls.config.validate_config`), registry names, the loss's and the model's options, the TTA view count,
+    the device, the tracker's package, and what the model itself knows (:func:`check_model_config`: freeze depth,
+    smallest input, pretrained weights). The paths a run reads and writes are checked when it starts
+    (:func:`imgcls.engine.runs.check_run_paths`: a config may name a file that an earlier run will write).
+
+    Raises:
+        ConfigError: (or another :class:`~imgcls.config.UserFacingError`) one line naming the key, the bad value and
+            what is valid.
+    """
     validate_config(cfg)
     for key, registry in REGISTRY_KEYS.items():
         value = _get(cfg, key)
@@ -64,7 +82,150 @@ def check_config(cfg: Config) -> None:
             f"bad value {cfg.run.test_tta} for 'run.test_tta': must be between 1 (off) and {MAX_TTA_VIEWS}"
         )
     check_loss_config(cfg.training.loss)
+    check_loss_values(cfg.training.loss)
     model_kwargs(cfg, model_entry(cfg), image_size=None)
+    check_device(cfg.run.device)
+    check_tracker(cfg.run.tracker)
+    check_model_config(cfg)
+
+
+def check_device(name: str) -> None:
+    """``run.device`` names a device this machine has (``auto`` always does).
+
+    Raises:
+        ConfigError: a CUDA device without CUDA (or beyond the GPU count), ``mps`` without Apple's Metal backend.
+    """
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            built = "" if torch.version.cuda else f", and this torch {torch.__version__} is built without CUDA"
+            have = f"{count} CUDA device(s), cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+            raise ConfigError(
+                f"bad value {name!r} for 'run.device': this machine has {have}{built}; use run.device=cpu or auto"
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("bad value 'mps' for 'run.device': Apple's Metal backend is not available here; use cpu")
+
+
+def check_model_config(cfg: Config) -> None:
+    """What only the model knows, asked of a copy built on the meta device (shapes without memory or weights, a few
+    ms for small models): ``model.freeze_layers`` at most its stage-group count, ``data.image_size`` (when set) at
+    least its smallest input, and the ``model.pretrained`` weights obtainable
+    (:func:`~imgcls.models.pretrained.check_weights_available`).
+
+    Raises:
+        ConfigError: the model cannot be built with the configured options, or the values above do not fit it.
+        PretrainedWeightsError, NoInternetError: the weights cannot be had.
+    """
+    side = cfg.data.image_size
+    model = check_input_side(cfg, side)
+    groups = len(model.stage_groups())
+    if cfg.model.freeze_layers > groups:
+        raise ConfigError(
+            f"bad value {cfg.model.freeze_layers} for 'model.freeze_layers': model '{cfg.model.name}' has {groups} "
+            f"stage groups, so use 0..{groups} (or model.freeze_backbone=true to freeze them all)"
+        )
+    if cfg.model.pretrained is True and getattr(model, "pretrained_source", None) is None and side is None:
+        # which weights exist may depend on the input size (a ResNet's stem), unknown until the data is loaded
+        if getattr(_model_for_checks(cfg, 224), "pretrained_source", None) is not None:
+            return
+    check_weights_available(model, cfg.model.pretrained)
+
+
+def check_input_side(cfg: Config, side: int | None) -> nn.Module:
+    """The configured model, built for checks (:func:`_model_for_checks`) for ``side`` x ``side`` inputs (None: its
+    default), after a forward pass of such a batch on the meta device.
+
+    Raises:
+        ConfigError: the model cannot be built, or cannot take that input (naming the smallest side above it that it
+            takes).
+    """
+    try:
+        model = _model_for_checks(cfg, side)
+    except ConfigError as e:
+        smallest = None if side is None else _smallest_side(cfg, side)
+        if smallest is None:
+            raise
+        raise ConfigError(f"{e}; the smallest data.image_size above {side} that it takes is {smallest}") from e
+    if side is not None and _on_meta(model):
+        reason = _forward_error(model, side, cfg.data.in_chans or 3)
+        smallest = None if reason is None else _smallest_side(cfg, side)
+        if smallest is not None:
+            raise ConfigError(
+                f"bad value {side} for 'data.image_size': model '{cfg.model.name}' cannot take {side}x{side} inputs "
+                f"({reason}); the smallest side above {side} that it takes is {smallest}"
+            )
+    return model
+
+
+def _model_options(cfg: Config) -> str:
+    m = cfg.model
+    options = {
+        "model.activation": m.activation,
+        "model.dropout_rate": m.dropout_rate,
+        "model.drop_path_rate": m.drop_path_rate,
+        "model.stem": m.stem,
+        "data.image_size": cfg.data.image_size,
+        "data.in_chans": cfg.data.in_chans,
+        **{f"model.kwargs.{k}": v for k, v in m.kwargs.items()},
+    }
+    return ", ".join(f"{k}={v}" for k, v in options.items() if v is not None) or "its defaults"
+
+
+def _build_on(device: str, cfg: Config, image_size: int | None) -> nn.Module:
+    kwargs = model_kwargs(cfg, model_entry(cfg), image_size)
+    with torch.device(device):
+        return create_model(cfg.model.name, num_classes=2, in_chans=cfg.data.in_chans or 3, **kwargs)
+
+
+def _model_for_checks(cfg: Config, image_size: int | None) -> nn.Module:
+    """The configured model without weights: on the meta device, else (init code that reads values, like timm's
+    ``linspace(...).item()`` drop-path rates, cannot run there) on the CPU. Raises :class:`ConfigError` when it
+    cannot be built at all."""
+    try:
+        return _build_on("meta", cfg, image_size)
+    except Exception:  # whatever failed on meta tensors, the CPU build below tells whether it is real
+        pass
+    try:
+        return _build_on("cpu", cfg, image_size)
+    except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, AttributeError) as e:
+        reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(
+            f"model.name={cfg.model.name} cannot be built with {_model_options(cfg)}: {' '.join(reason.split())}"
+        ) from e
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return all(p.device.type == "meta" for p in model.parameters())
+
+
+def _forward_error(model: nn.Module, side: int, in_chans: int) -> str | None:
+    """Why a forward pass of a [2, C, side, side] batch fails on ``model`` (meta device), or None when it runs."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, in_chans, side, side, device="meta"))
+    except Exception as e:  # any failure; the caller only reports it when a larger input runs
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def _smallest_side(cfg: Config, side: int) -> int | None:
+    """The smallest input side above ``side`` (up to 64 more) that the model builds and runs at, or a larger one that
+    does; None when none does (then the failure is not about the input size)."""
+
+    def fits(s: int) -> bool:
+        try:
+            model = _build_on("meta", cfg, s)
+        except Exception:  # a model that cannot be built at this size does not fit it
+            return False
+        return _forward_error(model, s, cfg.data.in_chans or 3) is None
+
+    big = max(4 * side, 64)
+    if not fits(big):
+        return None
+    return next((s for s in range(side + 1, min(big, side + 65)) if fits(s)), big)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -133,7 +294,27 @@ def model_size_hint(cfg: Config, splits: Splits) -> int | None:
     """The input size a model is built for: explicit, else the data's own; file datasets default to 224 px unless
     pretrained weights bring their own size (:func:`imgcls.data.build.resolve_preprocess` then reads it)."""
     native = splits.train.source.image_size
+    if cfg.data.image_size is None and native:
+        check_native_side(cfg, int(native[0]))
     return cfg.data.image_size or (native[0] if native else (None if cfg.model.pretrained else 224))
+
+
+def check_native_side(cfg: Config, side: int) -> None:
+    """With ``data.image_size`` unset, the data's own image side (known once it is loaded) must suit the augmentations
+    and the model, as a set ``data.image_size`` is checked before any work (:func:`check_config`).
+
+    Raises:
+        ConfigError: before the run folder exists, saying that the data's own size was used and what to set.
+    """
+    trial = copy.deepcopy(cfg)
+    trial.data.image_size = side
+    try:
+        check_image_side(trial)
+        check_input_side(trial, side)
+    except ConfigError as e:
+        raise ConfigError(
+            f"data.image_size is unset, so {cfg.data.name}'s own {side}x{side} images are used: {e}"
+        ) from e
 
 
 def data_init_sample(

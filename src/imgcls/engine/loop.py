@@ -20,11 +20,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls.config import UserFacingError
 from imgcls.engine.ema import ModelEma
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many non-finite losses in a row: training stopped before any non-finite weight was saved."""
+class NonFiniteLossError(UserFacingError, RuntimeError):
+    """Too many non-finite losses in a row: training stopped before any non-finite weight was saved. The message says
+    what to change (a :class:`~imgcls.config.UserFacingError`: the CLI prints it in one line)."""
 
 
 def assert_finite_state(module: nn.Module, what: str = "model") -> None:

@@ -175,6 +175,29 @@ def check_loss_config(cfg: LossConfig) -> None:
             raise ConfigError(f"loss '{cfg.name}' needs 'training.loss.kwargs.{name}'. {valid}")
 
 
+def check_loss_values(cfg: LossConfig) -> None:
+    """Build the configured loss and evaluate it once on a tiny batch (2 samples, 3 classes), so that values in
+    ``training.loss.kwargs`` it cannot use (a string for a number, ...) or that make it non-finite fail before any work.
+    Nothing to do without kwargs (the factory's defaults; ``label_smoothing`` has its range).
+
+    Raises:
+        ConfigError: naming ``training.loss.kwargs`` and the loss's own complaint.
+    """
+    if not cfg.kwargs:
+        return
+    logits, target = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]]), torch.tensor([0, 2])
+    try:
+        value = LOSSES.create(cfg.name, label_smoothing=cfg.label_smoothing, **cfg.kwargs)(logits, target)
+    except (TypeError, ValueError, RuntimeError) as e:
+        reason = " ".join(str(e).split())
+        raise ConfigError(f"bad value {cfg.kwargs} for 'training.loss.kwargs' of loss '{cfg.name}': {reason}") from e
+    if not bool(torch.isfinite(value).all()):
+        raise ConfigError(
+            f"bad value {cfg.kwargs} for 'training.loss.kwargs' of loss '{cfg.name}': the loss of a test batch is "
+            f"{value.tolist()}, not a finite number"
+        )
+
+
 def build_loss(cfg: LossConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
     """The configured loss; ``class_weights`` [K] when ``cfg.class_weights == "balanced"``.
 

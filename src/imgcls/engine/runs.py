@@ -13,13 +13,15 @@ process that is killed leaves its lock behind; the dead PID (or the stale heartb
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +54,48 @@ class RunFolderError(ValueError):
 def run_name(cfg: Config) -> str:
     """The folder prefix of a run: ``run.name``, else the preset, else the model."""
     return cfg.run.name or cfg.preset or cfg.model.name.replace(":", "_")
+
+
+def check_run_paths(cfg: Config) -> None:
+    """The paths a run needs, when it starts: ``run.dir`` can hold a new run folder (the nearest folder on its path
+    that exists is a folder, and writable) and ``training.distill.teacher`` exists.
+
+    Raises:
+        ConfigError: before any work, naming the key and the path that is missing, a file or read-only.
+    """
+    teacher = cfg.training.distill.teacher
+    if teacher and not Path(teacher).expanduser().exists():
+        raise ConfigError(f"bad value '{teacher}' for 'training.distill.teacher': no such checkpoint or run folder")
+    path = existing = Path(cfg.run.dir).expanduser()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"bad value '{cfg.run.dir}' for 'run.dir': {existing} is a file, not a folder; set run.dir=FOLDER"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its nearest existing folder, {existing})"
+        raise ConfigError(
+            f"bad value '{cfg.run.dir}' for 'run.dir': cannot write into it{where}: read-only or no permission; set "
+            "run.dir= to a folder you can write"
+        )
+
+
+#: errno values of a failed write that :func:`writing` names the file of
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an :class:`OSError` raised while writing it (a full disk, a read-only or forbidden folder):
+    the errors of ``write()`` and of ``torch.save`` carry no file name, and the CLI's one-line message says which file
+    could not be written. Other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in WRITE_ERRNOS:
+            e.filename = str(path)
+        raise
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -259,14 +303,14 @@ class CsvLog:
             return list(csv.DictReader(f))
 
     def _write_all(self, rows: list[dict[str, Any]]) -> None:
-        with self.path.open("w", newline="") as f:
+        with writing(self.path), self.path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields)
             w.writeheader()
             w.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
         new = not self.path.is_file()
-        with self.path.open("a", newline="") as f:
+        with writing(self.path), self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 w.writeheader()

