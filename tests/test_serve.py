@@ -20,10 +20,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 httpx = pytest.importorskip("httpx")
 
+from fastapi import HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from imgcls.export.bench import init_checkpoint  # noqa: E402
-from imgcls.serve.app import create_app  # noqa: E402
+from imgcls.serve.app import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_REQUEST_PIXELS, create_app  # noqa: E402
+from imgcls.serve.decode import FORMATS, DecodeBudget  # noqa: E402
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -185,6 +187,102 @@ def test_empty_400_and_missing_field_422(client):
     assert r.status_code == 400
     assert client.post("/predict").status_code == 422
     assert client.post("/predict", files={"other": ("x.png", png_bytes(), "image/png")}).status_code == 422
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_allowed_format_decodes(client, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buf, format=fmt)
+    r = client.post("/predict", files={"file": (f"x.{fmt.lower()}", buf.getvalue(), "application/octet-stream")})
+    assert r.status_code == 200, r.text
+
+
+def test_other_formats_415(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PCX")  # Pillow reads it, the server does not open it
+    r = client.post("/predict", files={"file": ("x.pcx", buf.getvalue(), "image/x-pcx")})
+    assert r.status_code == 415
+
+
+def test_request_pixel_cap_413_before_decoding(ckpt):
+    app = create_app(ckpt, max_pixels=300 * 300, max_request_pixels=3 * 300 * 300)
+    service = app.state.service
+    decoded = []
+    inner = service.decode
+    service.decode = lambda *a, **k: decoded.append(1) or inner(*a, **k)
+    with TestClient(app) as c:
+        three = [("files", (f"{i}.png", _flat_png(300, 300), "image/png")) for i in range(3)]
+        assert c.post("/predict/batch", files=three).status_code == 200
+        assert len(decoded) == 3
+        r = c.post("/predict/batch", files=[*three, ("files", ("3.png", _flat_png(300, 300), "image/png"))])
+        assert r.status_code == 413 and "in one request" in r.json()["detail"]
+        assert len(decoded) == 3  # nothing decoded for the rejected request
+        assert c.get("/metadata").json()["limits"]["max_request_pixels"] == 3 * 300 * 300
+
+
+def test_large_images_are_reduced_while_decoding(client):
+    service = client.app.state.service  # simple_cnn_tiny: 16 px input, so images shrink to 64..127 px per side
+    png = _flat_png(1000, 250)
+    image, x = service.decode(png, "image/png", "wide.png")
+    assert tuple(x.shape) == (1, 16, 16) and tuple(image.shape) == (1, 84, 67)  # box factors 15 and 3
+    small = png_bytes((100, 100))  # within 2 x 64 per side: decoded as it is, exactly as `imgcls predict` would
+    image, _ = service.decode(small, "image/png", "small.png")
+    assert tuple(image.shape) == (1, 100, 100)
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 400), (200, 30, 30)).save(buf, format="JPEG")
+    header = service.probe(buf.getvalue(), "image/jpeg", "photo.jpg", min_side=service.min_side)
+    assert header.draft_scale == 4 and header.pixels == 600 * 400 and header.decoded_pixels == 150 * 100
+    r = client.post("/gradcam", files={"file": ("photo.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text  # Grad-CAM keeps enough of a large image for its overlay
+
+
+def test_decode_budget_over_the_whole_budget_413(ckpt):
+    with TestClient(create_app(ckpt, max_decode_bytes=2**20)) as c:
+        r = c.post("/predict", files={"file": ("big.png", _flat_png(1000, 1000), "image/png")})  # ~5 MB to decode
+        assert r.status_code == 413 and "decode budget" in r.json()["detail"]
+        assert c.post("/predict", files={"file": ("ok.png", png_bytes(), "image/png")}).status_code == 200
+
+
+def test_decode_budget_waits_in_order_then_503():
+    async def scenario() -> tuple[list[str], HTTPException]:
+        budget = DecodeBudget(100, wait_s=0.2)
+        order: list[str] = []
+        await budget.acquire(60)
+
+        async def waiter(name: str, n: int) -> None:
+            await budget.acquire(n)
+            order.append(name)
+
+        a = asyncio.create_task(waiter("a", 50))  # waits for the first 60
+        await asyncio.sleep(0)
+        b = asyncio.create_task(waiter("b", 10))  # would fit now, but queues behind a (arrival order)
+        await asyncio.sleep(0.05)
+        assert order == [] and budget.in_use == 60
+        budget.release(60)
+        await asyncio.gather(a, b)
+        assert budget.in_use == 60 and budget.peak == 60
+        with pytest.raises(HTTPException) as busy:
+            await budget.acquire(50)  # 40 free, and nobody releases within wait_s
+        assert budget.in_use == 60 and not budget.waiters
+        return order, busy.value
+
+    order, busy = asyncio.run(scenario())
+    assert order == ["a", "b"]
+    assert busy.status_code == 503 and busy.headers == {"Retry-After": "1"} and "busy" in busy.detail
+
+
+def test_serve_cli_limit_flags():
+    import argparse
+
+    from imgcls.cli.serve import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["serve", "m.pt"])
+    assert args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS
+    assert args.max_decode_mb * 2**20 == DEFAULT_MAX_DECODE_BYTES
+    args = parser.parse_args(["serve", "m.pt", "--max-request-pixels", "1000", "--max-decode-mb", "64"])
+    assert args.max_request_pixels == 1000 and args.max_decode_mb == 64
 
 
 # --------------------------------------------------------------------------------------------------------------------

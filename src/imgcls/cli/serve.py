@@ -33,6 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             max_body_bytes=int(args.max_body_mb * 2**20),
             max_pixels=args.max_pixels,
+            max_request_pixels=args.max_request_pixels,
+            max_decode_bytes=int(args.max_decode_mb * 2**20),
             topk=args.topk,
             device=args.device,
             threads=args.threads,
@@ -50,7 +52,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register ``imgcls serve`` on the ``imgcls`` parser."""
-    p = sub.add_parser("serve", help="HTTP inference server with micro-batching and a drop-an-image web page")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP inference server with micro-batching and a drop-an-image web page",
+        description="Serve a checkpoint or an ONNX model over HTTP: POST /predict, /predict/batch, /gradcam; a web "
+        "page at /. Inputs are bounded per image (--max-pixels), per request (--max-body-mb, --max-request-pixels) "
+        "and across requests (--max-decode-mb of images being decoded at once); over a bound the answer is 413, or "
+        "503 with Retry-After when the server is busy.",
+    )
     p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -59,6 +68,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="images allowed to wait; beyond -> 503")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB; beyond -> 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image in pixels; beyond -> 413")
+    p.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=64 * 2**20,
+        help="most pixels of all images in one request together, read from their headers (default 64 Mi: 64 "
+        "images of 1024x1024 or 4 at the --max-pixels limit); beyond -> 413",
+    )
+    p.add_argument(
+        "--max-decode-mb",
+        type=float,
+        default=256.0,
+        help="MiB of images being decoded at once across all requests (default 256: about two of the largest "
+        "images); a request waits up to 10 s for room, then gets 503",
+    )
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
