@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import shutil
 import socket
@@ -271,7 +272,70 @@ def test_decode_budget_waits_in_order_then_503():
     assert busy.status_code == 503 and busy.headers == {"Retry-After": "1"} and "busy" in busy.detail
 
 
-def test_serve_cli_limit_flags():
+def test_unexpected_error_is_a_json_500_with_headers(ckpt):
+    app = create_app(ckpt, max_batch=1, max_wait_ms=0)
+
+    def broken(batch):
+        raise RuntimeError("model exploded")
+
+    app.state.service.forward = broken
+    with TestClient(app) as c:
+        r = c.post("/predict", files={"file": ("x.png", png_bytes(), "image/png")})
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Security headers and the docs switch
+# --------------------------------------------------------------------------------------------------------------------
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+
+
+def _assert_security_headers(r: httpx.Response) -> str:
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers.get(name) == value, (r.request.method, r.request.url.path, r.status_code, name)
+    return r.headers["content-security-policy"]
+
+
+def test_security_headers_on_every_response(client):
+    png = png_bytes()
+    responses = [
+        client.get("/health"),
+        client.get("/metadata"),
+        client.post("/predict", files={"file": ("x.png", png, "image/png")}),
+        client.post("/predict/batch", files=[("files", ("x.png", png, "image/png"))]),
+        client.post("/gradcam", files={"file": ("x.png", png, "image/png")}),
+        client.get("/nowhere"),  # 404
+        client.delete("/predict"),  # 405
+        client.post("/predict"),  # 422
+        client.post("/predict", files={"file": ("x.txt", b"text", "text/plain")}),  # 415
+        client.post("/predict", files={"file": ("big.png", b"\0" * 300_000, "image/png")}),  # 413 from the middleware
+        client.get("/openapi.json"),
+    ]
+    assert {r.status_code for r in responses} >= {200, 404, 405, 413, 415, 422}
+    for r in responses:
+        assert _assert_security_headers(r) == "default-src 'none'; frame-ancestors 'none'"
+    page = client.get("/")
+    csp = _assert_security_headers(page)
+    script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp
+    assert "img-src 'self' blob: data:" in csp and "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn.jsdelivr.net" in _assert_security_headers(docs)
+
+
+def test_docs_switch(ckpt):
+    with TestClient(create_app(ckpt, docs=False)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            _assert_security_headers(r)
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_serve_cli_limits_and_docs_flags():
     import argparse
 
     from imgcls.cli.serve import add_cli
@@ -279,10 +343,10 @@ def test_serve_cli_limit_flags():
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())
     args = parser.parse_args(["serve", "m.pt"])
-    assert args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS
+    assert args.docs is True and args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS
     assert args.max_decode_mb * 2**20 == DEFAULT_MAX_DECODE_BYTES
-    args = parser.parse_args(["serve", "m.pt", "--max-request-pixels", "1000", "--max-decode-mb", "64"])
-    assert args.max_request_pixels == 1000 and args.max_decode_mb == 64
+    args = parser.parse_args(["serve", "m.pt", "--no-docs", "--max-request-pixels", "1000", "--max-decode-mb", "64"])
+    assert args.docs is False and args.max_request_pixels == 1000 and args.max_decode_mb == 64
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -409,16 +473,22 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(live_server + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('simple_cnn_tiny')")
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            response = page.goto(live_server + "/")
+            assert "script-src 'sha256-" in response.headers["content-security-policy"]
+            # selectors, not wait_for_function: the page's CSP (rightly) forbids the eval that the latter needs
+            page.wait_for_selector("#model:has-text('simple_cnn_tiny')")
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#predictions .prediction", timeout=30_000)
             labels = page.locator("#predictions .label").all_text_contents()
             assert len(labels) == 5 and all(label in CLASSES for label in labels)
-            # the Grad-CAM overlay arrives after the bars
-            page.wait_for_function(
-                "document.getElementById('overlay').src.startsWith('data:image/png')", timeout=30_000
-            )
+            # the Grad-CAM overlay (a data: URL) arrives after the bars; the preview is a blob: URL
+            page.wait_for_selector("#overlay[src^='data:image/png']", timeout=30_000)
+            assert page.locator("#preview").get_attribute("src").startswith("blob:")
             assert page.locator("#error").text_content() == ""
+            # the inline style applied too (the bars have a width), and the CSP blocked nothing the page uses
+            assert page.locator("#drop").evaluate("e => getComputedStyle(e).borderStyle") == "dashed"
+            assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             browser.close()

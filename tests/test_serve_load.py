@@ -167,6 +167,8 @@ def test_large_canvas_burst_keeps_memory_bounded_then_small_requests_all_succeed
     assert statuses == [200, 200, 200, 413, 413], [r.text[:200] for r in responses]
     assert all(len(r.json()["results"]) == 64 for r in responses[:3])
     assert "65 files" in responses[3].json()["detail"] and "pixels" in responses[4].json()["detail"]
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff"
     peak_mb = (rss.peak - baseline) / MB
     assert peak_mb <= PEAK_GROWTH_MB, f"RSS grew by {peak_mb:.0f} MB during the burst (baseline {baseline / MB:.0f})"
     time.sleep(1)  # the heap is trimmed in a decode thread once the decoders are idle; give it a moment

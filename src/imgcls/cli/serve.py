@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
             gradio_ui=args.gradio,
+            docs=args.docs,
         )
     except ValueError as e:  # e.g. an ONNX file without imgcls metadata
         print(f"error: {e}", file=sys.stderr)
@@ -58,7 +59,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description="Serve a checkpoint or an ONNX model over HTTP: POST /predict, /predict/batch, /gradcam; a web "
         "page at /. Inputs are bounded per image (--max-pixels), per request (--max-body-mb, --max-request-pixels) "
         "and across requests (--max-decode-mb of images being decoded at once); over a bound the answer is 413, or "
-        "503 with Retry-After when the server is busy.",
+        "503 with Retry-After when the server is busy. Every response carries nosniff, X-Frame-Options: DENY, "
+        "Referrer-Policy: no-referrer and a Content-Security-Policy. /docs, /redoc and /openapi.json are on, as "
+        "suits a development server; --no-docs turns them off.",
     )
     p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
@@ -86,5 +89,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
     p.add_argument("--gradio", action="store_true", help="also serve a Gradio UI at /ui (pip install 'imgcls[gradio]')")
+    p.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_false",
+        help="do not serve /docs, /redoc and /openapi.json (they are on by default, for development)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

@@ -20,6 +20,9 @@ decoded; Pillow's own decompression-bomb limit stays on). Decoded bytes in fligh
 are shrunk while they are decoded and only the model-size tensor is kept (see :mod:`imgcls.serve.decode`). Requests
 only ever carry images: nothing from a request is unpickled, and the model file is fixed when the app is created
 (checkpoints load with ``weights_only=True``).
+
+Every response carries security headers (:mod:`imgcls.serve.headers`); ``docs=False`` turns off ``/docs``,
+``/redoc`` and ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from imgcls.serve.decode import (
     trim_heap,
 )
 from imgcls.serve.gradio_ui import mount_gradio
+from imgcls.serve.headers import SecurityHeadersMiddleware, page_csp
 
 __all__ = [
     "BodySizeLimitMiddleware",
@@ -531,6 +535,7 @@ def create_app(
     device: str = "cpu",
     threads: int | None = None,
     gradio_ui: bool = False,
+    docs: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -551,6 +556,8 @@ def create_app(
         device: torch device for checkpoint models.
         threads: intra-op threads for the model.
         gradio_ui: also serve a Gradio UI at ``/ui`` (needs ``pip install 'imgcls[gradio]'``).
+        docs: serve the OpenAPI schema and its pages (``/openapi.json``, ``/docs``, ``/redoc``); False for a
+            server that should not describe itself.
 
     Raises:
         RuntimeError: ``gradio_ui`` is set and gradio is not installed.
@@ -568,14 +575,17 @@ def create_app(
         decode_threads=decode_threads,
     )
     default_k = max(1, min(topk, len(runner.classes)))
+    urls = {} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(
         title="imgcls",
         description=f"{runner.name}: {len(runner.classes)} classes",
         lifespan=_lifespan(service),
+        **urls,
     )
     app.state.service = service
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware, page_policies={"/": page_csp(page)})  # outermost: every answer
     _add_info_routes(app, service, page=page, default_k=default_k, max_body_bytes=max_body_bytes, max_files=max_files)
     _add_predict_routes(app, service, default_k=default_k, max_files=max_files)
     _add_gradcam_route(app, service, default_k=default_k)
@@ -638,7 +648,8 @@ async def _read_and_decode(
 def _add_info_routes(
     app: FastAPI, service: InferenceService, *, page: str, default_k: int, max_body_bytes: int, max_files: int
 ) -> None:
-    """``GET /`` (the web page ``page``), ``GET /health`` and ``GET /metadata``."""
+    """``GET /`` (the web page ``page``, whose CSP hashes its inline script and style), ``GET /health`` and
+    ``GET /metadata``."""
     runner = service.runner
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
