@@ -6,8 +6,9 @@ The canvases are 4096 x 4096 1-bit PNGs: about 2 KB each on disk, 16 MiB each on
 three 64-image requests of the burst (400 KB of uploads) decode 3 GiB of pixels. The server is started with a
 per-request pixel cap that lets them through (the default, 64 Mi pixels, would refuse them at once with 413), so
 what bounds its memory here is the decoding itself: images shrunk while decoded, one at a time per request, within
-the decode budget (256 MiB by default). Measured on the project's 2-core machine: +80 MB at the peak and +5-20 MB a
-second after (before this bound, the same burst took the server from 0.9 to 4.3 GB, and 3.0 GB a second after).
+the decode budget (256 MiB by default), the heap trimmed and large blocks unmapped once freed. Measured on the
+project's 2-core machine: +65-85 MB at the peak and +4 MB a second after (before this bound, the same burst took the
+server from 0.9 to 4.3 GB, and it stayed at 3.0 GB).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from imgcls.export.bench import init_checkpoint  # noqa: E402
 SRC = Path(__file__).resolve().parents[1] / "src"
 MB = 2**20
 SIDE = 4096  # the default per-image limit is 4096 x 4096 pixels
-PEAK_GROWTH_MB = 300  # RSS growth allowed at the peak of the burst (measured: about 80)
-AFTER_GROWTH_MB = 64  # and once it is over (measured: 5-20)
+PEAK_GROWTH_MB = 300  # RSS growth allowed at the peak of the burst (measured: 65-85)
+AFTER_GROWTH_MB = 64  # and once it is over (measured: 4; 20-68 with malloc_trim alone, without map_large_blocks)
 SMALL_REQUESTS, CONCURRENCY = 1000, 32
 
 

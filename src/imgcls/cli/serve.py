@@ -24,6 +24,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgcls.serve.app import create_app
+    from imgcls.serve.decode import map_large_blocks
+
+    map_large_blocks()  # this process is the server: freed decoded images go back to the system at once
 
     try:
         app = create_app(
