@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import shutil
 import socket
@@ -20,10 +21,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 httpx = pytest.importorskip("httpx")
 
+from fastapi import HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from imgcls.export.bench import init_checkpoint  # noqa: E402
-from imgcls.serve.app import create_app  # noqa: E402
+from imgcls.serve.app import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_REQUEST_PIXELS, create_app  # noqa: E402
+from imgcls.serve.decode import FORMATS, DecodeBudget  # noqa: E402
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -187,6 +190,165 @@ def test_empty_400_and_missing_field_422(client):
     assert client.post("/predict", files={"other": ("x.png", png_bytes(), "image/png")}).status_code == 422
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_allowed_format_decodes(client, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buf, format=fmt)
+    r = client.post("/predict", files={"file": (f"x.{fmt.lower()}", buf.getvalue(), "application/octet-stream")})
+    assert r.status_code == 200, r.text
+
+
+def test_other_formats_415(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PCX")  # Pillow reads it, the server does not open it
+    r = client.post("/predict", files={"file": ("x.pcx", buf.getvalue(), "image/x-pcx")})
+    assert r.status_code == 415
+
+
+def test_request_pixel_cap_413_before_decoding(ckpt):
+    app = create_app(ckpt, max_pixels=300 * 300, max_request_pixels=3 * 300 * 300)
+    service = app.state.service
+    decoded = []
+    inner = service.decode
+    service.decode = lambda *a, **k: decoded.append(1) or inner(*a, **k)
+    with TestClient(app) as c:
+        three = [("files", (f"{i}.png", _flat_png(300, 300), "image/png")) for i in range(3)]
+        assert c.post("/predict/batch", files=three).status_code == 200
+        assert len(decoded) == 3
+        r = c.post("/predict/batch", files=[*three, ("files", ("3.png", _flat_png(300, 300), "image/png"))])
+        assert r.status_code == 413 and "in one request" in r.json()["detail"]
+        assert len(decoded) == 3  # nothing decoded for the rejected request
+        assert c.get("/metadata").json()["limits"]["max_request_pixels"] == 3 * 300 * 300
+
+
+def test_large_images_are_reduced_while_decoding(client):
+    service = client.app.state.service  # simple_cnn_tiny: 16 px input, so images shrink to 64..127 px per side
+    png = _flat_png(1000, 250)
+    image, x = service.decode(png, "image/png", "wide.png")
+    assert tuple(x.shape) == (1, 16, 16) and tuple(image.shape) == (1, 84, 67)  # box factors 15 and 3
+    small = png_bytes((100, 100))  # within 2 x 64 per side: decoded as it is, exactly as `imgcls predict` would
+    image, _ = service.decode(small, "image/png", "small.png")
+    assert tuple(image.shape) == (1, 100, 100)
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 400), (200, 30, 30)).save(buf, format="JPEG")
+    header = service.probe(buf.getvalue(), "image/jpeg", "photo.jpg", min_side=service.min_side)
+    assert header.draft_scale == 4 and header.pixels == 600 * 400 and header.decoded_pixels == 150 * 100
+    r = client.post("/gradcam", files={"file": ("photo.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text  # Grad-CAM keeps enough of a large image for its overlay
+
+
+def test_decode_budget_over_the_whole_budget_413(ckpt):
+    with TestClient(create_app(ckpt, max_decode_bytes=2**20)) as c:
+        r = c.post("/predict", files={"file": ("big.png", _flat_png(1000, 1000), "image/png")})  # ~5 MB to decode
+        assert r.status_code == 413 and "decode budget" in r.json()["detail"]
+        assert c.post("/predict", files={"file": ("ok.png", png_bytes(), "image/png")}).status_code == 200
+
+
+def test_decode_budget_waits_in_order_then_503():
+    async def scenario() -> tuple[list[str], HTTPException]:
+        budget = DecodeBudget(100, wait_s=0.2)
+        order: list[str] = []
+        await budget.acquire(60)
+
+        async def waiter(name: str, n: int) -> None:
+            await budget.acquire(n)
+            order.append(name)
+
+        a = asyncio.create_task(waiter("a", 50))  # waits for the first 60
+        await asyncio.sleep(0)
+        b = asyncio.create_task(waiter("b", 10))  # would fit now, but queues behind a (arrival order)
+        await asyncio.sleep(0.05)
+        assert order == [] and budget.in_use == 60
+        budget.release(60)
+        await asyncio.gather(a, b)
+        assert budget.in_use == 60 and budget.peak == 60
+        with pytest.raises(HTTPException) as busy:
+            await budget.acquire(50)  # 40 free, and nobody releases within wait_s
+        assert budget.in_use == 60 and not budget.waiters
+        return order, busy.value
+
+    order, busy = asyncio.run(scenario())
+    assert order == ["a", "b"]
+    assert busy.status_code == 503 and busy.headers == {"Retry-After": "1"} and "busy" in busy.detail
+
+
+def test_unexpected_error_is_a_json_500_with_headers(ckpt):
+    app = create_app(ckpt, max_batch=1, max_wait_ms=0)
+
+    def broken(batch):
+        raise RuntimeError("model exploded")
+
+    app.state.service.forward = broken
+    with TestClient(app) as c:
+        r = c.post("/predict", files={"file": ("x.png", png_bytes(), "image/png")})
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Security headers and the docs switch
+# --------------------------------------------------------------------------------------------------------------------
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+
+
+def _assert_security_headers(r: httpx.Response) -> str:
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers.get(name) == value, (r.request.method, r.request.url.path, r.status_code, name)
+    return r.headers["content-security-policy"]
+
+
+def test_security_headers_on_every_response(client):
+    png = png_bytes()
+    responses = [
+        client.get("/health"),
+        client.get("/metadata"),
+        client.post("/predict", files={"file": ("x.png", png, "image/png")}),
+        client.post("/predict/batch", files=[("files", ("x.png", png, "image/png"))]),
+        client.post("/gradcam", files={"file": ("x.png", png, "image/png")}),
+        client.get("/nowhere"),  # 404
+        client.delete("/predict"),  # 405
+        client.post("/predict"),  # 422
+        client.post("/predict", files={"file": ("x.txt", b"text", "text/plain")}),  # 415
+        client.post("/predict", files={"file": ("big.png", b"\0" * 300_000, "image/png")}),  # 413 from the middleware
+        client.get("/openapi.json"),
+    ]
+    assert {r.status_code for r in responses} >= {200, 404, 405, 413, 415, 422}
+    for r in responses:
+        assert _assert_security_headers(r) == "default-src 'none'; frame-ancestors 'none'"
+    page = client.get("/")
+    csp = _assert_security_headers(page)
+    script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp
+    assert "img-src 'self' blob: data:" in csp and "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn.jsdelivr.net" in _assert_security_headers(docs)
+
+
+def test_docs_switch(ckpt):
+    with TestClient(create_app(ckpt, docs=False)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            _assert_security_headers(r)
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_serve_cli_limits_and_docs_flags():
+    import argparse
+
+    from imgcls.cli.serve import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["serve", "m.pt"])
+    assert args.docs is True and args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS
+    assert args.max_decode_mb * 2**20 == DEFAULT_MAX_DECODE_BYTES
+    args = parser.parse_args(["serve", "m.pt", "--no-docs", "--max-request-pixels", "1000", "--max-decode-mb", "64"])
+    assert args.docs is False and args.max_request_pixels == 1000 and args.max_decode_mb == 64
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Micro-batching and the bounded queue
 # --------------------------------------------------------------------------------------------------------------------
@@ -311,16 +473,22 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(live_server + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('simple_cnn_tiny')")
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            response = page.goto(live_server + "/")
+            assert "script-src 'sha256-" in response.headers["content-security-policy"]
+            # selectors, not wait_for_function: the page's CSP (rightly) forbids the eval that the latter needs
+            page.wait_for_selector("#model:has-text('simple_cnn_tiny')")
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#predictions .prediction", timeout=30_000)
             labels = page.locator("#predictions .label").all_text_contents()
             assert len(labels) == 5 and all(label in CLASSES for label in labels)
-            # the Grad-CAM overlay arrives after the bars
-            page.wait_for_function(
-                "document.getElementById('overlay').src.startsWith('data:image/png')", timeout=30_000
-            )
+            # the Grad-CAM overlay (a data: URL) arrives after the bars; the preview is a blob: URL
+            page.wait_for_selector("#overlay[src^='data:image/png']", timeout=30_000)
+            assert page.locator("#preview").get_attribute("src").startswith("blob:")
             assert page.locator("#error").text_content() == ""
+            # the inline style applied too (the bars have a width), and the CSP blocked nothing the page uses
+            assert page.locator("#drop").evaluate("e => getComputedStyle(e).borderStyle") == "dashed"
+            assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             browser.close()

@@ -11,11 +11,18 @@ Concurrent requests are micro-batched: each decoded image joins a bounded queue;
 ``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill after the first one arrives, runs the
 model once in a worker thread (never on the event loop) and hands each request its row. A full queue answers 503.
 
-Input limits, each answered with a clear status: a body over ``max_body_bytes`` -> 413 (checked from
-Content-Length and while streaming); an empty file -> 400; a missing field -> 422; a file that is not an image -> 415;
-a truncated or corrupt image -> 422; more than ``max_pixels`` pixels -> 413 (read from the header, before decoding;
-Pillow's own decompression-bomb limit stays on). Requests only ever carry images: nothing from a request is
-unpickled, and the model file is fixed when the app is created (checkpoints load with ``weights_only=True``).
+Input limits, each answered with a clear status (4xx or 503 with a JSON ``detail``, never a 5xx): a body over
+``max_body_bytes`` -> 413 (checked from Content-Length and while streaming); an empty file -> 400; a missing field ->
+422; a file that is not an image -> 415; a truncated or corrupt image -> 422; an image over ``max_pixels`` pixels, or a
+request whose images add up to more than ``max_request_pixels``, -> 413 (both read from the headers, before anything is
+decoded; Pillow's own decompression-bomb limit stays on). Decoded bytes in flight across all requests are bounded by
+``max_decode_bytes``: a request waits for its turn at most ``decode_wait_s`` -> 503 with ``Retry-After``. Large images
+are shrunk while they are decoded and only the model-size tensor is kept (see :mod:`imgcls.serve.decode`). Requests
+only ever carry images: nothing from a request is unpickled, and the model file is fixed when the app is created
+(checkpoints load with ``weights_only=True``).
+
+Every response carries security headers (:mod:`imgcls.serve.headers`); ``docs=False`` turns off ``/docs``,
+``/redoc`` and ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import base64
 import collections
 import io
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +50,48 @@ from imgcls.data.transforms import FixChannels
 from imgcls.evaluate.infer import Predictor
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap
 from imgcls.export.onnx import OnnxClassifier
+from imgcls.serve.decode import (
+    DecodeBudget,
+    ImageHeader,
+    decode_cost,
+    decode_upload,
+    header_pixels,
+    probe_upload,
+    trim_heap,
+)
 from imgcls.serve.gradio_ui import mount_gradio
+from imgcls.serve.headers import SecurityHeadersMiddleware, page_csp
+
+__all__ = [
+    "BodySizeLimitMiddleware",
+    "InferenceService",
+    "MicroBatcher",
+    "create_app",
+    "decode_upload",
+    "header_pixels",
+]
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20  # 10 MiB
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 MP; Pillow's bomb limit (about 89 MP) stays on above that
+#: 64 Mi pixels in one request: 64 images of 1024 x 1024, or 4 at the 4096 x 4096 per-image limit
+DEFAULT_MAX_REQUEST_PIXELS = 64 * 2**20
+#: decoded bytes in flight across requests: about two of the largest images (4096 x 4096 RGBA, 128 MiB each by
+#: decode_cost's estimate) or sixteen 12 MP phone photos at full scale
+DEFAULT_MAX_DECODE_BYTES = 256 * 2**20
+DEFAULT_DECODE_WAIT_S = 10.0
 #: images up to this many pixels are decoded on the event loop (well under a millisecond); a thread hop costs more
 INLINE_DECODE_PIXELS = 128 * 128
-#: upload content types accepted besides image/*: browsers and curl send these for unknown or missing types
-_GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+#: large images are reduced while decoding to at least this many times the model's input side, then resized to it
+#: as before. Measured against the full-resolution path (photos of 1000-4000 px, models of 16-224 px): the model
+#: input differs by 0.04-1.1 grey levels of 255 on average (margin 2: up to 2.6; 8: under 0.3, but a 12 MP photo
+#: then decodes at full size for a 224 px model instead of at half size)
+REDUCE_MARGIN = 4
+#: the Grad-CAM overlay is drawn on the image at up to this side (see _display_image), so /gradcam keeps that much
+DISPLAY_SIDE = 384
+#: the heap is trimmed (malloc_trim, 10-20 ms in a decode thread) when the decoders go idle after this many bytes of
+#: decoding, and after every max_decode_bytes of decoding under continuous load
+TRIM_AFTER_BYTES = 8 * 2**20
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,56 +154,6 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         module=model,
         info={"quantized": False, "path": pred.checkpoint.get("path", str(path))},
     )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Decoding uploads
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from an image header without decoding the pixels (0 when it is not a readable image)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.width * im.height
-    except Exception:  # noqa: BLE001 - anything unreadable is reported by decode_upload with the right status
-        return 0
-
-
-def decode_upload(
-    data: bytes, *, in_chans: int, max_pixels: int, content_type: str | None = None, filename: str = "file"
-) -> torch.Tensor:
-    """Bytes of an uploaded image -> uint8 [C, H, W], or an ``HTTPException`` with the right status.
-
-    400 empty, 415 not an image, 413 too many pixels (header check before decoding) or over Pillow's bomb limit,
-    422 truncated or corrupt.
-    """
-    ctype = (content_type or "").split(";")[0].strip().lower()
-    if ctype and ctype not in _GENERIC_TYPES and not ctype.startswith("image/"):
-        raise HTTPException(415, f"{filename}: content type {ctype} is not an image")
-    if not data:
-        raise HTTPException(400, f"{filename}: empty file")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise HTTPException(413, f"{filename}: image too large ({e})") from e
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-        raise HTTPException(415, f"{filename}: not a supported image file") from e
-    with im:
-        w, h = im.size
-        if w * h > max_pixels:
-            raise HTTPException(413, f"{filename}: image has {w}x{h} = {w * h:,} pixels, more than {max_pixels:,}")
-        try:
-            im.load()
-            im = im.convert("L" if in_chans == 1 else "RGB")
-        except Image.DecompressionBombError as e:
-            raise HTTPException(413, f"{filename}: image too large ({e})") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise HTTPException(422, f"{filename}: cannot decode the image (truncated or corrupt: {e})") from e
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,16 +349,27 @@ class InferenceService:
     """
 
     def __init__(
-        self, runner: ModelRunner, *, max_batch: int, max_wait_ms: float, max_queue: int, max_pixels: int
+        self,
+        runner: ModelRunner,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        max_pixels: int,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+        decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
+        decode_threads: int = 2,
     ) -> None:
         self.runner = runner
         self.forward = runner.forward
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_request_pixels = max_pixels, max_request_pixels
         p = runner.preprocess
         # The eval transform split in two: channels and size per image on uint8 (requests differ in size), then
         # float conversion and normalisation once per batch in the model thread (a tenth of the per-image cost).
         # Same operations in the same order as imgcls.data.transforms.build_eval_transform.
         self.size = p.image_size
+        self.min_side = REDUCE_MARGIN * p.image_size  # large images are decoded down to this, then resized
         self.fix_channels = FixChannels(p.in_chans)
         self.resize = v2.Resize(
             (p.image_size, p.image_size), interpolation=InterpolationMode(p.interpolation), antialias=True
@@ -381,6 +382,12 @@ class InferenceService:
         self.batcher = MicroBatcher(
             self._probs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=self.model_executor
         )
+        # large images decode here, a few at a time (each thread also gets its own malloc arena: few threads, few
+        # arenas), within the budget of decoded bytes in flight
+        self.decode_executor = ThreadPoolExecutor(
+            max_workers=max(1, decode_threads), thread_name_prefix="imgcls-decode"
+        )
+        self.budget = DecodeBudget(max_decode_bytes, wait_s=decode_wait_s)
         self.requests = 0
         self._gradcam = None
         self._gradcam_lock = threading.Lock()
@@ -399,19 +406,65 @@ class InferenceService:
         logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
         return torch.softmax(logits.float(), dim=1)
 
-    def decode(self, data: bytes, content_type: str | None, filename: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (uint8 image [C, H, W] as uploaded, uint8 model-size image [C, S, S])."""
+    def probe(self, data: bytes, content_type: str | None, filename: str, *, min_side: int) -> ImageHeader:
+        """An upload's checked header (400 / 413 / 415 before any decoding; see :func:`probe_upload`)."""
+        return probe_upload(
+            data, max_pixels=self.max_pixels, min_side=min_side, content_type=content_type, filename=filename
+        )
+
+    def decode(
+        self, data: bytes, content_type: str | None, filename: str, *, min_side: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (uint8 image [C, H, W] as decoded, uint8 model-size image [C, S, S]).
+
+        The first is reduced while decoding to between ``min_side`` (default: :data:`REDUCE_MARGIN` times the model's
+        input side) and twice that per side when it is larger, so no full-size copy of a large upload outlives this
+        call; images within twice ``min_side`` decode as they are.
+        """
         img = decode_upload(
             data,
             in_chans=self.runner.preprocess.in_chans,
             max_pixels=self.max_pixels,
             content_type=content_type,
             filename=filename,
+            min_side=min_side or self.min_side,
         )
         x = self.fix_channels(img)
         if tuple(x.shape[-2:]) != (self.size, self.size):
             x = self.resize(x)
         return img, x
+
+    async def decode_bounded(
+        self, data: bytes, header: ImageHeader, content_type: str | None, filename: str, *, min_side: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` within the decode budget: small images at once on the event loop, large ones in the decode
+        threads once their :func:`decode_cost` is reserved (413 over the whole budget, 503 after waiting too long).
+
+        The reservation is released when the decode thread is done, even if the client has gone away meanwhile.
+        """
+        if header.pixels <= INLINE_DECODE_PIXELS:  # cheaper than a thread hop
+            return self.decode(data, content_type, filename, min_side=min_side)
+        cost = decode_cost(header)
+        await self.budget.acquire(cost, filename)
+        loop = asyncio.get_running_loop()
+        try:
+            done: Future = self.decode_executor.submit(self.decode, data, content_type, filename, min_side=min_side)
+        except RuntimeError:  # the executor is shut down: the app is stopping
+            self.budget.release(cost)
+            raise
+        done.add_done_callback(lambda _: _call_on(loop, self._release, cost))
+        return await asyncio.wrap_future(done)
+
+    def _release(self, cost: int) -> None:
+        """Give back a decode reservation; once the decoders are idle after large decodes, trim the heap."""
+        b = self.budget
+        b.release(cost)
+        if (b.in_use == 0 and b.released >= TRIM_AFTER_BYTES) or b.released >= b.capacity:
+            b.take_released()
+            try:
+                self.decode_executor.submit(trim_heap)  # a few ms: not on the event loop
+            except RuntimeError:  # shut down: the app is stopping
+                pass
 
     def topk(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
         k = max(1, min(k, probs.shape[-1]))
@@ -441,7 +494,15 @@ class InferenceService:
         }
 
 
-def _display_image(image: torch.Tensor, *, small: int = 192, large: int = 384) -> np.ndarray:
+def _call_on(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` on ``loop`` from another thread; directly when the loop is closed (nothing else runs on it)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        fn(*args)
+
+
+def _display_image(image: torch.Tensor, *, small: int = 192, large: int = DISPLAY_SIDE) -> np.ndarray:
     """uint8 [C, H, W] -> uint8 [H', W', 3] for display: tiny images enlarged (nearest), big ones shrunk."""
     pil = Image.fromarray(
         image.permute(1, 2, 0).numpy().squeeze(-1) if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
@@ -466,10 +527,15 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     max_files: int = 64,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
+    decode_threads: int = 2,
     topk: int = 5,
     device: str = "cpu",
     threads: int | None = None,
     gradio_ui: bool = False,
+    docs: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -479,27 +545,48 @@ def create_app(
         max_wait_ms: how long the batcher waits for a batch to fill after the first image.
         max_queue: images allowed to wait; beyond -> 503.
         max_body_bytes: largest request body; beyond -> 413.
-        max_pixels: largest image (width x height); beyond -> 413.
+        max_pixels: largest image (width x height, from its header); beyond -> 413.
         max_files: most files in one ``/predict/batch`` request; beyond -> 413.
+        max_request_pixels: most pixels (from the headers) of all images in one request together; beyond -> 413.
+        max_decode_bytes: decoded bytes in flight across all requests (:func:`decode_cost` of each large image);
+            an image whose cost alone is more -> 413.
+        decode_wait_s: how long a request waits for room in the decode budget; beyond -> 503 with Retry-After.
+        decode_threads: threads that decode large images.
         topk: default number of classes returned.
         device: torch device for checkpoint models.
         threads: intra-op threads for the model.
         gradio_ui: also serve a Gradio UI at ``/ui`` (needs ``pip install 'imgcls[gradio]'``).
+        docs: serve the OpenAPI schema and its pages (``/openapi.json``, ``/docs``, ``/redoc``); False for a
+            server that should not describe itself.
 
     Raises:
         RuntimeError: ``gradio_ui`` is set and gradio is not installed.
     """
     runner = load_runner(model_path, device=device, threads=threads)
     service = InferenceService(
-        runner, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_pixels=max_pixels
+        runner,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        max_decode_bytes=max_decode_bytes,
+        decode_wait_s=decode_wait_s,
+        decode_threads=decode_threads,
     )
     default_k = max(1, min(topk, len(runner.classes)))
+    urls = {} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(
-        title="imgcls", description=f"{runner.name}: {len(runner.classes)} classes", lifespan=_lifespan(service)
+        title="imgcls",
+        description=f"{runner.name}: {len(runner.classes)} classes",
+        lifespan=_lifespan(service),
+        **urls,
     )
     app.state.service = service
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
-    _add_info_routes(app, service, default_k=default_k, max_body_bytes=max_body_bytes, max_files=max_files)
+    app.add_middleware(SecurityHeadersMiddleware, page_policies={"/": page_csp(page)})  # outermost: every answer
+    _add_info_routes(app, service, page=page, default_k=default_k, max_body_bytes=max_body_bytes, max_files=max_files)
     _add_predict_routes(app, service, default_k=default_k, max_files=max_files)
     _add_gradcam_route(app, service, default_k=default_k)
     if gradio_ui:
@@ -509,7 +596,7 @@ def create_app(
 
 def _lifespan(service: InferenceService) -> Any:
     """Startup and shutdown: the batcher's worker starts with the app; on shutdown it stops, pending requests get
-    an error, and the model thread is let go."""
+    an error, and the model and decode threads are let go."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
@@ -519,6 +606,7 @@ def _lifespan(service: InferenceService) -> Any:
         finally:
             await service.batcher.stop()
             service.model_executor.shutdown(wait=False, cancel_futures=True)
+            service.decode_executor.shutdown(wait=False, cancel_futures=True)
 
     return lifespan
 
@@ -527,26 +615,46 @@ def _busy() -> HTTPException:
     return HTTPException(503, "server busy: the request queue is full, retry shortly", headers={"Retry-After": "1"})
 
 
-async def _read_and_decode(service: InferenceService, upload: UploadFile) -> tuple[torch.Tensor, torch.Tensor]:
-    """An upload -> (uint8 image as uploaded, uint8 model-size image); see :meth:`InferenceService.decode`."""
-    data = await upload.read()
-    name = upload.filename or "file"
-    if header_pixels(data) <= INLINE_DECODE_PIXELS:  # tiny images (and errors): cheaper than a thread hop
-        return service.decode(data, upload.content_type, name)
-    loop = asyncio.get_running_loop()
-    # decoding a large image takes milliseconds to a second: keep it off the event loop
-    return await loop.run_in_executor(None, service.decode, data, upload.content_type, name)
+async def _read_and_decode(
+    service: InferenceService, uploads: list[UploadFile], *, min_side: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A request's uploads -> (uint8 image as decoded, uint8 model-size image) each; see
+    :meth:`InferenceService.decode`.
+
+    Every header is checked before the first image is decoded (per image: 400 / 413 / 415; all together over
+    ``max_request_pixels``: 413); then the images decode one after the other within the decode budget, so one request
+    holds at most one large decoded image at a time, and each upload's bytes are let go once it is decoded.
+    """
+    side = min_side or service.min_side
+    names = [u.filename or "file" for u in uploads]
+    datas = [await u.read() for u in uploads]  # at most max_body_bytes in all
+    headers = [
+        service.probe(d, u.content_type, n, min_side=side) for d, u, n in zip(datas, uploads, names, strict=True)
+    ]
+    total = sum(h.pixels for h in headers)
+    if total > service.max_request_pixels:
+        raise HTTPException(
+            413,
+            f"{len(uploads)} image(s) with {total:,} pixels in all, more than {service.max_request_pixels:,} "
+            "in one request",
+        )
+    out = []
+    for i, (upload, header) in enumerate(zip(uploads, headers, strict=True)):
+        data, datas[i] = datas[i], b""
+        out.append(await service.decode_bounded(data, header, upload.content_type, names[i], min_side=side))
+    return out
 
 
 def _add_info_routes(
-    app: FastAPI, service: InferenceService, *, default_k: int, max_body_bytes: int, max_files: int
+    app: FastAPI, service: InferenceService, *, page: str, default_k: int, max_body_bytes: int, max_files: int
 ) -> None:
-    """``GET /`` (the web page), ``GET /health`` and ``GET /metadata``."""
+    """``GET /`` (the web page ``page``, whose CSP hashes its inline script and style), ``GET /health`` and
+    ``GET /metadata``."""
     runner = service.runner
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -566,6 +674,8 @@ def _add_info_routes(
         limits = {
             "max_body_bytes": max_body_bytes,
             "max_pixels": service.max_pixels,
+            "max_request_pixels": service.max_request_pixels,
+            "max_decode_bytes": service.budget.capacity,
             "max_files": max_files,
             "max_batch": b.max_batch,
             "max_wait_ms": b.max_wait * 1e3,
@@ -592,7 +702,7 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
         service.requests += 1
         if service.batcher.free_slots() < 1:
             raise _busy()  # before decoding: a busy server should not spend time on the image
-        _, x = await _read_and_decode(service, file)
+        ((_, x),) = await _read_and_decode(service, [file])
         try:
             probs = await service.batcher.submit(x)
         except QueueFullError as e:
@@ -606,9 +716,9 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
             raise HTTPException(413, f"{len(files)} files in one request, more than {max_files}")
         if service.batcher.free_slots() < len(files):
             raise _busy()
-        decoded = [await _read_and_decode(service, f) for f in files]
+        images = [x for _, x in await _read_and_decode(service, files)]  # model-size only: the rest is freed
         try:
-            outs = await service.batcher.submit_many([x for _, x in decoded])
+            outs = await service.batcher.submit_many(images)
         except QueueFullError as e:
             raise _busy() from e
         results = [
@@ -632,7 +742,7 @@ def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: in
             raise HTTPException(501, "Grad-CAM needs a PyTorch checkpoint; this server runs an ONNX model")
         if class_index is not None and class_index >= len(runner.classes):
             raise HTTPException(422, f"class_index must be < {len(runner.classes)}")
-        image, x = await _read_and_decode(service, file)
+        ((image, x),) = await _read_and_decode(service, [file], min_side=max(service.min_side, DISPLAY_SIDE))
         loop = asyncio.get_running_loop()
         try:
             res = await loop.run_in_executor(service.model_executor, service.gradcam, image, x, class_index)
