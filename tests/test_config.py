@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from imgcls.cli import main
@@ -147,3 +149,43 @@ def test_an_option_the_model_does_not_take_is_one_line_before_any_work(model, tm
     assert status == 2
     assert len(err.splitlines()) == 1 and "model.drop_path_rate" in err and "it takes:" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_every_key_has_a_type_a_default_and_a_line_of_help():
+    from imgcls.config import all_keys, describe_keys
+
+    keys = describe_keys()
+    assert [k.key for k in keys] == all_keys()
+    missing = [k.key for k in keys if len(k.help) < 8]
+    assert not missing, f"keys without a help comment in config.py: {missing}"
+    lr = next(k for k in keys if k.key == "training.optimizer.lr")
+    assert lr.type == "float" and lr.default == 0.05 and lr.valid == "> 0" and "learning rate" in lr.help
+
+
+def test_config_keys_and_presets_commands(capsys):
+    from imgcls.cli import main
+    from imgcls.config import list_presets
+
+    assert main(["config", "keys", "training.optimizer.*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["key", "type", "default", "help"]
+    assert all(line.startswith("training.optimizer.") for line in out[1:]) and len(out) > 5
+    lr_line = next(line for line in out if line.startswith("training.optimizer.lr "))
+    assert "float > 0" in lr_line and "0.05" in lr_line and "peak learning rate" in lr_line
+    assert main(["config", "keys", "no.such.*"]) == 2
+    assert main(["config", "presets"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list_presets()
+    assert all(len(line.split(maxsplit=1)) == 2 and len(line.split(maxsplit=1)[1]) > 20 for line in lines)
+
+
+@pytest.mark.parametrize("typo", ["model.nam", "training.optimizer.lrr", "run.sed", "data.nme", "trainin.epochs"])
+def test_key_suggestions_are_real_keys_without_repeats(typo):
+    from imgcls.config import all_keys
+
+    with pytest.raises(ConfigError) as e:
+        build_config(None, [f"{typo}=1"])
+    msg = str(e.value)
+    suggested = re.findall(r"'([\w.]+)'", msg.split("Did you mean")[1].split("?")[0])
+    assert suggested and len(suggested) == len(set(suggested))
+    assert all(s in all_keys() for s in suggested)

@@ -11,10 +11,13 @@ and what needs the model or the machine (freeze depth, input size, device, weigh
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import io
 import math
 import re
+import tokenize
 import types
 import typing
 from collections.abc import Callable
@@ -100,10 +103,13 @@ class DataConfig:
     subset: int | None = ranged(None, AT_LEAST_1)  # cap the train split to this many samples (quick experiments)
     # seed of the train/val/test split (None: run.seed); fix it to vary only the init
     split_seed: int | None = ranged(None, SEED)
-    batch_size: int = ranged(64, AT_LEAST_1)
+    batch_size: int = ranged(64, AT_LEAST_1)  # images per batch (per process under DDP)
     eval_batch_size: int | None = ranged(None, AT_LEAST_1)  # default: 2 x batch_size
-    num_workers: int = ranged(0, NON_NEGATIVE)
+    num_workers: int = ranged(
+        0, NON_NEGATIVE
+    )  # DataLoader worker processes (data.loader=torch); 0 decodes in the training process
     loader: Literal["torch", "device"] = "torch"  # device: uint8 tensor on the device + batch tensor augmentations
+    # random: shuffled each epoch; balanced: class-balanced batches (imbalanced data)
     sampler: Literal["random", "balanced"] = "random"
     # make a long-tailed train split: rarest class has this fraction of the commonest
     imbalance: float | None = ranged(None, Range(0, 1, lo_open=True))
@@ -112,7 +118,9 @@ class DataConfig:
     max_image_pixels: int = ranged(40_000_000, AT_LEAST_1)
     # normalisation statistics in [0, 1] units (None: computed from the train split / known values)
     mean: list[float] | None = ranged(None, PROBABILITY)
-    std: list[float] | None = ranged(None, POSITIVE)
+    std: list[float] | None = ranged(
+        None, POSITIVE
+    )  # per-channel std for normalisation (set with data.mean; null: computed from the train split)
 
 
 @dataclass
@@ -120,8 +128,12 @@ class ModelConfig:
     name: str = "simple_cnn"  # a registered model (`imgcls models`) or timm:<name>
     pretrained: bool | str = False  # true: published weights (online); a path: local .safetensors / state dict
     activation: str | None = None  # relu, gelu, silu, swish, leaky_relu, mish (None: the model's default)
-    dropout_rate: float | None = ranged(None, FRACTION)
-    drop_path_rate: float | None = ranged(None, FRACTION)
+    dropout_rate: float | None = ranged(
+        None, FRACTION
+    )  # dropout before the classifier head (null: the model's default)
+    drop_path_rate: float | None = ranged(
+        None, FRACTION
+    )  # stochastic depth rate for models with residual blocks (null: the model's default)
     stem: Literal["cifar", "imagenet"] | None = None  # resnets (None: by input size)
     freeze_backbone: bool = False  # train only the classifier head
     freeze_layers: int = ranged(0, NON_NEGATIVE)  # freeze the first N stage groups (at most the model's count)
@@ -131,10 +143,10 @@ class ModelConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "sgd"  # a registered optimizer (imgcls.engine.optim.OPTIMIZERS): sgd, adam, adamw, ...
-    lr: float = ranged(0.05, POSITIVE)
-    momentum: float = ranged(0.9, FRACTION)
-    nesterov: bool = True
-    betas: list[float] = ranged([0.9, 0.999], FRACTION)  # two of them
+    lr: float = ranged(0.05, POSITIVE)  # peak learning rate (the schedule multiplies it)
+    momentum: float = ranged(0.9, FRACTION)  # SGD momentum (also RMSprop's)
+    nesterov: bool = True  # Nesterov momentum for SGD
+    betas: list[float] = ranged([0.9, 0.999], FRACTION)  # Adam/AdamW (beta1, beta2): two values
     weight_decay: float = ranged(5e-4, NON_NEGATIVE)  # not applied to norms and biases
     backbone_lr_mult: float = ranged(1.0, NON_NEGATIVE)  # lr multiplier for backbone parameters (transfer learning)
     # lr multiplier for biases and norm parameters (airbench: 64 for BN biases)
@@ -162,15 +174,15 @@ class SchedulerConfig:
 @dataclass
 class LossConfig:
     name: str = "cross_entropy"  # a registered loss (imgcls.engine.losses.LOSSES): cross_entropy, focal, ...
-    label_smoothing: float = ranged(0.0, FRACTION)
+    label_smoothing: float = ranged(0.0, FRACTION)  # soft targets: 1 - eps on the true class, eps spread over all
     class_weights: Literal["balanced"] | None = None  # "balanced" (inverse frequency) or None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the loss: focal {gamma, alpha}
 
 
 @dataclass
 class EmaConfig:
-    enabled: bool = False
-    decay: float = ranged(0.999, FRACTION)
+    enabled: bool = False  # keep an exponential moving average of the weights, validated alongside
+    decay: float = ranged(0.999, FRACTION)  # EMA decay per optimizer step (0.999: about the last 1000 steps)
     warmup: bool = True  # ramp the decay up over the first steps: min(decay, (1 + step) / (10 + step))
     use_for_best: bool = True  # select the best checkpoint by the EMA model's metric when enabled
 
@@ -178,34 +190,38 @@ class EmaConfig:
 @dataclass
 class EarlyStoppingConfig:
     patience: int | None = ranged(None, AT_LEAST_1)  # epochs without improvement before stopping (None: off)
-    min_delta: float = ranged(0.0, NON_NEGATIVE)
+    min_delta: float = ranged(0.0, NON_NEGATIVE)  # smallest change of the monitored value that counts as an improvement
     monitor: Literal["val_acc", "val_loss"] = "val_acc"  # val_acc (maximise) or val_loss (minimise)
 
 
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # path to a teacher checkpoint
-    temperature: float = ranged(4.0, POSITIVE)
+    temperature: float = ranged(4.0, POSITIVE)  # softmax temperature of the distillation loss
     alpha: float = ranged(0.5, PROBABILITY)  # weight of the soft (teacher) term; 0 = plain CE
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = ranged(10, AT_LEAST_1)
+    epochs: int = ranged(10, AT_LEAST_1)  # passes over the train split
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     amp: bool = False  # autocast: bf16 on CPU, fp16 (with a grad scaler) or bf16 on CUDA
+    # autocast dtype: auto picks bf16 on CPU (and GPUs that have it), else fp16 with a GradScaler
     amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
     accum_steps: int = ranged(1, AT_LEAST_1)  # gradient accumulation: optimizer step every N batches
-    clip_grad_norm: float | None = ranged(None, POSITIVE)
+    clip_grad_norm: float | None = ranged(
+        None, POSITIVE
+    )  # clip the global gradient norm to this value (null: no clipping)
     ema: EmaConfig = field(default_factory=EmaConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     # gradual unfreezing: one more group at each epoch
     unfreeze_epochs: list[int] = ranged([], NON_NEGATIVE)
     max_nonfinite_steps: int = ranged(5, AT_LEAST_1)  # stop after this many non-finite losses in a row
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (first steps are slower while it compiles)
+    # NHWC memory format for the model and inputs (faster convolutions with bf16 on CPU and on GPUs)
     channels_last: bool = False
 
 
@@ -213,26 +229,26 @@ class TrainingConfig:
 @dataclass
 class TrainAugConfig:
     enabled: bool = True  # false disables every train augmentation (baseline)
-    random_crop: bool = False
+    random_crop: bool = False  # random translate by up to crop_padding pixels (reflect padding), as in CIFAR recipes
     crop_padding: int = ranged(4, NON_NEGATIVE)  # pixels; reflect padding: less than the image side
     hflip: float = ranged(0.0, PROBABILITY)  # probability
     rotation: float = ranged(0.0, Range(0, 180))  # max degrees
     color_jitter: float = ranged(0.0, NON_NEGATIVE)  # brightness/contrast/saturation strength (0 = off)
-    randaugment: bool = False
-    randaugment_num_ops: int = ranged(2, NON_NEGATIVE)
+    randaugment: bool = False  # RandAugment (torchvision v2; data.loader=torch)
+    randaugment_num_ops: int = ranged(2, NON_NEGATIVE)  # RandAugment: operations per image
     randaugment_magnitude: int = ranged(9, Range(0, 30))  # torchvision's 31 magnitude bins
-    autoaugment: bool = False
-    trivialaugment: bool = False
+    autoaugment: bool = False  # AutoAugment with the ImageNet policy (torchvision v2; data.loader=torch)
+    trivialaugment: bool = False  # TrivialAugmentWide (torchvision v2; data.loader=torch)
     cutout: int = ranged(0, NON_NEGATIVE)  # square side in pixels (0 = off)
-    cutout_count: int = ranged(1, AT_LEAST_1)
+    cutout_count: int = ranged(1, AT_LEAST_1)  # Cutout: squares per image
     random_erasing: float = ranged(0.0, PROBABILITY)  # probability
     random_erasing_scale: list[float] = ranged([0.02, 0.33], Range(0, 1, lo_open=True))  # [low, high] of the area
 
 
 @dataclass
 class MixConfig:
-    cutmix_alpha: float = ranged(0.0, NON_NEGATIVE)  # 0 = off
-    mixup_alpha: float = ranged(0.0, NON_NEGATIVE)  # 0 = off
+    cutmix_alpha: float = ranged(0.0, NON_NEGATIVE)  # CutMix: Beta(alpha, alpha) mixing strength (0 = off)
+    mixup_alpha: float = ranged(0.0, NON_NEGATIVE)  # MixUp: Beta(alpha, alpha) mixing strength (0 = off)
     prob: float = ranged(1.0, PROBABILITY)  # probability of mixing a batch
     switch_prob: float = ranged(0.5, PROBABILITY)  # with both on: probability of CutMix rather than MixUp for a batch
     off_last_epochs: int = ranged(0, NON_NEGATIVE)  # no mixing in the last N epochs
@@ -247,12 +263,13 @@ class AugmentationConfig:
 @dataclass
 class RunConfig:
     name: str | None = None  # run folder prefix (default: the preset's name)
-    dir: str = "runs"
-    seed: int = ranged(0, SEED)
+    dir: str = "runs"  # where run folders are created
+    seed: int = ranged(0, SEED)  # seed of weights, shuffling and augmentation (splits use data.split_seed)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     # CPU intra-op threads (train, eval, study, bench, serve); null: the idle cores at start
     threads: int | None = ranged(None, AT_LEAST_1)
     resume: str | None = None  # a checkpoint path, a run folder, or "auto" (latest unfinished run with this name)
+    # deterministic algorithms (torch.use_deterministic_algorithms; slower, bit-reproducible on GPU)
     deterministic: bool = False
     # experiment tracker, writing inside the run folder; tensorboard falls back to none (one warning) if not installed
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "tensorboard"
@@ -393,7 +410,7 @@ def _hints(obj: Any) -> dict[str, Any]:
 def _unknown_key(key: str, section: Any, path: str) -> ConfigError:
     valid = [f.name for f in dataclasses.fields(section)]
     full_valid = [f"{path}{v}" for v in valid]
-    close = difflib.get_close_matches(key, full_valid + all_keys(), n=3)
+    close = difflib.get_close_matches(key, list(dict.fromkeys(full_valid + all_keys())), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     where = f"'{path[:-1]}'" if path else "the top level"
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys in {where}: {', '.join(valid)}")
@@ -518,6 +535,84 @@ def all_keys(cfg: Config | None = None) -> list[str]:
 
     walk(cfg, "")
     return out
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One leaf of the tree, as ``imgcls config keys`` shows it."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+    valid: str = ""  # the Range of a number ("in [0, 1)"), or "" (a Literal's choices are in ``type``)
+
+
+def _field_comments() -> dict[tuple[str, str], str]:
+    """(class name, field name) -> the comment on the field's line and the comment lines right above it, read from
+    this module's source: the tree documents itself where it is defined."""
+    source = Path(__file__).read_text()
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[tuple[str, str], str] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
+                continue
+            above, line = [], item.lineno - 1
+            while line >= 1 and lines[line - 1].strip().startswith("#") and line in comments:
+                above.insert(0, comments[line])
+                line -= 1
+            beside = comments.get(item.end_lineno or item.lineno, "")
+            out[(node.name, item.target.id)] = " ".join([*above, beside]).strip()
+    return out
+
+
+def describe_keys(cfg: Config | None = None) -> list[KeyInfo]:
+    """Every dotted leaf key with its type, default (from ``cfg``, default: the built-in defaults), one-line help and
+    valid range, in the tree's order."""
+    cfg = cfg or Config()
+    docs = _field_comments()
+    out: list[KeyInfo] = []
+
+    def walk(node: Any, path: str) -> None:
+        hints = _hints(node)
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{path}{f.name}.")
+                continue
+            valid = f.metadata.get("range")
+            out.append(
+                KeyInfo(
+                    key=f"{path}{f.name}",
+                    type=_type_name(hints[f.name]),
+                    default=value,
+                    help=docs.get((type(node).__name__, f.name), ""),
+                    valid=str(valid) if valid is not None else "",
+                )
+            )
+
+    walk(cfg, "")
+    return out
+
+
+def preset_description(name: str) -> str:
+    """A preset's one-line description: the first sentence of the comment its YAML file starts with."""
+    text = (resources.files("imgcls") / "presets" / f"{name}.yaml").read_text()
+    head = []
+    for line in text.splitlines():
+        if not line.lstrip().startswith("#"):
+            break
+        head.append(line.lstrip().lstrip("#").strip())
+    words = " ".join(head)
+    sentence = re.split(r"(?<=[.!?])\s", words, maxsplit=1)[0]
+    return sentence if len(sentence) <= 120 else sentence[:119].rstrip() + "…"
 
 
 # --------------------------------------------------------------------------------------------------------------------

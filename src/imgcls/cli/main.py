@@ -12,13 +12,24 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import os
 import sys
 from collections.abc import Sequence
 
+import yaml
+
 from imgcls.cli import explain, export, lr, preview, serve, study, tune
 from imgcls.cli.common import config_from_args
-from imgcls.config import ConfigError, UserFacingError, all_keys, build_config, list_presets, to_yaml
+from imgcls.config import (
+    ConfigError,
+    UserFacingError,
+    build_config,
+    describe_keys,
+    list_presets,
+    preset_description,
+    to_yaml,
+)
 
 # Library imports sit inside the commands (each marked "deferred"): the library pulls in torch and torchvision
 # (several seconds), which `imgcls --help` and a mistyped command should not wait for.
@@ -48,13 +59,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_presets() -> None:
+    names = list_presets()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
+
+
+def _print_keys(patterns: Sequence[str]) -> int:
+    """``imgcls config keys [PATTERN ...]``: key, type, default and one-line help of every (matching) key."""
+    keys = [k for k in describe_keys() if not patterns or any(fnmatch.fnmatch(k.key, p) for p in patterns)]
+    if not keys:
+        raise ConfigError(f"no config key matches {' '.join(patterns)}; `imgcls config keys` lists them all")
+    rows = [(k.key, k.type + (f" {k.valid}" if k.valid else ""), _yaml_value(k.default), k.help) for k in keys]
+    w_key, w_type, w_def = (min(max(len(r[i]) for r in rows), cap) for i, cap in ((0, 40), (1, 34), (2, 16)))
+    print(f"{'key':<{w_key}}  {'type':<{w_type}}  {'default':<{w_def}}  help")
+    for key, tp, default, text in rows:
+        print(f"{key:<{w_key}}  {_cut(tp, w_type):<{w_type}}  {_cut(default, w_def):<{w_def}}  {text}")
+    return 0
+
+
+def _yaml_value(value: object) -> str:
+    """A default as one would type it in an override (null, true, [0.9, 0.999], ...)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "presets":
-        print("\n".join(list_presets()))
+        _print_presets()
         return 0
     if args.action == "keys":
-        print("\n".join(all_keys()))
-        return 0
+        return _print_keys(args.args)
     from imgcls.engine.build import check_config  # deferred
 
     cfg, _, _ = config_from_args(args.args)
@@ -189,9 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[PRESET] key=value", help="a preset name and dotted overrides")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("config", help="show the resolved config, list presets or keys")
+    p = sub.add_parser(
+        "config",
+        help="show the resolved config, list presets or keys",
+        description="show [PRESET] [key=value ...]: the resolved, validated config; presets: the shipped presets "
+        "with a line each; keys [PATTERN ...]: every key (or those matching, e.g. 'training.optimizer.*') with its "
+        "type, valid range, default and what it does",
+    )
     p.add_argument("action", choices=["show", "presets", "keys"])
-    p.add_argument("args", nargs="*", metavar="[PRESET] key=value")
+    p.add_argument("args", nargs="*", metavar="[PRESET] key=value | PATTERN")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
