@@ -45,7 +45,9 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 0
-    loader: Literal["torch", "device"] = "torch"  # device: uint8 tensor on the device + batch tensor augmentations
+    # device: uint8 tensor on the device + batch tensor augmentations; auto: device when the data is in memory and
+    # every augmentation that is on has a batch form, else torch (the DataLoader)
+    loader: Literal["torch", "device", "auto"] = "torch"
     sampler: Literal["random", "balanced"] = "random"
     imbalance: float | None = None  # make a long-tailed train split: rarest class has this fraction of the commonest
     max_bad_fraction: float = 0.01  # stop if more than this fraction of image files cannot be decoded
@@ -325,7 +327,7 @@ def _hints(obj: Any) -> dict[str, Any]:
 def _unknown_key(key: str, section: Any, path: str) -> ConfigError:
     valid = [f.name for f in dataclasses.fields(section)]
     full_valid = [f"{path}{v}" for v in valid]
-    close = difflib.get_close_matches(key, full_valid + all_keys(), n=3)
+    close = difflib.get_close_matches(key, list(dict.fromkeys(full_valid + all_keys())), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     where = f"'{path[:-1]}'" if path else "the top level"
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys in {where}: {', '.join(valid)}")
