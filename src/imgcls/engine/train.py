@@ -70,7 +70,7 @@ from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, new_run_dir, record_resume
-from imgcls.engine.schedules import PlateauState, lr_multiplier
+from imgcls.engine.schedules import PlateauState, lr_multiplier, warmup_warning
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
 
@@ -688,6 +688,11 @@ def _announce(s: TrainSetup, run: RunFolder, resume_path: Path | None, ckpt: dic
         f"test={len(s.splits.test or [])} classes={s.splits.num_classes} input={p.in_chans}x{p.image_size}x"
         f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}",
     )
+    if s.loaders.note:
+        _say(s.dist, s.loaders.note)
+    warning = warmup_warning(cfg.training.scheduler, epochs=cfg.training.epochs)
+    if warning:
+        _say(s.dist, f"warning: {warning}")
     if ckpt is not None:
         within = f", batch {ckpt['batch']} of epoch {ckpt['epoch'] + 1}" if ckpt.get("batch") else ""
         _say(s.dist, f"resumed from {resume_path} at epoch {ckpt['epoch']} (step {ckpt['step']}{within})")
