@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 from imgcls.config import Config, ConfigError, TrainAugConfig
 from imgcls.data import BalancedBatchSampler, get_class_weights
-from imgcls.data.build import TooManyBadFilesError, build_loaders, drop_bad_files
+from imgcls.data.build import TooManyBadFilesError, build_loaders, choose_loader, data_image_size, drop_bad_files
 from imgcls.data.datasets import RawDataset, TensorSource, imagefolder, make_splits
 from imgcls.data.device_loader import BatchAugment, BatchAugParams, DeviceLoader, prepare_images
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
@@ -389,6 +389,40 @@ def test_too_many_corrupt_files_stop_the_run(tmp_path: Path) -> None:
     )
     dropped = drop_bad_files(splits, max_bad_fraction=0.2)
     assert [b.file for b in dropped] == sorted(p.relative_to(tmp_path).as_posix() for p in bad)
+
+
+def test_auto_loader_picks_what_the_data_supports(tmp_path: Path) -> None:
+    """data.loader=auto: the device loader for in-memory data with batch-op augmentations; the DataLoader (and a line
+    saying why) for image files or an augmentation without a batch form; an explicit loader is left alone."""
+    memory = make_splits(_raw([30, 30, 30]), val_fraction=0.2, test_fraction=0.2, seed=0)
+    cfg = _cfg(loader="auto")
+    cfg.augmentation.train = TrainAugConfig(random_crop=True, crop_padding=2, hflip=0.5)
+    loaders = build_loaders(cfg, memory, _preprocess(), device=torch.device("cpu"))
+    assert isinstance(loaders.train, DeviceLoader) and loaders.kind == "device" and loaders.note == ""
+    cfg.augmentation.train.rotation = 10.0
+    loaders = build_loaders(cfg, memory, _preprocess(), device=torch.device("cpu"))
+    assert loaders.kind == "torch" and "augmentation.train.rotation has no batch form" in loaders.note
+    assert choose_loader(_cfg(loader="device"), memory, _preprocess()) == ("device", "")
+    _image_folder(tmp_path, per_class=3, truncated=0)
+    files = make_splits(imagefolder(str(tmp_path)), val_fraction=0.0, test_fraction=0.0, seed=0)
+    loaders = build_loaders(_cfg(loader="auto"), files, _preprocess(size=12, resize=True), device=torch.device("cpu"))
+    assert loaders.kind == "torch" and "read from image files" in loaders.note
+
+
+def test_image_size_from_the_data(tmp_path: Path) -> None:
+    """Files of different sizes: the median shorter side of the files (from their headers), at most 224 px; in-memory
+    data: its own size."""
+    for i, (w, h) in enumerate([(40, 30), (50, 36), (64, 48), (300, 400), (1000, 800)]):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.new("RGB", (w, h)).save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "a" / "not-an-image.png").write_bytes(b"junk")
+    splits = make_splits(imagefolder(str(tmp_path)), val_fraction=0.0, test_fraction=0.0, seed=0)
+    assert splits.train.source.typical_size() == 48 and data_image_size(splits) == 48
+    big = tmp_path / "big" / "a"
+    big.mkdir(parents=True)
+    Image.new("RGB", (640, 480)).save(big / "0.png")
+    assert data_image_size(make_splits(imagefolder(str(big.parent)), val_fraction=0, test_fraction=0, seed=0)) == 224
+    assert data_image_size(make_splits(_raw([4, 4], size=8), val_fraction=0, test_fraction=0, seed=0)) == 8
 
 
 def test_device_loader_rejects_file_datasets(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.config import SchedulerConfig
+from imgcls.config import SchedulerConfig, build_config
 from imgcls.engine.schedules import (
     DEFAULT_WARMUP_FRACTION,
     SCHEDULES,
@@ -17,7 +17,9 @@ from imgcls.engine.schedules import (
     lr_multiplier,
     schedule_parameters,
     warmup_steps_for,
+    warmup_warning,
 )
+from imgcls.engine.train import train
 
 SPE = 10  # steps per epoch
 EPOCHS = 20
@@ -203,3 +205,17 @@ def test_plateau_matches_torch_reduce_on_plateau() -> None:
     for v in [0.1, 0.2, 0.2, 0.2, 0.2, 0.15, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]:
         torch_sched.step(v)
         assert math.isclose(state.update(v), opt.param_groups[0]["lr"])
+
+
+def test_warmup_that_does_not_fit_the_run_is_named() -> None:
+    assert warmup_warning(SchedulerConfig(warmup_epochs=1), epochs=15) is None
+    assert warmup_warning(SchedulerConfig(warmup_epochs=0), epochs=1) is None
+    text = warmup_warning(SchedulerConfig(name="linear", warmup_epochs=2.5), epochs=2)
+    assert text.startswith("training.scheduler.warmup_epochs=2.5 does not fit training.epochs=2") and "linear" in text
+
+
+def test_train_prints_the_warmup_warning_once(tiny_overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+    """One ``warning:`` line at the start of training, naming both keys."""
+    train(build_config("quickstart", [*tiny_overrides, "training.scheduler.warmup_epochs=2"]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "training.scheduler.warmup_epochs=2" in lines[0] and "training.epochs=2" in lines[0]

@@ -105,10 +105,11 @@ class DataConfig:
     split_seed: int | None = ranged(None, SEED)
     batch_size: int = ranged(64, AT_LEAST_1)  # images per batch (per process under DDP)
     eval_batch_size: int | None = ranged(None, AT_LEAST_1)  # default: 2 x batch_size
-    num_workers: int = ranged(
-        0, NON_NEGATIVE
-    )  # DataLoader worker processes (data.loader=torch); 0 decodes in the training process
-    loader: Literal["torch", "device"] = "torch"  # device: uint8 tensor on the device + batch tensor augmentations
+    # DataLoader worker processes (data.loader=torch); 0 decodes in the training process
+    num_workers: int = ranged(0, NON_NEGATIVE)
+    # device: uint8 tensor on the device + batch tensor augmentations; auto: device when the data is in memory and
+    # every augmentation that is on has a batch form, else torch (the DataLoader)
+    loader: Literal["torch", "device", "auto"] = "torch"
     # random: shuffled each epoch; balanced: class-balanced batches (imbalanced data)
     sampler: Literal["random", "balanced"] = "random"
     # make a long-tailed train split: rarest class has this fraction of the commonest

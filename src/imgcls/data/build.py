@@ -44,7 +44,7 @@ from imgcls.data.loaders import (
     make_loader,
 )
 from imgcls.data.samplers import BalancedBatchSampler
-from imgcls.data.transforms import build_eval_transform, build_train_transform
+from imgcls.data.transforms import AUGMENTATIONS, augmentations_for, build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,40 @@ def build_splits(cfg: Config) -> Splits:
         ) from e
 
 
+#: the largest input side that the data alone chooses (image files of different sizes, no data.image_size)
+MAX_DATA_IMAGE_SIZE = 224
+
+
+def data_image_size(splits: Splits) -> int | None:
+    """The input side the data suggests: its own size (in-memory images of one size), else the median shorter side of
+    a sample of its files, at most :data:`MAX_DATA_IMAGE_SIZE`; None when neither is known."""
+    native = splits.train.source.image_size
+    if native is not None:
+        return int(native[0])
+    typical = splits.train.source.typical_size() if isinstance(splits.train.source, FileSource) else None
+    return min(typical, MAX_DATA_IMAGE_SIZE) if typical else None
+
+
+def choose_loader(cfg: Config, splits: Splits, preprocess: PreprocessInfo) -> tuple[str, str]:
+    """The batch path for ``data.loader``: ("torch" | "device", why). ``auto`` takes the device loader when every
+    split is one in-memory tensor and every augmentation that is on has a batch form, else the DataLoader, and says
+    why in the second item ("" when there is nothing to say)."""
+    if cfg.data.loader != "auto":
+        return cfg.data.loader, ""
+    views = (splits.train, splits.val, splits.test)
+    if any(v is not None and len(v) and not v.in_memory for v in views):
+        return "torch", f"data.loader=auto: the DataLoader, as data.name={cfg.data.name} is read from image files"
+    on = augmentations_for(cfg.augmentation.train, image_size=preprocess.image_size, in_chans=preprocess.in_chans)
+    per_sample = [name for name, _ in on if not AUGMENTATIONS.meta(name)["device"]]
+    if per_sample:
+        keys = ", ".join(f"augmentation.train.{name}" for name in per_sample)
+        return "torch", f"data.loader=auto: the DataLoader, as {keys} has no batch form on the device"
+    return "device", ""
+
+
 def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> PreprocessInfo:
-    """Input size, channels and normalisation: explicit config first, then pretrained weights, then the data.
+    """Input size, channels and normalisation: explicit config first, then pretrained weights, then the data
+    (:func:`data_image_size`; 224 px when it says nothing).
 
     Args:
         cfg: the config (``data.image_size``, ``data.in_chans``, ``data.mean``/``std``, ``model.pretrained``).
@@ -96,10 +128,8 @@ def resolve_preprocess(cfg: Config, splits: Splits, model: Any = None) -> Prepro
         size = cfg.data.image_size
     elif from_weights and data_cfg.get("input_size"):
         size = int(data_cfg["input_size"][-1])
-    elif native is not None:
-        size = int(native[0])
     else:
-        size = 224
+        size = data_image_size(splits) or 224
     mean, std = splits.mean, splits.std
     if cfg.data.mean is None and from_weights and data_cfg.get("mean") is not None:
         mean, std = list(data_cfg["mean"]), list(data_cfg["std"])
@@ -265,7 +295,8 @@ def build_loaders(
     common = preprocess.to_dict()  # size, channels, statistics, interpolation, resize: both pipelines take them
     eval_tf = eval_transform_of(preprocess)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
-    if cfg.data.loader == "device":
+    kind, why = choose_loader(cfg, splits, preprocess)
+    if kind == "device":
         loaders = build_device_loaders(
             cfg,
             splits,
@@ -276,7 +307,7 @@ def build_loaders(
             eval_transform=eval_tf,
             mix=build_mix(cfg, splits.num_classes),
         )
-        loaders.bad_files = bad_files
+        loaders.bad_files, loaders.kind = bad_files, "device"
         return loaders
     train = _train_loader(
         cfg, splits, build_train_transform(cfg.augmentation.train, **common), device, rank, world_size
@@ -298,4 +329,6 @@ def build_loaders(
         mix=build_mix(cfg, splits.num_classes),
         mix_off_last_epochs=cfg.augmentation.mix.off_last_epochs,
         bad_files=bad_files,
+        kind="torch",
+        note=why,
     )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.datasets as tvd
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -99,6 +100,7 @@ class FileSource:
         self.root = str(root) if root is not None else None
         self.max_pixels = max_pixels
         self.bad_files: list[BadFile] = []
+        self._typical_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +123,22 @@ class FileSource:
 
     @property
     def image_size(self) -> tuple[int, int] | None:
-        return None  # files may differ in size; set data.image_size
+        return None  # files may differ in size; set data.image_size (or see typical_size)
+
+    def typical_size(self, max_files: int = 64) -> int | None:
+        """The median shorter side of up to ``max_files`` evenly spaced files, from their headers (nothing is
+        decoded): the size the data suggests when its files differ. None when none of them opens."""
+        if self._typical_size is None:
+            step = max(1, len(self.paths) // max_files)
+            sides = []
+            for path in self.paths[::step][:max_files]:
+                try:
+                    with Image.open(path) as im:
+                        sides.append(min(im.size))
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    continue  # a bad file: the decode policy reports it when the loaders are built
+            self._typical_size = int(np.median(sides)) if sides else 0
+        return self._typical_size or None
 
 
 Source = TensorSource | FileSource

@@ -139,6 +139,10 @@ class Loaders:
     mix_off_last_epochs: int = 0
     #: image files skipped, as ``{"file": name relative to data.root, "reason": one line}`` (the run summary's list)
     bad_files: list[dict[str, str]] = field(default_factory=list)
+    #: the batch path: "torch" (DataLoader) or "device" (:mod:`imgcls.data.device_loader`)
+    kind: str = "torch"
+    #: one line on how ``data.loader=auto`` chose the path ("" when there is nothing to say)
+    note: str = ""
 
     def batch_transform_for(self, epoch: int, total_epochs: int) -> BatchTransform | None:
         """The batch transform for ``epoch`` (0-based): mixing is switched off for the last N epochs."""

@@ -1,9 +1,9 @@
 """``imgcls augment-preview``: a PNG grid of train samples as configured: original, augmented and mixed.
 
 Row 1 shows the samples after resizing only, row 2 after the configured per-sample augmentations (the torch path's
-transform, or the device path's batch ops with ``data.loader=device``), row 3 the augmented batch after CutMix/MixUp,
-each image captioned with the mixing kind, lambda and its two-class soft target. It draws its parameters with the same
-code as training, so what it shows is what the model gets.
+transform, or the device path's batch ops where ``data.loader`` is, or ``auto`` picks, the device loader), row 3 the
+augmented batch after CutMix/MixUp, each image captioned with the mixing kind, lambda and its two-class soft target.
+It draws its parameters with the same code as training, so what it shows is what the model gets.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.config import Config
 from imgcls.data.batch import build_mixer
-from imgcls.data.build import build_splits, resolve_preprocess
+from imgcls.data.build import build_splits, choose_loader, resolve_preprocess
 from imgcls.data.datasets import SplitView
 from imgcls.data.device_loader import BatchAugment, DeviceLoader, prepare_images
 from imgcls.data.images import BadImageError
@@ -55,10 +55,12 @@ def _augmented(
     pos: np.ndarray,
     raw_images: list[torch.Tensor],
     labels: list[int],
+    loader: str,
 ) -> tuple[torch.Tensor, str]:
-    """The samples through the path training uses, as normalised float images; and the path's name."""
+    """The samples through the path training uses (``loader``: "torch" or "device"), as normalised float images; and
+    the path's name."""
     size, in_chans = pre["image_size"], pre["in_chans"]
-    if cfg.data.loader == "device":
+    if loader == "device":
         subset = SplitView(train.source, train.indices[pos])
         prepared = prepare_images(subset, image_size=size, resize=pre["resize"], in_chans=in_chans)
         augment = BatchAugment.from_config(cfg.augmentation.train, size)
@@ -137,7 +139,8 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
         raise ValueError(f"n must be >= 1, got {n}")
     torch.manual_seed(cfg.run.seed)
     splits = build_splits(cfg)
-    pre = resolve_preprocess(cfg, splits).to_dict()  # no model: the data's own size and statistics
+    info = resolve_preprocess(cfg, splits)  # no model: the data's own size and statistics
+    pre = info.to_dict()
     size, in_chans = pre["image_size"], pre["in_chans"]
     pos, raw_images, labels = _pick(splits.train, n, cfg.run.seed)
     n = len(pos)
@@ -151,7 +154,8 @@ def augment_preview(cfg: Config, out_path: str | Path, n: int = 8) -> Path:
     base = v2.Compose(base_ops)
     originals = torch.stack([base(img) for img in raw_images]).float() / 255.0
 
-    augmented, path_name = _augmented(cfg, splits.train, pre, pos, raw_images, labels)
+    loader = choose_loader(cfg, splits, info)[0]
+    augmented, path_name = _augmented(cfg, splits.train, pre, pos, raw_images, labels, loader)
 
     rows: list[tuple[str, torch.Tensor, list[str]]] = [
         ("original", originals, [splits.classes[y] for y in labels]),

@@ -29,7 +29,7 @@ from imgcls.config import (
     set_value,
     validate_config,
 )
-from imgcls.data.build import build_splits, drop_bad_files, eval_transform_of
+from imgcls.data.build import build_splits, data_image_size, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights
@@ -291,12 +291,18 @@ def build_model_for(cfg: Config, num_classes: int, in_chans: int, image_size: in
 
 
 def model_size_hint(cfg: Config, splits: Splits) -> int | None:
-    """The input size a model is built for: explicit, else the data's own; file datasets default to 224 px unless
-    pretrained weights bring their own size (:func:`imgcls.data.build.resolve_preprocess` then reads it)."""
+    """The input size a model is built for: explicit, else the data's own size; for image files of different sizes
+    their typical size (:func:`imgcls.data.build.data_image_size`, 224 px when unknown) unless pretrained weights
+    bring their own size (:func:`imgcls.data.build.resolve_preprocess` then reads it)."""
+    if cfg.data.image_size:
+        return cfg.data.image_size
     native = splits.train.source.image_size
-    if cfg.data.image_size is None and native:
+    if native:
         check_native_side(cfg, int(native[0]))
-    return cfg.data.image_size or (native[0] if native else (None if cfg.model.pretrained else 224))
+        return int(native[0])
+    if cfg.model.pretrained:
+        return None
+    return data_image_size(splits) or 224
 
 
 def check_native_side(cfg: Config, side: int) -> None:

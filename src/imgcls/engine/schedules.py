@@ -113,6 +113,17 @@ def warmup_steps_for(cfg: SchedulerConfig, *, total_steps: int, steps_per_epoch:
     return SCHEDULES.meta(cfg.name).get("default_warmup_fraction", 0.0) * total_steps
 
 
+def warmup_warning(cfg: SchedulerConfig, *, epochs: int) -> str | None:
+    """One line when the warmup does not fit the run (``warmup_epochs`` >= ``epochs``: the lr never leaves the warmup,
+    and the schedule never starts), naming the keys; None when it fits."""
+    if cfg.warmup_epochs <= 0 or cfg.warmup_epochs < epochs:
+        return None
+    return (
+        f"training.scheduler.warmup_epochs={cfg.warmup_epochs:g} does not fit training.epochs={epochs}: the whole run "
+        f"is warmup (the {cfg.name} schedule never starts); shorten the warmup or train longer"
+    )
+
+
 @functools.cache
 def schedule_parameters(fn: ScheduleFn) -> tuple[str, ...]:
     """The keyword parameters of schedule ``fn`` (after ``step, total_steps, steps_per_epoch``)."""

@@ -70,7 +70,7 @@ from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
-from imgcls.engine.schedules import PlateauState, lr_multiplier
+from imgcls.engine.schedules import PlateauState, lr_multiplier, warmup_warning
 from imgcls.engine.threads import apply_threads
 from imgcls.engine.tracking import Tracker, create_tracker
 from imgcls.models.transfer import apply_freezing, freeze_bn_eval, unfreeze_next_group
@@ -699,6 +699,11 @@ def _announce(
         f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}"
         + (f" ({threads[0]} threads: {threads[1]})" if s.device.type == "cpu" else ""),
     )
+    if s.loaders.note:
+        _say(s.dist, s.loaders.note)
+    warning = warmup_warning(cfg.training.scheduler, epochs=cfg.training.epochs)
+    if warning:
+        _say(s.dist, f"warning: {warning}")
     if ckpt is not None:
         within = f", batch {ckpt['batch']} of epoch {ckpt['epoch'] + 1}" if ckpt.get("batch") else ""
         _say(s.dist, f"resumed from {resume_path} at epoch {ckpt['epoch']} (step {ckpt['step']}{within})")
