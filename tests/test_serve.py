@@ -1,4 +1,5 @@
-"""The inference server: endpoints, input limits, micro-batching, the bounded queue, and the web page."""
+"""The inference server: endpoints, input limits, micro-batching and the bounded queue (the web page in a browser:
+tests/test_serve_page.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -65,6 +65,27 @@ def test_health_and_metadata(client):
     assert meta["classes"] == CLASSES and meta["kind"] == "checkpoint" and meta["num_classes"] == 10
     assert meta["preprocess"]["image_size"] == 16 and meta["preprocess"]["in_chans"] == 1
     assert meta["limits"]["max_batch"] == 8 and meta["limits"]["max_pixels"] == 512 * 512
+    # the facts the web page shows: no summary.json beside this bare checkpoint, so no run numbers
+    assert meta["dataset"] == "digits" and meta["weights"] == "random-init" and meta["run"] is None
+    assert "png" in meta["formats"] and "jpeg" in meta["formats"]
+
+
+def test_metadata_has_the_runs_test_numbers(ckpt, tmp_path):
+    """A checkpoint in a run's checkpoints/ (or the run folder itself) -> the test numbers of its summary.json; a
+    summary of another model, or a broken one, is not passed on."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, run / "checkpoints" / "best.pt")
+    summary = {"model": "simple_cnn_tiny", "dataset": "digits", "test_acc": 0.875, "test_top5": 0.99, "test_tta": 2}
+    (run / "summary.json").write_text(json.dumps(summary))
+    for path in (run, run / "checkpoints" / "best.pt"):
+        with TestClient(create_app(path)) as c:
+            facts = c.get("/metadata").json()["run"]
+        assert facts["test_acc"] == 0.875 and facts["test_tta"] == 2 and facts["best_epoch"] is None
+    for text in (json.dumps({**summary, "model": "resnet18"}), "{not json", "[1, 2]"):
+        (run / "summary.json").write_text(text)
+        with TestClient(create_app(run)) as c:
+            assert c.get("/metadata").json()["run"] is None
 
 
 def test_predict_top_k(client, ckpt, tmp_path):
@@ -116,6 +137,9 @@ def test_gradcam_overlay(client):
     assert body["overlay"].startswith("data:image/png;base64,")
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"].split(",", 1)[1])))
     assert overlay.mode == "RGB" and min(overlay.size) >= 16
+    # what the model was given: the 16 x 16 grayscale image, before normalisation
+    model_input = Image.open(io.BytesIO(base64.b64decode(body["input"].split(",", 1)[1])))
+    assert model_input.mode == "L" and model_input.size == (16, 16)
     r = client.post("/gradcam?class_index=3", files={"file": ("digit.png", png_bytes(), "image/png")})
     assert r.status_code == 200 and r.json()["label"] == "3"
 
@@ -416,79 +440,10 @@ def test_serve_onnx_model(ckpt, tmp_path):
     with TestClient(create_app(onnx_path)) as c:
         meta = c.get("/metadata").json()
         assert meta["kind"] == "onnx" and meta["classes"] == CLASSES and meta["gradcam"] is False
+        assert meta["dataset"] == "digits" and meta["run"] is None  # from the export's metadata; no summary beside it
         r = c.post("/predict", files={"file": ("d.png", png_bytes(), "image/png")})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 5
         with TestClient(create_app(ckpt)) as torch_client:
             ref = torch_client.post("/predict", files={"file": ("d.png", png_bytes(), "image/png")}).json()
         assert [p["label"] for p in r.json()["predictions"]] == [p["label"] for p in ref["predictions"]]
         assert c.post("/gradcam", files={"file": ("d.png", png_bytes(), "image/png")}).status_code == 501
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The web page in a real browser
-# --------------------------------------------------------------------------------------------------------------------
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def live_server(ckpt):
-    uvicorn = pytest.importorskip("uvicorn")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ckpt), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.mark.slow
-def test_web_page_in_headless_chromium(live_server, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    image = tmp_path / "digit.png"
-    image.write_bytes(png_bytes((32, 32), seed=5))
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(m.text))
-            response = page.goto(live_server + "/")
-            assert "script-src 'sha256-" in response.headers["content-security-policy"]
-            # selectors, not wait_for_function: the page's CSP (rightly) forbids the eval that the latter needs
-            page.wait_for_selector("#model:has-text('simple_cnn_tiny')")
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#predictions .prediction", timeout=30_000)
-            labels = page.locator("#predictions .label").all_text_contents()
-            assert len(labels) == 5 and all(label in CLASSES for label in labels)
-            # the Grad-CAM overlay (a data: URL) arrives after the bars; the preview is a blob: URL
-            page.wait_for_selector("#overlay[src^='data:image/png']", timeout=30_000)
-            assert page.locator("#preview").get_attribute("src").startswith("blob:")
-            assert page.locator("#error").text_content() == ""
-            # the inline style applied too (the bars have a width), and the CSP blocked nothing the page uses
-            assert page.locator("#drop").evaluate("e => getComputedStyle(e).borderStyle") == "dashed"
-            assert not [m for m in console if "Content Security Policy" in m], console
-        finally:
-            browser.close()

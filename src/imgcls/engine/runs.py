@@ -398,6 +398,28 @@ def load_run(path: str | Path) -> RunRecord:
     return RunRecord(path=p, name=p.name, config=config, metrics=read_metrics_csv(p / "metrics.csv"), summary=summary)
 
 
+def summary_near(model_path: str | Path) -> dict[str, Any]:
+    """The ``summary.json`` of the run a checkpoint or exported model belongs to, or {} when there is none.
+
+    Looked for in a run folder given as such, beside the file, and, for a file in a run's ``checkpoints/`` (where
+    training writes checkpoints and ``imgcls export`` writes next to them), in the run folder above it. An unreadable
+    or malformed summary counts as none: a server reading it for its page must still start.
+    """
+    p = Path(model_path)
+    folder = p if p.is_dir() else p.parent
+    candidates = [folder / "summary.json"]
+    if folder.name == "checkpoints":
+        candidates.append(folder.parent / "summary.json")
+    for candidate in candidates:
+        try:
+            summary = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            return summary
+    return {}
+
+
 def find_runs(runs_dir: str | Path) -> list[Path]:
     """Every run folder under ``runs_dir`` (searched recursively, so study and tune folders are included), oldest
     first by folder name."""

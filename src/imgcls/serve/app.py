@@ -4,8 +4,10 @@ Endpoints:
 
 - ``POST /predict`` (multipart field ``file``): top-k classes with probabilities;
 - ``POST /predict/batch`` (multipart fields ``files``): the same for several images;
-- ``POST /gradcam`` (``file``): top-k plus a Grad-CAM overlay as a PNG data URL (checkpoint models only);
-- ``GET /health``, ``GET /metadata``; ``GET /`` a page where a person drops an image and sees bars and the overlay.
+- ``POST /gradcam`` (``file``): top-k plus a Grad-CAM overlay and the model-size input, as PNG data URLs (checkpoint
+  models only);
+- ``GET /health``; ``GET /metadata`` (the model, its dataset and its run's test numbers, input, classes, limits);
+- ``GET /`` a page where a person drops, picks or pastes images and sees, per image, top-k bars and Grad-CAM.
 
 Concurrent requests are micro-batched: each decoded image joins a bounded queue; one worker task takes up to
 ``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill after the first one arrives, runs the
@@ -47,10 +49,12 @@ from torchvision.transforms import InterpolationMode, v2
 
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import FixChannels
+from imgcls.engine.runs import summary_near
 from imgcls.evaluate.infer import Predictor
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap
 from imgcls.export.onnx import OnnxClassifier
 from imgcls.serve.decode import (
+    FORMATS,
     DecodeBudget,
     ImageHeader,
     decode_cost,
@@ -103,7 +107,10 @@ TRIM_AFTER_BYTES = 8 * 2**20
 class ModelRunner:
     """What the server needs of a model: a batch callable, class names, preprocessing, and its kind.
 
-    ``module`` is the PyTorch model for checkpoints (Grad-CAM needs it) and None for ONNX models.
+    ``module`` is the PyTorch model for checkpoints (Grad-CAM needs it) and None for ONNX models. ``info`` holds
+    facts for ``/metadata``: ``quantized``, ``path``, ``dataset`` (the training config's ``data.name``), ``weights``
+    (the checkpoint's note on them, e.g. "random-init" or "ema"; None when it has none) and ``run`` (see
+    :func:`run_facts`).
     """
 
     forward: Any  # float [B, C, S, S] -> logits [B, K]
@@ -126,13 +133,21 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
     if path.suffix == ".onnx":
         clf = OnnxClassifier(path, threads)
         pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
+        name = clf.metadata["model"]
+        source = clf.metadata.get("source_checkpoint") or ""
         return ModelRunner(
             forward=clf,
             classes=clf.classes,
             preprocess=pre,
             kind="onnx",
-            name=clf.metadata["model"],
-            info={"quantized": clf.quantized, "path": str(path)},
+            name=name,
+            info={
+                "quantized": clf.quantized,
+                "path": str(path),
+                "dataset": _dataset_of(clf.metadata.get("config")),
+                "weights": "int8" if clf.quantized else None,
+                "run": run_facts(path, name) or (run_facts(source, name) if source else {}),
+            },
         )
 
     if threads:
@@ -145,15 +160,45 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         with torch.inference_mode():
             return model(x.to(dev)).float().cpu()
 
+    ckpt = pred.checkpoint
+    name = ckpt["config"]["model"]["name"]
+    resolved = ckpt.get("path", str(path))  # a run folder resolves to its checkpoints/best.pt
+    weights = ckpt.get("weights")
     return ModelRunner(
         forward=forward,
         classes=pred.classes,
         preprocess=pred.preprocess,
         kind="checkpoint",
-        name=pred.checkpoint["config"]["model"]["name"],
+        name=name,
         module=model,
-        info={"quantized": False, "path": pred.checkpoint.get("path", str(path))},
+        info={
+            "quantized": False,
+            "path": resolved,
+            "dataset": _dataset_of(ckpt["config"]),
+            "weights": weights if isinstance(weights, str) else None,
+            "run": run_facts(resolved, name),
+        },
     )
+
+
+def _dataset_of(config: Any) -> str | None:
+    """``data.name`` of a resolved config (as stored in checkpoints and export metadata), or None."""
+    data = config.get("data") if isinstance(config, dict) else None
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if name is not None else None
+
+
+#: the numbers of a run's summary.json that ``/metadata`` passes on (test numbers are of the run's best checkpoint)
+RUN_FACTS = ("test_acc", "test_top5", "test_loss", "test_tta", "epochs_run", "best_epoch")
+
+
+def run_facts(model_path: str | Path, model_name: str) -> dict[str, Any]:
+    """The test numbers of the run a model file belongs to (:func:`~imgcls.engine.runs.summary_near`), or {} when
+    there is no summary or it describes another model (a checkpoint copied into a foreign run folder)."""
+    summary = summary_near(model_path)
+    if not summary or summary.get("model", model_name) != model_name:
+        return {}
+    return {k: summary.get(k) for k in RUN_FACTS}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -482,15 +527,13 @@ class InferenceService:
             cams, logits = self._gradcam(self.normalize(x[None]), class_index)
         probs = torch.softmax(logits.float(), dim=1)[0]
         target = int(class_index) if class_index is not None else int(probs.argmax())
-        display = _display_image(image)
-        overlay = overlay_heatmap(display, cams[0].numpy())
-        buf = io.BytesIO()
-        Image.fromarray(overlay).save(buf, format="PNG")
+        overlay = overlay_heatmap(_display_image(image), cams[0].numpy())
         return {
             "probs": probs,
             "class_index": target,
             "label": self.runner.classes[target],
-            "overlay": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+            "overlay": _png_data_url(overlay),
+            "input": _png_data_url(_hwc(x)),  # the model-size image the model was given (before normalising)
         }
 
 
@@ -502,12 +545,21 @@ def _call_on(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
         fn(*args)
 
 
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    """uint8 [C, H, W] -> uint8 [H, W, 3] (three channels) or [H, W] (any other number: the first one), for Pillow."""
+    return image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+
+
+def _png_data_url(pixels: np.ndarray) -> str:
+    """uint8 [H, W] or [H, W, 3] -> a ``data:image/png;base64,...`` URL."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _display_image(image: torch.Tensor, *, small: int = 192, large: int = DISPLAY_SIDE) -> np.ndarray:
     """uint8 [C, H, W] -> uint8 [H', W', 3] for display: tiny images enlarged (nearest), big ones shrunk."""
-    pil = Image.fromarray(
-        image.permute(1, 2, 0).numpy().squeeze(-1) if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-    )
-    pil = pil.convert("RGB")
+    pil = Image.fromarray(_hwc(image)).convert("RGB")
     side = max(pil.size)
     if side < small:
         f = -(-small // side)
@@ -685,9 +737,13 @@ def _add_info_routes(
             "model": runner.name,
             "kind": runner.kind,
             "quantized": bool(runner.info.get("quantized")),
+            "dataset": runner.info.get("dataset"),
+            "weights": runner.info.get("weights"),
+            "run": runner.info.get("run") or None,  # None: no summary.json beside the model
             "classes": runner.classes,
             "num_classes": len(runner.classes),
             "preprocess": runner.preprocess.to_dict(),
+            "formats": [f.lower() for f in FORMATS],
             "gradcam": service.gradcam_available,
             "topk": default_k,
             "limits": limits,
@@ -754,6 +810,7 @@ def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: in
             "class_index": res["class_index"],
             "label": res["label"],
             "overlay": res["overlay"],
+            "input": res["input"],
         }
 
 
