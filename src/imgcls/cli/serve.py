@@ -90,7 +90,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model (default: the idle cores)")
     p.add_argument("--gradio", action="store_true", help="also serve a Gradio UI at /ui (pip install 'imgcls[gradio]')")
     p.add_argument(
         "--no-docs",

@@ -50,6 +50,7 @@ from torchvision.transforms import InterpolationMode, v2
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.transforms import FixChannels
 from imgcls.engine.runs import summary_near
+from imgcls.engine.threads import apply_threads
 from imgcls.evaluate.infer import Predictor
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap
 from imgcls.export.onnx import OnnxClassifier
@@ -130,6 +131,7 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         ValueError: the ONNX file has no imgcls metadata.
     """
     path = Path(model_path)
+    threads = apply_threads(threads)[0]  # run.threads' policy: the given number, else the cores idle at start
     if path.suffix == ".onnx":
         clf = OnnxClassifier(path, threads)
         pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
@@ -150,8 +152,6 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
             },
         )
 
-    if threads:
-        torch.set_num_threads(threads)
     pred = Predictor.from_checkpoint(path, device=device)
     model = pred.model.eval()
     dev = pred.device
