@@ -697,7 +697,7 @@ def _announce(
         f"data: {cfg.data.name} train={len(s.splits.train)} val={len(s.splits.val or [])} "
         f"test={len(s.splits.test or [])} classes={s.splits.num_classes} input={p.in_chans}x{p.image_size}x"
         f"{p.image_size} | model: {cfg.model.name} ({n / 1e6:.2f}M params) | device: {s.device}"
-        + (f" ({threads[0]} threads: {threads[1]})" if s.device.type == "cpu" else ""),
+        + (f" ({threads[0]} thread{'s' if threads[0] > 1 else ''}: {threads[1]})" if s.device.type == "cpu" else ""),
     )
     if s.loaders.note:
         _say(s.dist, s.loaders.note)
