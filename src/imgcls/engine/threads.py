@@ -2,9 +2,10 @@
 
 PyTorch's default is one intra-op thread per core. On a machine where something else is busy that is the worst
 choice: every parallel region waits for its slowest thread, and a thread that shares its core with another process
-is slow. Measured on a 2-core VM (see the #15 note): ``imgcls train quickstart`` took 616 s instead of 27 s beside a
-CPU-bound process with 2 threads. So unless told, a job measures how busy the cores are for a moment
-(``/proc/stat``) and uses the idle ones, at least one. ``OMP_NUM_THREADS`` set in the environment is respected.
+is slow. Measured on a 2-core VM (issue #15's note): ``imgcls train quickstart`` took 27.6 s alone, 68.9 s beside
+one CPU-bound process with 2 threads, and 39.2 s beside it with 1. So unless told, a job measures how busy the cores
+are for a moment (``/proc/stat``) and uses the idle ones, at least one. ``OMP_NUM_THREADS`` set in the environment is
+respected.
 """
 
 from __future__ import annotations
