@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,18 @@ import torch
 # torchrun), and on a busy 2-core machine two spin-waiting OpenMP threads per process were measured 5-50x slower.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"  # what imgcls's thread choice honours (run.threads unset), here and in subprocesses
+
+#: Debian's chromium (CI installs it with apt-get; never a browser download) and the flags every headless test uses
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 TINY = [
     "data.name=digits",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from imgcls.cli import main
 from imgcls.config import build_config
@@ -32,7 +33,6 @@ TINY = [
     "run.progress=false",
     "run.tracker=none",
 ]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +162,7 @@ def test_report_opens_in_headless_chromium(run_dir, tmp_path):
     flags = [
         CHROMIUM,
         "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180)

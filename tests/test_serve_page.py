@@ -16,7 +16,6 @@ import base64
 import contextlib
 import io
 import json
-import shutil
 import socket
 import threading
 import time
@@ -33,7 +32,7 @@ pytest.importorskip("multipart")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from conftest import TINY  # noqa: E402
+from conftest import CHROMIUM, CHROMIUM_ARGS, TINY  # noqa: E402
 
 from imgcls.config import build_config  # noqa: E402
 from imgcls.engine.train import train  # noqa: E402
@@ -41,16 +40,6 @@ from imgcls.serve.app import create_app  # noqa: E402
 
 expect = sync_api.expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts" / "page"
 VIEWPORTS = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
