@@ -54,7 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if result.test is not None:
             tta = result.summary.get("test_tta") or 1
-            print(f"TEST ACCURACY {result.test.acc:.4f}" + (f" (TTA {tta} views)" if tta > 1 else ""))
+            views = f" (TTA {tta} views)" if tta > 1 else ""
+            if result.summary.get("multilabel"):
+                print(f"TEST mAP {result.summary['test_map_macro']:.4f}{views}")
+            print(f"TEST ACCURACY {result.test.acc:.4f}{views}")
         print(f"RUN FOLDER {result.run_dir}")
     return 0
 
@@ -136,6 +139,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = 2
             continue
         probs = predictor.predict_proba(x[None])
+        if predictor.multilabel:  # the labels at or above their thresholds, each with its own probability
+            labels = predictor.labels(probs)[0]
+            print(f"{path}: labels " + (", ".join(f"{name} {p:.3f}" for name, p in labels) or "(none)"))
+            continue
         top = predictor.topk(probs, args.topk)[0]
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     return status
