@@ -206,14 +206,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     mean, std = [round(m, 4) for m in splits.mean], [round(s, 4) for s in splits.std]
     console.print(
         f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
-        f"image size {size_text}, mean {mean}, std {std}"
+        f"image size {size_text}, mean {mean}, std {std}" + (", multi-label" if splits.multilabel else "")
     )
     table = Table(title="samples per class and split")
     table.add_column("class")
     views = {n: v for n, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v is not None}
     for n in views:
         table.add_column(n, justify="right")
-    counts = {n: torch.bincount(v.targets, minlength=splits.num_classes).tolist() for n, v in views.items()}
+    # multi-label: images carrying each label (a row of the total counts each image once)
+    counts = {
+        n: (v.targets.sum(0).long() if splits.multilabel else torch.bincount(v.targets, minlength=splits.num_classes))
+        for n, v in views.items()
+    }
+    counts = {n: c.tolist() for n, c in counts.items()}
     for k, name in enumerate(splits.classes):
         table.add_row(name, *(str(counts[n][k]) for n in views))
     table.add_row("[bold]total[/bold]", *(f"[bold]{len(v)}[/bold]" for v in views.values()))
