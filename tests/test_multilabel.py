@@ -66,9 +66,9 @@ def test_losses_for_multilabel_targets() -> None:
     w = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.0])
     bce = build_loss(LossConfig(name="bce"), w)
     assert bce(logits, y).item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, y, pos_weight=w).item())
-    # ASL without focusing or clipping is BCE summed over labels; its focusing lowers the loss of easy negatives
+    # ASL without focusing or clipping is BCE (same reduction); its focusing lowers the loss of easy negatives
     plain = build_loss(LossConfig(name="asl", kwargs={"gamma_neg": 0.0, "clip": 0.0}))
-    expected = F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / 8
+    expected = F.binary_cross_entropy_with_logits(logits, y).item()
     assert plain(logits, y).item() == pytest.approx(expected, rel=1e-5)
     assert build_loss(LossConfig(name="asl"))(logits, y).item() < plain(logits, y).item()
     assert is_multilabel_loss("bce") and is_multilabel_loss("asl") and not is_multilabel_loss("focal")
@@ -126,23 +126,20 @@ def test_positive_class_weights_for_multilabel_splits() -> None:
 
 
 def test_train_on_digit_pairs_tunes_thresholds_and_saves_them(tmp_path) -> None:
-    cfg = build_config(
-        "quickstart",
-        [
-            "data.name=digit_pairs",
-            "training.epochs=1",
-            "training.scheduler.warmup_epochs=0",
-            "model.name=simple_cnn_tiny",
-            "augmentation.mix.mixup_alpha=0.2",
-            "training.ema.enabled=true",
-            "training.early_stopping.monitor=val_map",
-            "run.tracker=none",
-            "run.progress=false",
-            "run.report=false",
-            f"run.dir={tmp_path}",
-        ],
-    )
-    result = train(cfg)
+    cfg_overrides = [
+        "data.name=digit_pairs",
+        "training.epochs=1",
+        "training.scheduler.warmup_epochs=0",
+        "model.name=simple_cnn_tiny",
+        "augmentation.mix.mixup_alpha=0.2",
+        "training.ema.enabled=true",
+        "training.early_stopping.monitor=val_map",
+        "run.tracker=none",
+        "run.progress=false",
+        "run.report=false",
+        f"run.dir={tmp_path}",
+    ]
+    result = train(build_config("quickstart", cfg_overrides))
     summary = json.loads((result.run_dir / "summary.json").read_text())
     # one epoch of a 3k-parameter CNN: above the mAP of random scores (the labels' positive rate, about 0.19)
     assert summary["multilabel"] is True and summary["test_map_macro"] > 0.3
@@ -151,5 +148,9 @@ def test_train_on_digit_pairs_tunes_thresholds_and_saves_them(tmp_path) -> None:
     assert best["multilabel"] is True and len(best["thresholds"]) == 10
     assert best["config"]["data"]["multilabel"] is True and best["config"]["training"]["loss"]["name"] == "bce"
     assert best["thresholds"] == summary["thresholds"]
+    # run.tune_thresholds=false: every class decides at 0.5, and best.pt holds no thresholds
+    untuned = train(build_config("quickstart", [*cfg_overrides, "data.subset=500", "run.tune_thresholds=false"]))
+    assert "thresholds" not in load_checkpoint(untuned.run_dir / "checkpoints" / "best.pt")
+    assert json.loads((untuned.run_dir / "summary.json").read_text())["thresholds"] == [0.5] * 10
     with pytest.raises(ConfigError, match="val_map needs multi-label data"):
         train(build_config("quickstart", ["training.early_stopping.monitor=val_map", f"run.dir={tmp_path}"]))

@@ -298,6 +298,9 @@ class RunConfig:
     # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors; the upper bound is
     # the engine's, checked with it)
     test_tta: int = ranged(1, AT_LEAST_1)
+    # multi-label: tune each class's threshold on the val split (max F1) for predict, serve and the test numbers;
+    # false: 0.5 for every class
+    tune_thresholds: bool = True
     progress: bool = True  # a live bar on a terminal (steps, img/s, ETAs); else a line every progress_interval s
     progress_interval: float = ranged(15.0, POSITIVE)  # seconds between those plain progress lines (logs, CI, jobs)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)

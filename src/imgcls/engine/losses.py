@@ -154,8 +154,9 @@ class AsymmetricLoss(nn.Module):
 
     ``L = -y (1 - p)^gamma_pos log p - (1 - y) p_m^gamma_neg log(1 - p_m)``, with ``p_m = max(p - clip, 0)``: easy
     negatives are down-weighted (``gamma_neg``) and very easy ones discarded (``clip``, probability shifting). Soft
-    targets from mixing interpolate both terms. Summed over labels, averaged over the batch, as in the paper's code;
-    ``gamma_neg=gamma_pos=clip=0`` gives BCE summed over labels.
+    targets from mixing interpolate both terms. Averaged over labels and samples like :class:`BinaryCrossEntropy` (the
+    paper's code sums over labels, which is the same loss at K times the learning rate), so that
+    ``gamma_neg=gamma_pos=clip=0`` gives exactly ``bce`` and a comparison of the two is not one of step sizes.
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class AsymmetricLoss(nn.Module):
         if self.weight is not None:
             pos = pos * self.weight[None, :]
         neg = (1 - q) * p_neg.pow(self.gamma_neg) * torch.log((1 - p_neg).clamp_min(self.eps))
-        return -(pos + neg).sum(1).mean()
+        return -(pos + neg).mean()
 
 
 @LOSSES.register("cross_entropy")

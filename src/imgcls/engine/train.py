@@ -622,7 +622,7 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
     tr = s.cfg.training
     best = load_checkpoint(run.path / "checkpoints" / "best.pt", map_location=s.device)
     s.model.load_state_dict(best["model"])
-    thresholds = _tune_thresholds(s, run, best) if s.multilabel else None
+    thresholds = _tune_thresholds(s, run, best) if s.multilabel and s.cfg.run.tune_thresholds else None
     result = evaluate(
         s.model,
         s.loaders.test,
