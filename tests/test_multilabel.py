@@ -116,6 +116,23 @@ def test_evaluate_multilabel_is_the_metrics_of_the_sigmoids(scored: tuple[np.nda
     assert r.confusion.shape == (6, 6) and int(r.confusion.diag().sum()) == int(((probs >= 0.5) & (targets > 0)).sum())
 
 
+def test_evaluate_multilabel_averages_sigmoids_over_models_and_views(scored: tuple[np.ndarray, np.ndarray]) -> None:
+    """Ensembles and TTA go through the same path: the mean of the members' (views') sigmoids is scored."""
+    p, y = scored
+    a = torch.logit(torch.from_numpy(p).float().clamp(1e-4, 1 - 1e-4))
+    b = torch.randn_like(a)
+    images = torch.arange(len(p)).float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    loader = [(images, torch.from_numpy(y).float())]
+    kw = dict(device=torch.device("cpu"), num_classes=6, multilabel=True, return_outputs=True)
+    r = evaluate([_Fixed(a), _Fixed(b)], loader, **kw)
+    mean = (torch.sigmoid(a) + torch.sigmoid(b)) / 2
+    assert torch.allclose(r.log_probs.exp(), mean, atol=1e-6)
+    assert r.extra["map_macro"] == pytest.approx(average_precision_score(y, mean.numpy(), average="macro"))
+    # TTA views of an image the model scores the same way (the index pixel is unchanged by a flip): same numbers
+    tta = evaluate(_Fixed(a), loader, tta=2, **kw)
+    assert torch.allclose(tta.log_probs.exp(), torch.sigmoid(a), atol=1e-6)
+
+
 def test_positive_class_weights_for_multilabel_splits() -> None:
     from imgcls.data.build import build_splits
 

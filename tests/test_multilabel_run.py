@@ -116,6 +116,12 @@ def test_onnx_export_parity_on_sigmoid_outputs(run_dir, tmp_path):
     assert all(c.acc_reference == c.acc_exported for c in result.report.checks)
     meta = OnnxClassifier(result.path).metadata
     assert meta["multilabel"] is True and len(meta["thresholds"]) == 10
+    # INT8: calibrated and compared through evaluate() on sigmoid outputs (subset accuracy of FP32 and INT8)
+    from imgcls.export.quantize import quantize
+
+    q = quantize(result.path, tmp_path / "m.int8.onnx", num_calibration=64, eval_limit=200, timing_seconds=0.05)
+    assert q.acc_fp32 > 0.5 and abs(q.acc_int8 - q.acc_fp32) < 0.1
+    assert OnnxClassifier(q.int8_path).metadata["multilabel"] is True
 
 
 def test_server_answers_with_labels(run_dir):
