@@ -109,6 +109,8 @@ def write_run_report(
             title=title,
             outputs=test_outputs if split == "test" else None,
             config=cfg or None,
+            multilabel=splits.multilabel,
+            thresholds=(ckpt or {}).get("thresholds"),
         )
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:
@@ -118,6 +120,13 @@ def write_run_report(
         return None
     path = run_dir / "eval" / "report.html"
     views = f", TTA {tta} views" if tta > 1 else ""
+    if splits.multilabel:
+        print(
+            f"report: {path} ({split}{views}: mAP {metrics['map_macro']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+            f"Hamming loss {metrics['hamming_loss']:.4f}; {time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
+        return path
     print(
         f"report: {path} ({split}{views}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
         f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)",

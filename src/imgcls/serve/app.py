@@ -121,6 +121,9 @@ class ModelRunner:
     name: str
     module: torch.nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: multi-label: one sigmoid per class, and the labels at or above ``thresholds`` (tuned on val) are the answer
+    multilabel: bool = False
+    thresholds: list[float] | None = None
 
 
 def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | None = None) -> ModelRunner:
@@ -143,6 +146,8 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
             preprocess=pre,
             kind="onnx",
             name=name,
+            multilabel=bool(clf.metadata.get("multilabel")),
+            thresholds=clf.metadata.get("thresholds"),
             info={
                 "quantized": clf.quantized,
                 "path": str(path),
@@ -171,6 +176,8 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         kind="checkpoint",
         name=name,
         module=model,
+        multilabel=pred.multilabel,
+        thresholds=pred.thresholds if pred.multilabel else None,
         info={
             "quantized": False,
             "path": resolved,
@@ -189,7 +196,7 @@ def _dataset_of(config: Any) -> str | None:
 
 
 #: the numbers of a run's summary.json that ``/metadata`` passes on (test numbers are of the run's best checkpoint)
-RUN_FACTS = ("test_acc", "test_top5", "test_loss", "test_tta", "epochs_run", "best_epoch")
+RUN_FACTS = ("test_acc", "test_top5", "test_loss", "test_tta", "epochs_run", "best_epoch", "test_map_macro")
 
 
 def run_facts(model_path: str | Path, model_name: str) -> dict[str, Any]:
@@ -449,7 +456,29 @@ class InferenceService:
     def _probs(self, batch: torch.Tensor) -> torch.Tensor:
         logits = self.forward(self.normalize(batch))
         logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
-        return torch.softmax(logits.float(), dim=1)
+        return self.activate(logits)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K] -> probabilities: softmax, or one sigmoid per class for a multi-label model."""
+        return torch.sigmoid(logits.float()) if self.runner.multilabel else torch.softmax(logits.float(), dim=1)
+
+    def answer(self, probs: torch.Tensor, k: int) -> dict[str, Any]:
+        """What /predict and /gradcam return for one image: the top-k ``predictions``; for a multi-label model also
+        ``labels``, every class at or above its threshold with its probability (most probable first)."""
+        out: dict[str, Any] = {"predictions": self.topk(probs, k)}
+        if self.runner.multilabel:
+            thr = self.runner.thresholds or [0.5] * len(self.runner.classes)
+            on = [i for i in range(len(thr)) if float(probs[i]) >= thr[i]]
+            out["labels"] = [
+                {
+                    "label": self.runner.classes[i],
+                    "index": i,
+                    "probability": round(float(probs[i]), 6),
+                    "threshold": round(float(thr[i]), 6),
+                }
+                for i in sorted(on, key=lambda i: -float(probs[i]))
+            ]
+        return out
 
     def probe(self, data: bytes, content_type: str | None, filename: str, *, min_side: int) -> ImageHeader:
         """An upload's checked header (400 / 413 / 415 before any decoding; see :func:`probe_upload`)."""
@@ -525,7 +554,7 @@ class InferenceService:
             if self._gradcam is None:
                 self._gradcam = GradCAM(self.runner.module)
             cams, logits = self._gradcam(self.normalize(x[None]), class_index)
-        probs = torch.softmax(logits.float(), dim=1)[0]
+        probs = self.activate(logits)[0]
         target = int(class_index) if class_index is not None else int(probs.argmax())
         overlay = overlay_heatmap(_display_image(image), cams[0].numpy())
         return {
@@ -746,6 +775,8 @@ def _add_info_routes(
             "formats": [f.lower() for f in FORMATS],
             "gradcam": service.gradcam_available,
             "topk": default_k,
+            "multilabel": runner.multilabel,
+            "thresholds": runner.thresholds,
             "limits": limits,
         }
 
@@ -763,7 +794,7 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
             probs = await service.batcher.submit(x)
         except QueueFullError as e:
             raise _busy() from e
-        return {"filename": file.filename, "predictions": service.topk(probs, topk)}
+        return {"filename": file.filename, **service.answer(probs, topk)}
 
     @app.post("/predict/batch")
     async def predict_batch(files: list[UploadFile] = File(...), topk: int = Query(default_k, ge=1)) -> dict[str, Any]:
@@ -777,9 +808,7 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
             outs = await service.batcher.submit_many(images)
         except QueueFullError as e:
             raise _busy() from e
-        results = [
-            {"filename": f.filename, "predictions": service.topk(p, topk)} for f, p in zip(files, outs, strict=True)
-        ]
+        results = [{"filename": f.filename, **service.answer(p, topk)} for f, p in zip(files, outs, strict=True)]
         return {"results": results}
 
 
@@ -806,7 +835,7 @@ def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: in
             raise HTTPException(501, f"Grad-CAM is not possible for this model: {e}") from e
         return {
             "filename": file.filename,
-            "predictions": service.topk(res["probs"], topk),
+            **service.answer(res["probs"], topk),
             "class_index": res["class_index"],
             "label": res["label"],
             "overlay": res["overlay"],
