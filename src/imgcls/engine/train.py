@@ -27,6 +27,7 @@ from torch import nn
 from imgcls.config import Config, checkpoint_interval, save_config, to_dict
 from imgcls.data.build import build_loaders, build_splits, resolve_preprocess
 from imgcls.data.datasets import Splits
+from imgcls.data.fingerprint import data_fingerprint
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.engine.build import (
     build_model_for,
@@ -69,6 +70,7 @@ from imgcls.engine.loop import (
 from imgcls.engine.losses import DistillationLoss, build_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
+from imgcls.engine.provenance import git_state, software_versions
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
 from imgcls.engine.schedules import PlateauState, lr_multiplier, warmup_warning
 from imgcls.engine.threads import apply_threads
@@ -103,6 +105,7 @@ class TrainSetup:
     opt: OptimState  # optimizer, schedule, scaler, EMA and the step clock
     plateau: PlateauState
     steps_per_epoch: int
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # of the splits as trained (bad files dropped)
 
     @property
     def ema(self) -> ModelEma | None:
@@ -230,6 +233,7 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
         opt=opt,
         plateau=plateau,
         steps_per_epoch=steps_per_epoch,
+        data_fingerprint=data_fingerprint(splits),
     )
 
 
@@ -474,6 +478,9 @@ def checkpoint_state(
         "metrics": metrics,
         "best": {"score": state.best_score, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
         "elapsed_s": state.elapsed(),
+        "versions": software_versions(),
+        "git": git_state(),
+        "data_fingerprint": s.data_fingerprint,
     }
 
 
@@ -616,6 +623,7 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
         "classes": s.splits.classes,
         "preprocess": s.preprocess.to_dict(),
         "bad_files": s.loaders.bad_files,
+        "data_fingerprint": s.data_fingerprint.get("sha256"),
         "device": str(s.device),
         "world_size": s.dist.world_size,
     }

@@ -30,7 +30,9 @@ from imgcls.data.datasets import SplitView
 from imgcls.engine.build import load_model, load_split
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS, EvalResult, evaluate
+from imgcls.engine.runs import summary_near
 from imgcls.evaluate.metrics import compute_metrics
+from imgcls.evaluate.model_card import card_html, model_card
 from imgcls.evaluate.report import write_report
 
 ENSEMBLE_MODES = ("probs", "weights")
@@ -121,6 +123,7 @@ def evaluate_split(
     title: str = "Evaluation report",
     outputs: EvalResult | None = None,
     config: dict[str, Any] | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
 
@@ -143,6 +146,7 @@ def evaluate_split(
             test pass at the end of training): used as it is, so the report and the run's summary cannot disagree.
         config: the resolved config of the checkpoint, for the report's config section (default: the run folder's
             ``config.yaml``).
+        checkpoint: the loaded checkpoint of ``models`` (a single model): the report then has its model card.
 
     Returns:
         (the EvalResult with outputs, the metrics dict).
@@ -166,6 +170,9 @@ def evaluate_split(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
             first = models[0] if isinstance(models, list) else models
+            card = None
+            if checkpoint is not None and not isinstance(models, list):
+                card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
             write_report(
                 out / "report.html",
                 metrics=metrics,
@@ -178,6 +185,7 @@ def evaluate_split(
                 device=device,
                 title=title,
                 config=config,
+                card=card,
             )
     return result, metrics
 
@@ -250,6 +258,7 @@ def run_eval(
         meta=meta,
         title=f"{cfg['model']['name']} on {cfg['data']['name']} ({split})",
         config=cfg,
+        checkpoint=None if is_ensemble else ckpt,
     )
     if not quiet:
         print_eval(result, classes, split, metrics)
