@@ -176,6 +176,9 @@ def test_predict_and_eval_take_registry_references(runs, registry, tmp_path, cap
     # the eval output went to the local copy, not into the run folder or the registry's store
     written = Path(re.search(r"metrics written to (\S+)", out).group(1))
     assert "models" in written.parts and runs[0] not in written.parents
+    assert main(["export", "models:/tiny@candidate", "--format", "onnx", "--num-images", "16"]) == 0
+    exported = Path(re.search(r"EXPORTED (\S+)", capsys.readouterr().out).group(1))
+    assert exported.is_file() and exported.parent.parent == written.parent.parent  # beside the local copy's checkpoint
 
 
 def test_registry_errors_say_what_exists(runs, registry, capsys):

@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from markdown_it import MarkdownIt
 
-from imgcls.config import Config, flatten, to_dict
+from imgcls.config import Config, flatten, from_dict, to_dict
 
 #: the ``model-index`` metrics: (key in the evaluation's metrics.json, Hub metric type, display name, config)
 MODEL_INDEX_METRICS: tuple[tuple[str, str, str, str | None], ...] = (
@@ -293,6 +293,8 @@ def model_card(
 ) -> ModelCard:
     """The model card of checkpoint ``ckpt`` (a loaded checkpoint dict) evaluated as ``metrics`` (the evaluation's
     metrics.json), with the run's ``summary.json`` (training time, epochs) when there is one."""
+    # the config as this imgcls reads it: keys added since the checkpoint was written get their defaults
+    ckpt = {**ckpt, "config": to_dict(from_dict(ckpt["config"]))}
     data = card_data(ckpt, metrics)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_body(ckpt, metrics, summary or {})}")
 
