@@ -164,7 +164,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``imgcls`` parser."""
     p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified vs PyTorch")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument(
         "--format",
         default="onnx",
@@ -194,7 +194,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("prune", help="magnitude pruning (+ optional fine-tuning) into a new checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument("--amount", type=_fraction, default=0.3, help="fraction to prune (default 0.3)")
     p.add_argument("--structured", action="store_true", help="prune conv output channels (L2) instead of weights")
     p.add_argument("--finetune-epochs", type=int, default=0)

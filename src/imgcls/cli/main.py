@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from imgcls.cli import explain, export, lr, preview, serve, study, tune
+from imgcls.cli import explain, export, lr, preview, publish, serve, study, tune
 from imgcls.cli.common import config_from_args
 from imgcls.config import (
     ConfigError,
@@ -35,7 +35,7 @@ from imgcls.config import (
 # (several seconds), which `imgcls --help` and a mistyped command should not wait for.
 
 #: modules that contribute subcommands through ``add_cli(subparsers)``
-COMMAND_MODULES = (explain, export, lr, preview, serve, study, tune)
+COMMAND_MODULES = (explain, export, lr, preview, publish, serve, study, tune)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k predictions for image files")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)

@@ -28,6 +28,7 @@ from torch import nn
 from imgcls.config import Config, ConfigError, checkpoint_interval, save_config, to_dict
 from imgcls.data.build import build_loaders, build_splits, resolve_preprocess
 from imgcls.data.datasets import Splits
+from imgcls.data.fingerprint import data_fingerprint
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.engine.build import (
     build_model_for,
@@ -71,6 +72,7 @@ from imgcls.engine.losses import DistillationLoss, build_loss, loss_for_data
 from imgcls.engine.multilabel import tune_thresholds
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
+from imgcls.engine.provenance import git_state, software_versions
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
 from imgcls.engine.schedules import PlateauState, lr_multiplier, warmup_warning
 from imgcls.engine.threads import apply_threads
@@ -106,6 +108,7 @@ class TrainSetup:
     plateau: PlateauState
     steps_per_epoch: int
     notes: list[str] = field(default_factory=list)  # what the data decided (multi-label, the loss), said at the start
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # of the splits as trained (bad files dropped)
 
     @property
     def ema(self) -> ModelEma | None:
@@ -266,6 +269,7 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
         plateau=plateau,
         steps_per_epoch=steps_per_epoch,
         notes=notes,
+        data_fingerprint=data_fingerprint(splits),
     )
 
 
@@ -524,6 +528,9 @@ def checkpoint_state(
         "metrics": metrics,
         "best": {"score": state.best_score, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
         "elapsed_s": state.elapsed(),
+        "versions": software_versions(),
+        "git": git_state(),
+        "data_fingerprint": s.data_fingerprint,
     }
 
 
@@ -706,6 +713,7 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
         "classes": s.splits.classes,
         "preprocess": s.preprocess.to_dict(),
         "bad_files": s.loaders.bad_files,
+        "data_fingerprint": s.data_fingerprint.get("sha256"),
         "device": str(s.device),
         "world_size": s.dist.world_size,
     }

@@ -3,7 +3,7 @@
 
 Sections (:data:`MULTILABEL_SECTIONS`): summary numbers (mAP macro/micro, F1 at the tuned thresholds and at 0.5,
 subset accuracy, Hamming loss), per-class AP bars (with F1 and the tuned threshold), precision-recall curves,
-the co-occurrence of the true labels, training curves and the resolved config. The single-label report's
+the co-occurrence of the true labels, training curves, the model card and the resolved config. The single-label report's
 confusion matrix, calibration and most-confused pairs have no multi-label meaning and are not drawn.
 """
 
@@ -22,7 +22,15 @@ from imgcls.evaluate.report import _CSS, _SCRIPT, _config_html, _fmt, _img, _met
 from imgcls.evaluate.training_curves import best_epoch, plot_training_curves, read_metrics_csv
 
 #: section ids, in page order
-MULTILABEL_SECTIONS = ("summary", "per-class-ap", "pr-curves", "cooccurrence", "training-curves", "config")
+MULTILABEL_SECTIONS = (
+    "summary",
+    "per-class-ap",
+    "pr-curves",
+    "cooccurrence",
+    "training-curves",
+    "model-card",
+    "config",
+)
 #: precision-recall curves drawn in one plot at most (the lowest-AP classes first: the ones worth looking at)
 MAX_PR_CURVES = 12
 
@@ -136,9 +144,11 @@ def write_multilabel_report(
     run_dir: str | Path | None = None,
     title: str = "Evaluation report",
     config: Mapping[str, Any] | None = None,
+    card: str | None = None,
 ) -> Path:
     """Render the plots and write the report (``metrics``: :func:`compute_multilabel_metrics` plus header fields;
-    ``run_dir``: the run folder whose metrics.csv gives the training curves and whose config.yaml the config)."""
+    ``run_dir``: the run folder whose metrics.csv gives the training curves and whose config.yaml the config;
+    ``card``: the model card as HTML, when the checkpoint is known)."""
     figures: dict[str, str | None] = {
         "per-class-ap": figure_to_base64(plot_ap_bars(metrics)),
         "cooccurrence": figure_to_base64(plot_cooccurrence(metrics["cooccurrence"], metrics["classes"])),
@@ -174,6 +184,9 @@ def write_multilabel_report(
             "training-curves",
             "Training curves",
             fig_or_note("training-curves", "training curves", "no metrics.csv next to this checkpoint"),
+        )
+        + section(
+            "model-card", "Model card", card or "<p class='note'>no model card: the checkpoint is not known here</p>"
         )
         + section("config", "Config", _config_html(config))
     )

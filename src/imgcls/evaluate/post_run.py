@@ -19,7 +19,9 @@ from imgcls.config import Config
 from imgcls.data.datasets import Splits
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import EvalResult
+from imgcls.engine.runs import summary_near
 from imgcls.engine.train import RunResult, TrainSetup, train
+from imgcls.evaluate.model_card import model_card
 from imgcls.evaluate.run_eval import evaluate_split
 
 log = logging.getLogger("imgcls")
@@ -58,7 +60,8 @@ def write_run_report(
 ) -> Path | None:
     """The end-of-training report: the best checkpoint on the test split (val if there is none).
 
-    Writes ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``. Loads ``checkpoints/best.pt`` into ``model``.
+    Writes ``<run>/eval/metrics.json``, ``<run>/eval/report.html`` and the model card ``<run>/MODEL_CARD.md``. Loads
+    ``checkpoints/best.pt`` into ``model``.
 
     Args:
         run_dir: the run folder.
@@ -111,7 +114,10 @@ def write_run_report(
             config=cfg or None,
             multilabel=splits.multilabel,
             thresholds=(ckpt or {}).get("thresholds"),
+            checkpoint=ckpt,
         )
+        if ckpt is not None:
+            model_card(ckpt, metrics, summary_near(run_dir)).save(run_dir / "MODEL_CARD.md")
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:
             raise

@@ -30,7 +30,9 @@ from imgcls.data.datasets import SplitView
 from imgcls.engine.build import load_model, load_split
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS, EvalResult, evaluate
+from imgcls.engine.runs import summary_near
 from imgcls.evaluate.metrics import compute_metrics, compute_multilabel_metrics
+from imgcls.evaluate.model_card import card_html, model_card
 from imgcls.evaluate.multilabel_report import write_multilabel_report
 from imgcls.evaluate.report import write_report
 
@@ -124,6 +126,7 @@ def evaluate_split(
     config: dict[str, Any] | None = None,
     multilabel: bool = False,
     thresholds: Sequence[float] | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
 
@@ -149,6 +152,7 @@ def evaluate_split(
         multilabel: sigmoid outputs and multi-hot targets: the multi-label metrics
             (:func:`~imgcls.evaluate.metrics.compute_multilabel_metrics`) and report.
         thresholds: multi-label: the per-label thresholds (the checkpoint's, tuned on val); None: 0.5.
+        checkpoint: the loaded checkpoint of ``models`` (a single model): the report then has its model card.
 
     Returns:
         (the EvalResult with outputs, the metrics dict).
@@ -180,8 +184,11 @@ def evaluate_split(
             out.mkdir(parents=True, exist_ok=True)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
             if report:
+                card = None
+                if checkpoint is not None and not isinstance(models, list):
+                    card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
                 write_multilabel_report(
-                    out / "report.html", metrics=metrics, run_dir=run_dir, title=title, config=config
+                    out / "report.html", metrics=metrics, run_dir=run_dir, title=title, config=config, card=card
                 )
         return result, metrics
     metrics.update(compute_metrics(probs, result.targets, classes))
@@ -194,6 +201,9 @@ def evaluate_split(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
             first = models[0] if isinstance(models, list) else models
+            card = None
+            if checkpoint is not None and not isinstance(models, list):
+                card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
             write_report(
                 out / "report.html",
                 metrics=metrics,
@@ -206,6 +216,7 @@ def evaluate_split(
                 device=device,
                 title=title,
                 config=config,
+                card=card,
             )
     return result, metrics
 
@@ -280,6 +291,7 @@ def run_eval(
         config=cfg,
         multilabel=bool(ckpt.get("multilabel")),
         thresholds=ckpt.get("thresholds"),
+        checkpoint=None if is_ensemble else ckpt,
     )
     if not quiet:
         if ckpt.get("multilabel"):
