@@ -70,7 +70,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch per model call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="0 (default): adaptive batching, the idle model takes whatever is waiting at once; > 0: also wait up "
+        "to this long for a batch to fill (a fixed window, for comparison)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="images allowed to wait; beyond -> 503")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB; beyond -> 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image in pixels; beyond -> 413")
