@@ -49,8 +49,10 @@ def _console() -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format == "onnx":
+    if args.format in ("onnx", "web"):
         _need_export_extra()
+    if args.format == "web":
+        return _export_web(args)
     from imgcls.export.onnx import ExportError, ExportParityError, export_checkpoint
 
     try:
@@ -85,6 +87,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"std {pre['std']}, {pre['interpolation']}"
     )
     print(f"EXPORTED {result.path}")
+    return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from imgcls.config import ConfigError
+    from imgcls.export.onnx import ExportError, ExportParityError
+    from imgcls.export.web import export_web
+
+    if args.out is None:
+        raise ConfigError("--format web writes a folder: give it with --out DIR")
+    try:
+        result = export_web(args.checkpoint, args.out, atol=args.atol, num_images=args.num_images, samples=args.samples)
+    except ExportParityError as e:
+        if e.report is not None:
+            print("\n".join(e.report.lines()), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.onnx.report is not None:
+        print("\n".join(result.onnx.report.lines()))
+    print("\n".join(result.lines()))
+    print(f"EXPORTED {result.out}")
     return 0
 
 
@@ -163,18 +189,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``imgcls`` parser."""
-    p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified vs PyTorch")
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX / TorchScript / torch.export / a web page, verified vs PyTorch"
+    )
     p.add_argument("checkpoint", help="a checkpoint file or a run folder")
     p.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "torchscript", "torch-export"],
-        help="onnx (default), torchscript (deprecated upstream in favour of torch.export) or torch-export "
-        "(an ExportedProgram .pt2)",
+        choices=["onnx", "torchscript", "torch-export", "web"],
+        help="onnx (default), torchscript (deprecated upstream in favour of torch.export), torch-export "
+        "(an ExportedProgram .pt2) or web (a static folder, --out DIR, that classifies in the browser with "
+        "onnxruntime-web from the npm registry; needs npm)",
     )
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
-    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint); a folder for web")
+    p.add_argument("--samples", type=int, default=8, help="web: test images bundled as examples (default 8)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |logit difference| (default 1e-3)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="smallest allowed top-1 agreement (default 1)")
