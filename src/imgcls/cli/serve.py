@@ -43,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             gradio_ui=args.gradio,
             docs=args.docs,
+            backend=args.backend,
         )
     except ValueError as e:  # e.g. an ONNX file without imgcls metadata
         print(f"error: {e}", file=sys.stderr)
@@ -66,7 +67,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "Referrer-Policy: no-referrer and a Content-Security-Policy. /docs, /redoc and /openapi.json are on, as "
         "suits a development server; --no-docs turns them off.",
     )
-    p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
+    p.add_argument("model", help="a checkpoint / run folder, an exported .onnx file or an OpenVINO .xml")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "pytorch"],
+        help="auto (default): a checkpoint is served by the fastest verified export beside it (best.onnx, "
+        "best.int8.onnx, best.xml, best.int8.xml), timed at start; pytorch: by the checkpoint itself",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch per model call")
