@@ -7,9 +7,12 @@ run on a machine downloads it; CI reaches the registry). A screenshot of the pag
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +135,50 @@ def test_page_from_file_url_matches_imgcls_predict(site, run_dir, tmp_path, caps
     assert main(["predict", str(run_dir), *map(str, samples + files), "--topk", "1"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert [line.split(": ")[1].split()[0] for line in printed] == [shown[f.name][0] for f in samples + files]
+
+
+def test_page_from_a_static_host_on_a_phone(site, run_dir):
+    """The same folder served by a plain static file server (loopback), in a phone-sized viewport: the samples are
+    classified as from file://, only the folder's own files are requested, nothing is wider than the screen."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+                errors, requests = [], []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(base + "index.html")
+                sync_api.expect(page.locator("#status")).to_have_attribute("data-samples", "done", timeout=TIMEOUT_MS)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "web-export-phone.png"), full_page=True)
+                width = page.evaluate("document.documentElement.scrollWidth")
+                top1 = {c.locator("h3").inner_text(): c.get_attribute("data-top1") for c in page.locator(".card").all()}
+            finally:
+                browser.close()
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)
+    assert not errors, errors
+    assert all(u.startswith((base, "blob:", "data:")) for u in requests), requests
+    assert width <= 390
+    predictor = Predictor.from_checkpoint(run_dir)
+    info = json.loads((site / "imgcls.json").read_text())
+    for s in info["samples"]:
+        ref = predictor.predict_proba(predictor.load_image(site / s["file"])[None])[0]
+        assert top1[s["name"]] == predictor.classes[int(ref.argmax())]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # noqa: ANN002 - no access log in the test output
+        pass
 
 
 def test_npm_missing_or_failing_is_one_clear_line(run_dir, tmp_path, monkeypatch, capsys):

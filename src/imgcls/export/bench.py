@@ -277,8 +277,8 @@ def _openvino_runners(
     notes: list[str],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """OpenVINO FP32 / INT8 compiled models read from the ONNX files (the FP32 IR checked against onnxruntime's
-    outputs here; the export path checks it against PyTorch on real images)."""
+    """OpenVINO FP32 / INT8 compiled models read from the same ONNX files as the onnxruntime rows (speed only: the
+    export path, ``imgcls export --format openvino``, is where the IR is checked against PyTorch)."""
     wanted = [b for b in OPENVINO_BACKENDS if b in backends]
     if not wanted:
         return {}
