@@ -11,6 +11,7 @@ the mean call.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from imgcls.engine.build import build_model_for, load_model, seed_everything
 from imgcls.engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from imgcls.engine.threads import choose_threads
 from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
+from imgcls.export.openvino import MISSING as OPENVINO_MISSING
 from imgcls.export.openvino import OpenVinoClassifier, OpenVinoMissingError, ir_from_onnx
 from imgcls.export.quantize import quantize_onnx
 from imgcls.export.timing import measure
@@ -162,10 +164,15 @@ def bench(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    skipped_ov = [b for b in backends if b in OPENVINO_BACKENDS]
+    if skipped_ov and importlib.util.find_spec("openvino") is None:  # before any export is made for them
+        backends = [b for b in backends if b not in OPENVINO_BACKENDS]
+    else:
+        skipped_ov = []
     old_threads = torch.get_num_threads()
     threads = choose_threads(threads)[0]  # run.threads' policy: the idle cores unless told
     torch.set_num_threads(threads)
-    notes: list[str] = []
+    notes: list[str] = [f"{', '.join(skipped_ov)} skipped: {OPENVINO_MISSING}"] if skipped_ov else []
     tmp_ctx = tempfile.TemporaryDirectory(prefix="imgcls-bench-") if workdir is None else None
     work = Path(tmp_ctx.name) if tmp_ctx is not None else Path(workdir)  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
