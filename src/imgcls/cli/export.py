@@ -215,7 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``imgcls`` parser."""
     p = sub.add_parser(
-        "export", help="export a checkpoint to ONNX / TorchScript / torch.export / a web page, verified vs PyTorch"
+        "export", help="export a checkpoint to ONNX / TorchScript / torch.export / OpenVINO / a web page, verified"
     )
     p.add_argument("checkpoint", help="a checkpoint file or a run folder")
     p.add_argument(
