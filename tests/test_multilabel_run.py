@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import CHROMIUM, CHROMIUM_ARGS
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -64,6 +65,20 @@ def test_report_and_metrics(run_dir):
     assert metrics["thresholds_tuned"] and metrics["cooccurrence"][3][3] == metrics["per_class"]["3"]["support"]
     page = (run_dir / "eval" / "report.html").read_text()
     assert _sections(page) == list(MULTILABEL_SECTIONS)
+    assert "Multi-label image classification" in page  # the model card section, for a multi-label model
+
+
+def test_model_card_reports_the_multilabel_metrics(run_dir):
+    """The card's model-index carries mAP, F1 and Hamming loss (not the softmax metrics), equal to metrics.json."""
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    text = (run_dir / "MODEL_CARD.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    results = {m["name"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
+    assert results["mAP (macro)"] == pytest.approx(metrics["map_macro"])
+    assert results["Hamming loss"] == pytest.approx(metrics["hamming_loss"])
+    assert results["Subset accuracy (exact label set)"] == pytest.approx(metrics["subset_accuracy"])
+    assert "Expected calibration error" not in results
+    assert "Weakest labels (AP)" in text and "| label | AP |" in text
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (apt-get install -y chromium)")

@@ -108,6 +108,13 @@ def build_ensemble(
     return models, [ckpt["path"], *(load_checkpoint(p)["path"] for p in ensemble)]
 
 
+def _card_html(checkpoint: dict[str, Any] | None, models: Any, metrics: dict[str, Any]) -> str | None:
+    """The report's model-card section: for one known checkpoint (an ensemble has no single card)."""
+    if checkpoint is None or isinstance(models, list):
+        return None
+    return card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
+
+
 def evaluate_split(
     models: nn.Module | list[nn.Module],
     view: SplitView,
@@ -184,9 +191,7 @@ def evaluate_split(
             out.mkdir(parents=True, exist_ok=True)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
             if report:
-                card = None
-                if checkpoint is not None and not isinstance(models, list):
-                    card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
+                card = _card_html(checkpoint, models, metrics)
                 write_multilabel_report(
                     out / "report.html", metrics=metrics, run_dir=run_dir, title=title, config=config, card=card
                 )
@@ -201,9 +206,7 @@ def evaluate_split(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
             first = models[0] if isinstance(models, list) else models
-            card = None
-            if checkpoint is not None and not isinstance(models, list):
-                card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
+            card = _card_html(checkpoint, models, metrics)
             write_report(
                 out / "report.html",
                 metrics=metrics,
