@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls.config import Config, checkpoint_interval, save_config, to_dict
+from imgcls.config import Config, ConfigError, checkpoint_interval, save_config, to_dict
 from imgcls.data.build import build_loaders, build_splits, resolve_preprocess
 from imgcls.data.datasets import Splits
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
@@ -51,6 +52,7 @@ from imgcls.engine.distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    device_type_for,
     gather_objects,
     init_distributed,
     select_device,
@@ -303,6 +305,7 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
         else:
             record_resume(path, cfg, from_epoch=start_epoch)
     path = Path(str(broadcast_object(str(path), dist)))
+    _check_shared(path, dist)
     if not dist.is_main:
         return RunFolder(path=path, metrics=None, tracker=None)
     metrics = MetricsLog(path / "metrics.csv", keep=start_epoch if resume_path is not None else None)
@@ -311,6 +314,24 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
         steps = StepLog(path / "steps.csv", keep=s.opt.step if resume_path is not None else None)
     tracker = create_tracker(cfg.run.tracker, path, to_dict(cfg)) if cfg.run.tracker != "none" else None
     return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock, steps=steps)
+
+
+def _check_shared(path: Path, dist: DistInfo) -> None:
+    """Every rank sees the run folder rank 0 made (a collective under DDP): ranks on other nodes read its checkpoints
+    (resuming, and best.pt for the test evaluation), so on several machines ``run.dir`` must be a shared file system.
+
+    Raises:
+        ConfigError: on every rank together (none is left waiting in a collective), naming the ranks that cannot.
+    """
+    if not dist.enabled:
+        return
+    seen = gather_objects((path.is_dir(), socket.gethostname()), dist)
+    blind = [f"rank {r} on {host}" for r, (ok, host) in enumerate(seen) if not ok]  # type: ignore[misc]
+    if blind:
+        raise ConfigError(
+            f"bad value for 'run.dir': the run folder {path} that rank 0 made is not there for {', '.join(blind)}; "
+            "with several machines set run.dir= to an absolute path on a file system every node mounts"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -663,8 +684,7 @@ def train(
     check_run_paths(cfg)
     t_start = time.perf_counter()
     threads = apply_threads(cfg.run.threads)
-    use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
-    dist = init_distributed("cuda" if use_cuda else "cpu")
+    dist = init_distributed(device_type_for(cfg.run.device))
     run: RunFolder | None = None
     try:
         if resume_path is None and cfg.run.resume:
