@@ -345,3 +345,28 @@ def test_a_run_dir_that_is_not_shared_is_one_clear_error_on_every_rank(tmp_path:
     assert errors[0] == errors[1]
     assert "is not there for rank 1 on" in errors[0] and "file system every node mounts" in errors[0]
     assert not list((tmp_path / "node1").iterdir())  # rank 1 wrote nothing
+
+
+def test_resume_with_another_number_of_processes_continues_at_the_same_sample(capsys) -> None:
+    """``--nnodes=MIN:MAX``: a group restarted with 4 processes resumes a mid-epoch checkpoint of 2 at the sample
+    position the 2 had reached (batch 6 of 2 ranks = 12 batches' worth of samples = batch 3 of 4 ranks), rounded down
+    to a whole accumulation group; the partial-epoch sums cannot be split, so they restart."""
+    from types import SimpleNamespace
+
+    from imgcls.engine.distributed import DistInfo
+    from imgcls.engine.train import TrainState, _rescale_resume
+
+    cfg = build_config("quickstart", ["training.accum_steps=1"])
+    s = SimpleNamespace(cfg=cfg, dist=DistInfo(rank=0, world_size=4), opt=SimpleNamespace(step=26))
+    state = TrainState(epoch=1, batch=6, epoch_sums={"loss": 1.0})
+    _rescale_resume(s, state, saved_world=2)
+    assert (state.batch, state.epoch_sums) == (3, None)
+    assert "written by 2 processes, this run has 4: global batch 128" in capsys.readouterr().out
+
+    cfg.training.accum_steps = 2
+    state = TrainState(epoch=1, batch=6)
+    _rescale_resume(s, state, saved_world=3)
+    assert state.batch == 4  # 6 * 3 // 4 = 4, a whole group of 2
+    state = TrainState(epoch=1, batch=6)
+    _rescale_resume(s, state, saved_world=2)
+    assert state.batch == 2  # 6 * 2 // 4 = 3, rounded down to a whole group of 2

@@ -285,7 +285,33 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         s.plateau.load_state_dict(ckpt["schedule"]["plateau"])
     s.opt.step = int(ckpt["step"])
     set_rng_state(mine["rng"])
+    if len(ranks) != s.dist.world_size:  # an elastic job restarted with another number of processes
+        _rescale_resume(s, state, saved_world=len(ranks))
     return state
+
+
+def _rescale_resume(s: TrainSetup, state: TrainState, *, saved_world: int) -> None:
+    """Resume a checkpoint written by ``saved_world`` ranks with another number (``torchrun --nnodes=MIN:MAX``).
+
+    The epoch's shuffled order is the same for any world size, and ``batch`` per-rank batches of ``saved_world`` ranks
+    consumed its first ``batch * saved_world * batch_size`` positions: the new ranks start at that position (rounded
+    down to a whole accumulation group of the new world, so a few samples may be seen twice), with the new global
+    batch from there on. The per-rank RNG and partial-epoch sums cannot be split across another world size: each rank
+    is seeded from (run.seed, rank, step) and the epoch's train loss/accuracy count the samples after the resume only.
+    Not bit-identical to any uninterrupted run: that guarantee needs the same world size.
+    """
+    accum = s.cfg.training.accum_steps
+    if state.batch:
+        state.batch = state.batch * saved_world // s.dist.world_size // accum * accum
+        state.epoch_sums = None
+    seed_everything(s.cfg.run.seed + 1000 * s.dist.rank + s.opt.step, s.cfg.run.deterministic)
+    _say(
+        s.dist,
+        f"note: the checkpoint was written by {saved_world} processes, this run has {s.dist.world_size}: global batch "
+        f"{s.cfg.data.batch_size * s.dist.world_size} from here on"
+        + (f", continuing epoch {state.epoch + 1} at batch {state.batch}" if state.batch else "")
+        + " (an exact resume needs the same number of processes)",
+    )
 
 
 def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -> RunFolder:
