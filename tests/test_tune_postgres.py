@@ -149,7 +149,8 @@ def test_two_workers_on_postgres_one_killed_mid_trial(postgres_url: str, tmp_pat
 
     # --resume continues the study from its stored definition (no preset, overrides or --param needed)
     runs_c = tmp_path / "c"
-    resume = ["tune", "--storage", postgres_url, "--study-name", "pg", "--resume", "--trials", "5"]
+    # (the pruner is built per process, like the sampler: --no-prune again, so that the new trial completes)
+    resume = ["tune", "--storage", postgres_url, "--study-name", "pg", "--resume", "--trials", "5", "--no-prune"]
     assert main([*resume, "--heartbeat", str(HEARTBEAT_S), "--runs-dir", str(runs_c)]) == 0
     after = _study(postgres_url).trials
     assert len(after) == len(trials) + 1 and after[-1].state == optuna.trial.TrialState.COMPLETE
