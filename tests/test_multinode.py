@@ -287,6 +287,7 @@ def test_elastic_restart_after_sigkill_resumes_mid_epoch_bit_identical(two_nodes
     assert f"run.resume=auto: resuming {_only_run(shared)}" in text  # the restarted group found it
     assert f"(step {step}, batch {batch} of epoch" in text  # ... and continued at the checkpoint's sample
     assert text.count("run.resume=auto: resuming") == 1  # rank 0 alone chose, for both ranks
+    assert "warning: torchrun --max-restarts" not in text  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a store per group
 
     run, straight = _only_run(shared), two_nodes["run"]
     assert _steps(run) == _steps(straight)  # every step's loss and lr, at full precision
@@ -370,3 +371,18 @@ def test_resume_with_another_number_of_processes_continues_at_the_same_sample(ca
     state = TrainState(epoch=1, batch=6)
     _rescale_resume(s, state, saved_world=2)
     assert state.batch == 2  # 6 * 2 // 4 = 3, rounded down to a whole group of 2
+
+
+def test_restarts_on_the_shared_rendezvous_store_are_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' environment says whether torchrun can restart the group on the store it shares with them (the
+    case where a restarted group can read the previous group's addresses, pytorch/pytorch#135712)."""
+    from imgcls.engine.distributed import SHARED_STORE_WARNING, restarts_share_the_agent_store
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert restarts_share_the_agent_store() and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in SHARED_STORE_WARNING
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert not restarts_share_the_agent_store()  # no restarts: one group only
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives
+    assert not restarts_share_the_agent_store()

@@ -60,6 +60,10 @@ def init_distributed(device_type: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        if device_type == "cuda" and torch.cuda.is_available():
+            # before the first collective (the resume decision can come before the model's device is chosen): NCCL
+            # runs it on the current device, which must be this rank's GPU, not cuda:0 for every rank of a node
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         if dist.get_rank() == 0 and restarts_share_the_agent_store():
             print(f"warning: {SHARED_STORE_WARNING}", flush=True)
