@@ -32,7 +32,7 @@ from imgcls.config import (
 from imgcls.data.build import build_splits, data_image_size, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView
 from imgcls.data.loaders import PreprocessInfo
-from imgcls.data.samplers import get_class_weights
+from imgcls.data.samplers import get_class_weights, positive_weights
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
 from imgcls.engine.losses import LOSSES, check_loss_config, check_loss_values
@@ -343,7 +343,10 @@ def data_init_sample(
 
 
 def class_weights_for(splits: Splits) -> torch.Tensor:
-    """Inverse-frequency class weights of the train split, normalised to mean 1 ("balanced")."""
+    """``training.loss.class_weights=balanced``: inverse-frequency class weights of the train split, normalised to
+    mean 1; for multi-label data the positive-class weights of each label (:func:`positive_weights`)."""
+    if splits.multilabel:
+        return positive_weights(splits.train.targets)
     return get_class_weights(splits.train.targets, splits.num_classes)
 
 
