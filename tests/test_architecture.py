@@ -26,6 +26,7 @@ OPTIONAL = {
     "httpx",
     "gradio",
     "optuna",
+    "sqlalchemy",  # comes with optuna (the [tune] extra): the --storage URL checks
     "mlflow",
     "wandb",
     "tensorboard",

@@ -78,7 +78,10 @@ PARSE_ONLY: dict[str, str] = {
     "pip install": "installs from PyPI (internet); the extras it names are checked against pyproject.toml",
     "python -m pytest": "is this test suite; .ci/run must call exactly this command",
     "torchrun": "starts several processes (GPUs or nodes); torchrun's and imgcls's arguments are parsed and the "
-    "config resolved here, and tests/test_ddp.py::test_torchrun_cli runs `torchrun --nproc_per_node=2 -m imgcls train`",
+    "config resolved here, and tests/test_ddp.py::test_torchrun_cli runs `torchrun --nproc_per_node=2 -m imgcls "
+    "train`, tests/test_multinode.py two one-node launches on loopback (c10d rendezvous, --max-restarts)",
+    "postgresql+psycopg2://tune:secret@db.example.com/optuna": "needs that PostgreSQL server; "
+    "tests/test_tune_postgres.py runs two workers and --resume against a throwaway local cluster",
     "python benchmarks/speedrun.py": "a benchmark of 3 full CIFAR-10 trainings (about half an hour on 2 cores)",
     "imgcls train speedrun": "needs a CUDA GPU (torch.compile, bf16 autocast)",
     "imgcls train cifar10_resnet18 data.root=/data/cifar10": "needs CIFAR-10's python batches (torchvision checks "

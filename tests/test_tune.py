@@ -174,3 +174,46 @@ def test_tune_cli_wiring(tmp_path, capsys):
         ["tune", "quickstart", f"run.dir={tmp_path}", "--param", "training.optimizer.lr=log:0:1", "--trials", "1"]
     )
     assert code == 2 and "log bounds" in capsys.readouterr().err
+
+
+def test_journal_storage_and_its_heartbeat(tmp_path):
+    """--storage journal:PATH: Optuna's journal file (a shared file system, no server). Optuna keeps no heartbeat
+    there, so a trial records its own, and a RUNNING trial whose heartbeat is older than the grace period is
+    orphaned whatever host it names."""
+    import time
+
+    import optuna
+
+    from imgcls.tune.search import is_orphaned
+
+    journal = tmp_path / "shared" / "study.log"
+    journal.parent.mkdir()
+    kwargs = dict(params=["training.optimizer.lr=log:1e-4:1e-1"], study_name="j", storage=f"journal:{journal}")
+    result = tune(
+        "quickstart", [f"run.dir={tmp_path}"], trials=2, quiet=True, train_fn=_fake_train(lambda c: [0.5]), **kwargs
+    )
+    assert [r["state"] for r in result.trials] == ["COMPLETE", "COMPLETE"] and journal.is_file()
+    assert result.storage == f"journal:{journal}"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="j", storage=storage).trials
+    assert all("heartbeat" in t.user_attrs for t in trials)
+    with pytest.raises(TuneError, match="already exists in journal:"):
+        tune("quickstart", [f"run.dir={tmp_path}"], trials=2, quiet=True, **kwargs)
+
+    far = SimpleNamespace(user_attrs={"worker": "other-host:1", "heartbeat": time.time() - 400}, datetime_start=None)
+    assert is_orphaned(far, grace_s=300)
+    far.user_attrs["heartbeat"] = time.time()
+    assert not is_orphaned(far, grace_s=300)  # another host's live worker
+
+
+@pytest.mark.parametrize(
+    "storage, match",
+    [
+        ("postgres//nohost", "is not a database URL"),
+        ("nosuchdialect://u@h/db", "cannot open the study database"),
+        ("journal:/no/such/folder/study.log", "no folder /no/such/folder"),
+    ],
+)
+def test_bad_storage_is_one_line(storage, match, tmp_path):
+    with pytest.raises(TuneError, match=match):
+        tune("quickstart", [f"run.dir={tmp_path}"], params=["training.epochs=int:1:2"], storage=storage, quiet=True)

@@ -44,6 +44,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         startup_trials=args.startup_trials,
         seed=args.seed,
         timeout_s=args.timeout,
+        storage=args.storage,
+        heartbeat_s=args.heartbeat,
     )
     return 0
 
@@ -73,7 +75,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "tune",
-        help="hyperparameter search with Optuna (SQLite study in the runs folder, median pruning)",
+        help="hyperparameter search with Optuna (SQLite study in the runs folder or --storage URL, median pruning)",
         description="imgcls tune [PRESET] [key=value ...] --param KEY=SPEC ... --trials N. SPEC: log:LOW:HIGH, "
         "float:LOW:HIGH[:STEP], int:LOW:HIGH[:STEP] or choice:A,B,C. Run the same command with "
         "--resume in several processes for parallel workers, or after a crash.",
@@ -89,4 +91,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-trials", type=int, default=3, help="trials before pruning starts")
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="where the study lives, for workers on several machines: a SQLAlchemy URL (postgresql+psycopg2://user:"
+        "password@host/db, mysql+pymysql://..., sqlite:///path) or journal:PATH (Optuna's journal file on a shared "
+        "file system); default: SQLite in <runs>/tune-<study>/study.db",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="seconds between a running trial's heartbeats; another worker marks a trial FAIL (and queues it again) "
+        "once its heartbeat is 5 beats old (default: 60)",
+    )
     p.set_defaults(func=cmd_tune)

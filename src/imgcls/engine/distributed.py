@@ -7,10 +7,16 @@ does not, and everything below degrades to a single process. Backend: nccl with 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from imgcls.config import UserFacingError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,16 +34,62 @@ class DistInfo:
         return self.rank == 0
 
 
+def device_type_for(run_device: str) -> str:
+    """``cuda`` or ``cpu``: what ``run.device`` resolves to, which decides the backend (nccl or gloo)."""
+    return "cuda" if run_device.startswith("cuda") or (run_device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks (torchrun set ``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def elastic_job_id() -> str | None:
+    """The job id torchrun gives its workers (``--rdzv-id``; a fresh one per ``--standalone`` launch), or None.
+
+    An elastic job runs one worker group at a time: when torchrun restarts the group (``--max-restarts``), every
+    process of the previous group has been stopped first, on every node, so a run lock left by a process of the same
+    job is stale whatever host it names.
+    """
+    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        if device_type == "cuda" and torch.cuda.is_available():
+            # before the first collective (the resume decision can come before the model's device is chosen): NCCL
+            # runs it on the current device, which must be this rank's GPU, not cuda:0 for every rank of a node
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        if dist.get_rank() == 0 and restarts_share_the_agent_store():
+            print(f"warning: {SHARED_STORE_WARNING}", flush=True)
     return DistInfo(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0))
     )
+
+
+SHARED_STORE_WARNING = (
+    "torchrun --max-restarts with the c10d rendezvous shares one store across restarts, and a restarted group can "
+    "read the addresses of the group before it and fail to connect (pytorch/pytorch#135712); set "
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment on every node"
+)
+
+
+def restarts_share_the_agent_store() -> bool:
+    """Whether torchrun may restart this group (``--max-restarts`` > 0) while its workers use the agent's store.
+
+    Since torch 2.5 the c10d rendezvous shares its TCPStore with the workers (``TORCHELASTIC_USE_AGENT_STORE``) and
+    keeps it across restarts, but the process group's keys are not separated per restart: a restarted rank can read
+    a key the previous group wrote (a peer's address) before the new peer rewrites it. Seen here as ``Gloo
+    connectFullMesh failed ... Connection refused`` on restart; ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives every
+    group a fresh store.
+    """
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return shared and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def cleanup_distributed() -> None:
@@ -48,6 +100,28 @@ def cleanup_distributed() -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def decided_by_rank0(decide: Callable[[], T], info: DistInfo) -> T:
+    """``decide()`` run on rank 0 only, its result (or the :class:`UserFacingError` it raised) on every rank.
+
+    For decisions that read shared state which rank 0 is about to change (which run folder to resume: rank 0 locks
+    it as soon as it starts training, and a rank that looked a moment later would see it "in use"); every rank must
+    call it (a collective under DDP).
+    """
+    if not info.enabled:
+        return decide()
+    box: list[object] = [None]
+    if info.is_main:
+        try:
+            box[0] = ("ok", decide())
+        except UserFacingError as e:
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]  # type: ignore[misc]
+    if kind == "error":
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

@@ -9,6 +9,11 @@ The lock records the process (PID and host) and a heartbeat it refreshes while i
 lock's process still runs on this host, or (another host, e.g. a shared file system) when the heartbeat is recent. A
 process that is killed leaves its lock behind; the dead PID (or the stale heartbeat) marks the run as resumable.
 ``run.resume=auto`` never picks a live run, and resuming a live run by path is refused.
+
+Under torchrun (elastic restarts, several nodes) two rules keep every rank on the same run: rank 0 alone picks the
+run to resume and tells the others (it locks the folder as soon as it trains, so a rank looking a moment later
+would see it "in use"), and a lock left by an earlier worker group of the same elastic job (``TORCHELASTIC_RUN_ID``)
+is stale wherever it was taken, since torchrun stops a whole group, on every node, before it starts the next one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ import yaml
 
 from imgcls.config import Config, ConfigError, flatten, from_dict, parse_override, set_value, to_dict
 from imgcls.engine.checkpoint import load_checkpoint
+from imgcls.engine.distributed import (
+    decided_by_rank0,
+    device_type_for,
+    elastic_job_id,
+    init_distributed,
+    launched_by_torchrun,
+)
 
 METRIC_FIELDS = [
     "epoch",
@@ -143,6 +155,9 @@ def lock_is_live(info: dict[str, Any] | None, *, stale_after_s: float = STALE_AF
     """Whether a lock record belongs to a process that is still training (see the module docstring)."""
     if not info:
         return False
+    job = elastic_job_id()
+    if job is not None and info.get("job") == job and info.get("pid") != os.getpid():
+        return False  # an earlier worker group of this elastic job: torchrun stopped it before starting ours
     if info.get("host") == socket.gethostname():
         return _pid_alive(int(info.get("pid", -1)))
     return time.time() - float(info.get("heartbeat", 0)) < stale_after_s
@@ -166,7 +181,12 @@ class RunLock:
         self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        self._record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "job": elastic_job_id(),  # torchrun's job id: a later worker group of the same job may take the folder
+        }
 
     def _write(self) -> None:
         tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.tmp")
@@ -251,7 +271,11 @@ def resume_config(cli_cfg: Config, overrides: Sequence[str]) -> tuple[Config, Pa
     """
     if not cli_cfg.run.resume:
         return cli_cfg, None
-    path = find_resume_checkpoint(cli_cfg.run.resume, cli_cfg)
+    if launched_by_torchrun():  # rank 0 decides for all (see the module docstring); every rank reads its choice
+        info = init_distributed(device_type_for(cli_cfg.run.device))
+        path = decided_by_rank0(lambda: find_resume_checkpoint(cli_cfg.run.resume, cli_cfg), info)
+    else:
+        path = find_resume_checkpoint(cli_cfg.run.resume, cli_cfg)
     if path is None:
         cli_cfg.run.resume = None
         return cli_cfg, None

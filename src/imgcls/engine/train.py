@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from imgcls.engine.distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    device_type_for,
     gather_objects,
     init_distributed,
     select_device,
@@ -323,7 +325,33 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         s.plateau.load_state_dict(ckpt["schedule"]["plateau"])
     s.opt.step = int(ckpt["step"])
     set_rng_state(mine["rng"])
+    if len(ranks) != s.dist.world_size:  # an elastic job restarted with another number of processes
+        _rescale_resume(s, state, saved_world=len(ranks))
     return state
+
+
+def _rescale_resume(s: TrainSetup, state: TrainState, *, saved_world: int) -> None:
+    """Resume a checkpoint written by ``saved_world`` ranks with another number (``torchrun --nnodes=MIN:MAX``).
+
+    The epoch's shuffled order is the same for any world size, and ``batch`` per-rank batches of ``saved_world`` ranks
+    consumed its first ``batch * saved_world * batch_size`` positions: the new ranks start at that position (rounded
+    down to a whole accumulation group of the new world, so a few samples may be seen twice), with the new global
+    batch from there on. The per-rank RNG and partial-epoch sums cannot be split across another world size: each rank
+    is seeded from (run.seed, rank, step) and the epoch's train loss/accuracy count the samples after the resume only.
+    Not bit-identical to any uninterrupted run: that guarantee needs the same world size.
+    """
+    accum = s.cfg.training.accum_steps
+    if state.batch:
+        state.batch = state.batch * saved_world // s.dist.world_size // accum * accum
+        state.epoch_sums = None
+    seed_everything(s.cfg.run.seed + 1000 * s.dist.rank + s.opt.step, s.cfg.run.deterministic)
+    _say(
+        s.dist,
+        f"note: the checkpoint was written by {saved_world} processes, this run has {s.dist.world_size}: global batch "
+        f"{s.cfg.data.batch_size * s.dist.world_size} from here on"
+        + (f", continuing epoch {state.epoch + 1} at batch {state.batch}" if state.batch else "")
+        + " (an exact resume needs the same number of processes)",
+    )
 
 
 def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -> RunFolder:
@@ -343,6 +371,7 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
         else:
             record_resume(path, cfg, from_epoch=start_epoch)
     path = Path(str(broadcast_object(str(path), dist)))
+    _check_shared(path, dist)
     if not dist.is_main:
         return RunFolder(path=path, metrics=None, tracker=None)
     metrics = MetricsLog(path / "metrics.csv", keep=start_epoch if resume_path is not None else None)
@@ -351,6 +380,24 @@ def open_run_folder(s: TrainSetup, resume_path: Path | None, start_epoch: int) -
         steps = StepLog(path / "steps.csv", keep=s.opt.step if resume_path is not None else None)
     tracker = create_tracker(cfg.run.tracker, path, to_dict(cfg)) if cfg.run.tracker != "none" else None
     return RunFolder(path=path, metrics=metrics, tracker=tracker, lock=lock, steps=steps)
+
+
+def _check_shared(path: Path, dist: DistInfo) -> None:
+    """Every rank sees the run folder rank 0 made (a collective under DDP): ranks on other nodes read its checkpoints
+    (resuming, and best.pt for the test evaluation), so on several machines ``run.dir`` must be a shared file system.
+
+    Raises:
+        ConfigError: on every rank together (none is left waiting in a collective), naming the ranks that cannot.
+    """
+    if not dist.enabled:
+        return
+    seen = gather_objects((path.is_dir(), socket.gethostname()), dist)
+    blind = [f"rank {r} on {host}" for r, (ok, host) in enumerate(seen) if not ok]  # type: ignore[misc]
+    if blind:
+        raise ConfigError(
+            f"bad value for 'run.dir': the run folder {path} that rank 0 made is not there for {', '.join(blind)}; "
+            "with several machines set run.dir= to an absolute path on a file system every node mounts"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -773,8 +820,7 @@ def train(
     check_run_paths(cfg)
     t_start = time.perf_counter()
     threads = apply_threads(cfg.run.threads)
-    use_cuda = cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and torch.cuda.is_available())
-    dist = init_distributed("cuda" if use_cuda else "cpu")
+    dist = init_distributed(device_type_for(cfg.run.device))
     run: RunFolder | None = None
     try:
         if resume_path is None and cfg.run.resume:

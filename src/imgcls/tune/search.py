@@ -12,14 +12,19 @@ Each trial is a normal run in ``<run.dir>/tune-<study>/trials/`` (so ``imgcls co
 the median pruner stops trials that are below the median of earlier trials at the same epoch (the hook raises
 ``optuna.TrialPruned``). A trial's value is the best value of the metric over its epochs.
 
-Storage and crashes. The study lives in ``<run.dir>/tune-<study>/study.db``, an SQLite database opened through
-``optuna.storages.RDBStorage`` with ``connect_args={"timeout": 60}`` (writers wait for SQLite's file lock instead of
-failing) and a heartbeat. Several ``imgcls tune --study-name X --resume`` processes can therefore share one study
-(parallel workers, on one machine or on machines sharing the file system where SQLite locking works). ``--resume``
-reopens the study: finished trials (complete or pruned) count towards ``--trials`` and are never repeated; trials
-a crash left RUNNING are marked FAIL (immediately when the crashed process was on this machine and is gone,
-otherwise once their heartbeat is older than the grace period) and, like trials that failed with an error, are
-queued again once with the same parameters. ``--trials N`` is the number of finished trials the study should reach.
+Storage and crashes. By default the study lives in ``<run.dir>/tune-<study>/study.db``, an SQLite database opened
+through ``optuna.storages.RDBStorage`` with ``connect_args={"timeout": 60}`` (writers wait for SQLite's file lock
+instead of failing) and a heartbeat. ``storage`` (``--storage``) puts it elsewhere, for workers on several machines:
+any SQLAlchemy URL Optuna's RDBStorage takes (``postgresql+psycopg2://user:password@host/db``,
+``mysql+pymysql://...``, ``sqlite:///path``), or ``journal:PATH`` for Optuna's journal file storage (an append-only
+log on a shared file system, no database server). Several ``imgcls tune --study-name X --resume`` processes share
+one study (parallel workers). ``--resume`` reopens the study: finished trials (complete or pruned) count towards
+``--trials`` and are never repeated. A running trial sends a heartbeat every ``heartbeat_s`` seconds (Optuna's own
+for database URLs; a ``heartbeat`` user attribute in a journal); a trial whose worker died is marked FAIL by any
+other worker once its heartbeat is :data:`GRACE_BEATS` beats old (at once when the worker was on this machine and is
+gone), and, like trials that failed with an error, queued again once with the same parameters. ``--trials N`` is the
+number of finished trials the study should reach: a worker starts a trial only while finished plus running trials
+are fewer than N, and waits for the others' running trials (they may finish, or die and be failed) before it quits.
 
 The best trial's full config is written to ``<run.dir>/tune-<study>/best.yaml``, a preset file:
 ``imgcls train runs/tune-<study>/best.yaml`` trains it.
@@ -28,11 +33,13 @@ The best trial's full config is written to ``<run.dir>/tune-<study>/best.yaml``,
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import math
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,9 +60,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgcls")
 
-#: seconds between heartbeats of a running trial, and how old a heartbeat must be before another worker fails it
+#: seconds between heartbeats of a running trial (``--heartbeat``)
 HEARTBEAT_INTERVAL_S = 60
-GRACE_PERIOD_S = 300
+#: heartbeats a trial may miss before another worker fails it: the grace period is this many intervals
+GRACE_BEATS = 5
+GRACE_PERIOD_S = GRACE_BEATS * HEARTBEAT_INTERVAL_S
+#: the ``--storage`` prefix of Optuna's journal file storage
+JOURNAL_PREFIX = "journal:"
 #: how often one failed trial is queued again (with the same parameters) by ``--resume``
 MAX_RETRIES = 2
 #: a RUNNING trial that never recorded its worker is orphaned once it is this old (seconds)
@@ -216,18 +227,84 @@ def study_dir(runs_dir: str | Path, study_name: str) -> Path:
     return Path(runs_dir) / f"tune-{study_name}"
 
 
-def open_storage(db_path: Path) -> optuna.storages.RDBStorage:
-    """The study's SQLite storage: writers wait up to 60 s for the file lock; trials send a heartbeat."""
-    import optuna  # optional: the [tune] extra
+def open_storage(
+    db_path: Path, storage: str | None = None, *, heartbeat_s: int = HEARTBEAT_INTERVAL_S
+) -> optuna.storages.BaseStorage:
+    """The study's storage: ``storage`` (a SQLAlchemy URL, or ``journal:PATH``), else SQLite at ``db_path`` (writers
+    wait up to 60 s for its file lock). Database storages get Optuna's heartbeat: every ``heartbeat_s`` seconds, and a
+    trial :data:`GRACE_BEATS` beats late is failed by the next worker that looks, then queued again
+    (:func:`on_stale_trial`).
 
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_experimental():
-        return optuna.storages.RDBStorage(
-            url=f"sqlite:///{db_path.resolve()}",
-            engine_kwargs={"connect_args": {"timeout": 60}},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
+    Raises:
+        TuneError: a URL SQLAlchemy cannot parse, a database driver that is not installed, a server that cannot be
+            reached, a journal folder that does not exist.
+    """
+    import optuna  # optional: the [tune] extra
+    import sqlalchemy.exc  # optional: comes with optuna
+
+    if storage is not None and storage.startswith(JOURNAL_PREFIX):
+        log_path = Path(storage.removeprefix(JOURNAL_PREFIX)).expanduser()
+        if not log_path.parent.is_dir():
+            raise TuneError(f"--storage {storage}: no folder {log_path.parent} for the journal file; create it first")
+        backend = optuna.storages.journal.JournalFileBackend(str(log_path))
+        return optuna.storages.JournalStorage(backend)
+    if storage is None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        url, engine_kwargs = f"sqlite:///{db_path.resolve()}", {"connect_args": {"timeout": 60}}
+    else:
+        url, engine_kwargs = storage, None
+        try:
+            sqlalchemy.engine.make_url(url)
+        except sqlalchemy.exc.ArgumentError:
+            raise TuneError(
+                f"--storage {storage!r} is not a database URL: use e.g. postgresql+psycopg2://user:password@host/db, "
+                "sqlite:///path/study.db, or journal:/shared/path/study.log"
+            ) from None
+    callback = "heartbeat_stale_trial_callback"  # its name since Optuna 4.9 (failed_trial_callback before)
+    if callback not in inspect.signature(optuna.storages.RDBStorage).parameters:
+        callback = "failed_trial_callback"
+    try:
+        with _quiet_experimental():
+            return optuna.storages.RDBStorage(
+                url=url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=GRACE_BEATS * heartbeat_s,
+                **{callback: on_stale_trial},
+            )
+    except ModuleNotFoundError as e:
+        raise TuneError(
+            f"--storage {_safe_url(url)}: the database driver {e.name!r} is not installed"
+            + (' (pip install -e ".[postgres]")' if e.name == "psycopg2" else f" (pip install {e.name})")
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        first = str(e.orig if getattr(e, "orig", None) is not None else e).strip().splitlines()[0]
+        raise TuneError(f"--storage {_safe_url(url)}: cannot open the study database: {first}") from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    import sqlalchemy  # optional: comes with optuna
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for a message
+        return url
+
+
+def describe_storage(storage: str | None, db_path: Path) -> str:
+    """Where the study is, for messages."""
+    return str(db_path) if storage is None else _safe_url(storage)
+
+
+def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's heartbeat callback: a trial whose worker stopped beating was just marked FAIL; say so and queue it
+    again with the same parameters (see :func:`requeue`)."""
+    print(
+        f"trial {trial.number} (worker {trial.user_attrs.get('worker', '?')}): no heartbeat for the grace period, "
+        "marked FAIL" + ("; queued again" if requeue(study, trial) else ""),
+        flush=True,
+    )
 
 
 def _worker_id() -> str:
@@ -244,15 +321,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+def is_orphaned(trial: optuna.trial.FrozenTrial, *, grace_s: float = GRACE_PERIOD_S) -> bool:
     """Whether a RUNNING trial has no live worker that we can see.
 
     A trial records ``worker = host:pid``. On this host it is orphaned when that process is gone, or when it is
     this process but the trial is not one this process is running (an interrupted ``tune()`` call). A trial from
-    another host is left to the heartbeat (Optuna fails it once the heartbeat is older than the grace period). A
+    another host is left to the heartbeat (Optuna fails it once the heartbeat is older than the grace period; in a
+    journal, imgcls's ``heartbeat`` attribute older than ``grace_s`` makes it orphaned here). A
     RUNNING trial without a worker that started more than :data:`NO_WORKER_GRACE_S` ago never reached the
     objective, so it is orphaned too.
     """
+    beat = trial.user_attrs.get("heartbeat")  # imgcls's own, where the storage has no heartbeat (a journal)
+    if beat is not None and time.time() - float(beat) > grace_s:
+        return True
     worker = trial.user_attrs.get("worker")
     if not worker:
         # between ask() and the objective's first line a live worker's trial has no worker yet: give it a minute
@@ -268,47 +349,71 @@ def is_orphaned(trial: optuna.trial.FrozenTrial) -> bool:
     return not _pid_alive(pid)
 
 
-def recover_trials(study: optuna.Study, *, max_retries: int = MAX_RETRIES) -> dict[str, list[int]]:
-    """Mark orphaned RUNNING trials FAIL and queue failed trials again with the same parameters.
+def fail_orphans(study: optuna.Study, *, grace_s: float = GRACE_PERIOD_S) -> tuple[list[int], list[int]]:
+    """Mark FAIL the RUNNING trials whose worker is gone: heartbeat-stale ones (Optuna's check, which calls
+    :func:`on_stale_trial`: said and queued again) and :func:`is_orphaned` ones. Returns the numbers of the trials
+    this call failed, (stale, orphaned)."""
+    import optuna  # optional: the [tune] extra
+    from optuna.trial import TrialState  # optional: the [tune] extra
 
-    Each failed trial is queued at most once, and a chain of retries stops after ``max_retries`` attempts (the
-    retry records ``failed_trial`` (the first attempt) and ``retry_history`` in its system attributes, the same
-    convention as Optuna's retry callback).
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of any host
+    stale = sorted(running - {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
+    orphaned = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_orphaned(t, grace_s=grace_s):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            orphaned.append(t.number)
+    return stale, orphaned
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int = MAX_RETRIES) -> bool:
+    """Queue a failed trial again with the same parameters, unless it was already queued again or its chain of
+    retries has had ``max_retries`` attempts. The retry records ``failed_trial`` (the first attempt) and
+    ``retry_history`` in its system attributes (the convention of Optuna's RetryFailedTrialCallback). Returns
+    whether it queued one."""
+    import optuna  # optional: the [tune] extra
+    from optuna.trial import TrialState  # optional: the [tune] extra
+
+    retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if trial.number in retried or not trial.params or len(history) > max_retries:
+        return False
+    drop = ("worker", "run_dir", "error", "heartbeat")
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in drop},
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
+    return True
+
+
+def recover_trials(
+    study: optuna.Study, *, max_retries: int = MAX_RETRIES, grace_s: float = GRACE_PERIOD_S
+) -> dict[str, list[int]]:
+    """Mark orphaned RUNNING trials FAIL and queue failed trials again with the same parameters (:func:`requeue`:
+    each at most once, a chain of retries at most ``max_retries`` attempts).
 
     Returns:
         ``{"failed": [trial numbers marked FAIL], "requeued": [numbers of the failed trials queued again]}``.
     """
-    import optuna  # optional: the [tune] extra
     from optuna.trial import TrialState  # optional: the [tune] extra
 
-    with _quiet_experimental():
-        optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of other hosts
-    failed: list[int] = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_orphaned(t):
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            failed.append(t.number)
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    requeued: list[int] = []
-    for t in trials:
-        if t.state != TrialState.FAIL or t.number in retried or not t.params:
-            continue
-        history = [*t.system_attrs.get("retry_history", []), t.number]
-        if len(history) > max_retries:
-            continue
-        system_attrs = {"failed_trial": history[0], "retry_history": history}
-        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("worker", "run_dir", "error")}
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                params=t.params,
-                distributions=t.distributions,
-                user_attrs=user_attrs,
-                system_attrs=system_attrs,
-            )
-        )
-        requeued.append(t.number)
+    stale, orphaned = fail_orphans(study, grace_s=grace_s)
+    failed = sorted(stale + orphaned)
+    requeued = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if requeue(study, t, max_retries=max_retries)
+    ]
     return {"failed": failed, "requeued": requeued}
 
 
@@ -349,6 +454,7 @@ class TuneResult:
         trials: one dict per trial (number, state, value, params, run_dir).
         recovered: what ``--resume`` repaired (see :func:`recover_trials`).
         ran: trials run by this call.
+        storage: where the study lives (the SQLite file, or the ``--storage`` URL without its password).
     """
 
     study_name: str
@@ -359,6 +465,7 @@ class TuneResult:
     trials: list[dict[str, Any]]
     recovered: dict[str, list[int]] = field(default_factory=dict)
     ran: int = 0
+    storage: str = ""
 
 
 def _finished_count(study: optuna.Study) -> int:
@@ -372,6 +479,28 @@ def _find_run_dir(trials_dir: Path, run_name: str) -> Path | None:
     return found[-1] if found else None
 
 
+class _Heartbeat:
+    """A daemon thread that sets the trial's ``heartbeat`` user attribute (time.time()) every ``interval_s``: the
+    heartbeat Optuna does not keep in a journal storage (:func:`is_orphaned` reads it)."""
+
+    def __init__(self, trial: optuna.Trial, interval_s: float) -> None:
+        self._trial, self._interval, self._stop = trial, interval_s, threading.Event()
+        trial.set_user_attr("heartbeat", time.time())
+        self._thread = threading.Thread(target=self._beat, name="imgcls-trial-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # noqa: BLE001 - a finished trial or a storage hiccup must not kill the run
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def make_objective(
     *,
     preset: str | None,
@@ -380,6 +509,7 @@ def make_objective(
     metric: str,
     trials_dir: Path,
     train_fn: Callable[..., Any] | None = None,
+    heartbeat_s: float | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: sample, train with a pruning hook, return the best metric value over the epochs.
 
@@ -390,6 +520,8 @@ def make_objective(
         metric: the metrics.csv column reported every epoch (e.g. ``val_acc``, ``val_loss``, ``ema_val_acc``).
         trials_dir: where the trial runs go (``run.dir``).
         train_fn: the training function (default :func:`imgcls.engine.train.train`; tests substitute it).
+        heartbeat_s: record a ``heartbeat`` user attribute this often while a trial runs (storages without
+            Optuna's heartbeat, i.e. a journal); None: not needed.
     """
     import optuna  # optional: the [tune] extra
 
@@ -399,6 +531,7 @@ def make_objective(
 
         with _ACTIVE_LOCK:
             _ACTIVE_TRIALS.add(trial._trial_id)
+        beating = _Heartbeat(trial, heartbeat_s) if heartbeat_s else None
         try:
             trial.set_user_attr("worker", _worker_id())
             sampled = {p.key: p.suggest(trial) for p in params}
@@ -436,6 +569,8 @@ def make_objective(
                 raise FloatingPointError(f"{metric} is not finite")
             return best[-1]
         finally:
+            if beating is not None:
+                beating.stop()
             with _ACTIVE_LOCK:
                 _ACTIVE_TRIALS.discard(trial._trial_id)
 
@@ -485,6 +620,8 @@ def tune(
     startup_trials: int = 3,
     seed: int | None = None,
     timeout_s: float | None = None,
+    storage: str | None = None,
+    heartbeat_s: int = HEARTBEAT_INTERVAL_S,
     train_fn: Callable[..., Any] | None = None,
     quiet: bool = False,
 ) -> TuneResult:
@@ -503,6 +640,11 @@ def tune(
         startup_trials: trials that are never pruned and that set the first medians.
         seed: sampler seed (TPE); None = random.
         timeout_s: stop starting new trials after this many seconds.
+        storage: where the study lives (see the module docstring): a SQLAlchemy URL or ``journal:PATH``; None:
+            SQLite in ``<runs>/tune-<study>/study.db``. Trial runs, ``best.yaml`` and ``trials.csv`` stay in
+            ``<runs>/tune-<study>/`` of each worker.
+        heartbeat_s: seconds between a running trial's heartbeats; a trial :data:`GRACE_BEATS` beats late is
+            failed by another worker.
         train_fn: substitute for :func:`imgcls.engine.train.train` (tests).
         quiet: no console table at the end.
 
@@ -519,10 +661,18 @@ def tune(
     runs_root = Path(runs_dir or base_cfg.run.dir)
     name = study_name or (Path(preset).stem if preset else "quickstart")
     sdir = study_dir(runs_root, name)
-    exists = (sdir / "study.db").is_file()
+    if heartbeat_s < 1:
+        raise TuneError(f"--heartbeat {heartbeat_s}: use a whole number of seconds >= 1")
+    if storage is None:
+        exists = (sdir / "study.db").is_file()
+        opened = open_storage(sdir / "study.db", heartbeat_s=heartbeat_s)
+    else:
+        opened = open_storage(sdir / "study.db", storage, heartbeat_s=heartbeat_s)
+        exists = name in optuna.get_all_study_names(opened)
     study = _open_study(
         name,
-        sdir / "study.db",
+        opened,
+        describe_storage(storage, sdir / "study.db"),
         exists=exists,
         resume=resume,
         params=params,
@@ -542,7 +692,8 @@ def tune(
     # the fixed part must be valid before any trial starts
     check_config(trial_config(preset_used, overrides_used, {}))
 
-    recovered = _recover(study, quiet) if resume else {"failed": [], "requeued": []}
+    grace_s = GRACE_BEATS * heartbeat_s
+    recovered = _recover(study, quiet, grace_s) if resume else {"failed": [], "requeued": []}
     objective = make_objective(
         preset=preset_used,
         overrides=overrides_used,
@@ -550,18 +701,26 @@ def tune(
         metric=metric_used,
         trials_dir=sdir / "trials",
         train_fn=train_fn,
+        heartbeat_s=None if _has_optuna_heartbeat(opened) else heartbeat_s,
     )
-    ran = _optimize(study, objective, trials=trials, timeout_s=timeout_s)
+    ran = _optimize(study, objective, trials=trials, timeout_s=timeout_s, heartbeat_s=heartbeat_s, grace_s=grace_s)
     result = summarize(study, sdir, preset_used, overrides_used)
+    result.storage = describe_storage(storage, sdir / "study.db")
     result.recovered, result.ran = recovered, ran
     if not quiet:
         print_trials(result)
     return result
 
 
-def _recover(study: optuna.Study, quiet: bool) -> dict[str, list[int]]:
+def _has_optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    from optuna.storages._heartbeat import BaseHeartbeat  # optional: the [tune] extra
+
+    return isinstance(storage, BaseHeartbeat)
+
+
+def _recover(study: optuna.Study, quiet: bool, grace_s: float) -> dict[str, list[int]]:
     """Trials a crash left running are marked failed and failed ones queued again (see :func:`recover_trials`)."""
-    recovered = recover_trials(study)
+    recovered = recover_trials(study, grace_s=grace_s)
     if (recovered["failed"] or recovered["requeued"]) and not quiet:
         print(
             f"resume: trials left running by a crash marked FAIL: {recovered['failed'] or 'none'}; "
@@ -572,7 +731,8 @@ def _recover(study: optuna.Study, quiet: bool) -> dict[str, list[int]]:
 
 def _open_study(
     name: str,
-    db: Path,
+    storage: optuna.storages.BaseStorage,
+    where: str,
     *,
     exists: bool,
     resume: bool,
@@ -582,15 +742,14 @@ def _open_study(
     prune: bool,
     startup_trials: int,
 ) -> optuna.Study:
-    """Load the study stored in ``db`` (``resume``) or create it; the sampler and pruner are built per process."""
+    """Load the study stored in ``storage`` (``resume``) or create it; the sampler and pruner are built per process.
+    ``where``: the storage, for messages."""
     import optuna  # optional: the [tune] extra
 
     if exists and not resume:
         raise TuneError(
-            f"study '{name}' already exists in {db.parent}: pass --resume to continue it, or choose "
-            "another --study-name"
+            f"study '{name}' already exists in {where}: pass --resume to continue it, or choose another --study-name"
         )
-    storage = open_storage(db)
     # the sampler and pruner are not stored with the study: every process builds its own
     sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = (
@@ -602,7 +761,7 @@ def _open_study(
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
-            raise TuneError(f"{db} holds no study named '{name}'") from None
+            raise TuneError(f"{where} holds no study named '{name}'") from None
     if not params:
         raise TuneError("a new study needs at least one --param, e.g. --param training.optimizer.lr=log:1e-4:1e-1")
     return optuna.create_study(
@@ -616,29 +775,45 @@ def _open_study(
 
 
 def _optimize(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], *, trials: int, timeout_s: float | None
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    trials: int,
+    timeout_s: float | None,
+    heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+    grace_s: float = GRACE_PERIOD_S,
 ) -> int:
-    """Run trials until the study has ``trials`` finished ones (or the timeout); returns how many this call ran."""
-    from optuna.study import MaxTrialsCallback  # optional: the [tune] extra
+    """Run trials until the study has ``trials`` finished ones (or the timeout); returns how many this call ran.
+
+    Other workers may be running trials of the same study: a trial starts only while finished plus running trials
+    are fewer than ``trials`` (so the workers together reach exactly that number, but for two workers asking in the
+    same few milliseconds), and while the others' running trials would make up the rest, this worker waits a
+    heartbeat at a time: they finish, or their worker died and their heartbeat goes stale, and then this worker
+    fails them (:func:`fail_orphans`), queues them again and runs them.
+    """
     from optuna.trial import TrialState  # optional: the [tune] extra
 
-    remaining = trials - _finished_count(study)
     started: list[int] = []
 
     def counted(trial: optuna.Trial) -> float:
         started.append(trial.number)
         return objective(trial)
 
-    if remaining > 0:
-        stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    t0 = time.monotonic()
+    while timeout_s is None or time.monotonic() - t0 < timeout_s:
+        for number in fail_orphans(study, grace_s=grace_s)[1]:  # the heartbeat-stale ones are queued already
+            failed = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            again = requeue(study, failed)
+            print(f"trial {number}: its worker is gone, marked FAIL" + ("; queued again" if again else ""), flush=True)
+        finished = _finished_count(study)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished >= trials:
+            break
+        if finished + running >= trials:
+            time.sleep(min(heartbeat_s, 5.0))
+            continue
         with _quiet_experimental():
-            study.optimize(
-                counted,
-                n_trials=remaining,
-                timeout=timeout_s,
-                callbacks=[stop],
-                catch=(ConfigError, ValueError, FloatingPointError, RuntimeError),
-            )
+            study.optimize(counted, n_trials=1, catch=(ConfigError, ValueError, FloatingPointError, RuntimeError))
     return len(started)
 
 
@@ -716,7 +891,7 @@ def print_trials(result: TuneResult) -> None:
     console = Console(width=160)
     console.print(table)
     console.print(
-        f"study database: {result.study_dir / 'study.db'}; trial runs: {result.study_dir / 'trials'}; "
+        f"study storage: {result.storage or result.study_dir / 'study.db'}; trial runs: {result.study_dir / 'trials'}; "
         f"continue or add workers with --study-name {result.study_name} --resume"
     )
     if result.best_config_path is not None:
