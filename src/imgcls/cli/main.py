@@ -240,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint file, a run folder, or a model name with published ImageNet weights (efficientnet_lite0: "
+        "then data.root=FOLDER of ImageNet class folders, named by WordNet id or class name)",
+    )
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
@@ -258,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k predictions for image files")
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint file, a run folder, or a model name with published ImageNet weights (efficientnet_lite0: "
+        "ImageNet's 1000 classes)",
+    )
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)

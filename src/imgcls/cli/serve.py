@@ -66,7 +66,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "Referrer-Policy: no-referrer and a Content-Security-Policy. /docs, /redoc and /openapi.json are on, as "
         "suits a development server; --no-docs turns them off.",
     )
-    p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
+    p.add_argument(
+        "model",
+        help="a checkpoint / run folder, an exported .onnx file, or a model name with published ImageNet weights "
+        "(efficientnet_lite0)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch per model call")

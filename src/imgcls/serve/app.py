@@ -174,9 +174,9 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
         info={
             "quantized": False,
             "path": resolved,
-            "dataset": _dataset_of(ckpt["config"]),
+            "dataset": ckpt.get("dataset") or _dataset_of(ckpt["config"]),  # a published model: ImageNet-1k
             "weights": weights if isinstance(weights, str) else None,
-            "run": run_facts(resolved, name),
+            "run": {} if ckpt.get("published") else run_facts(resolved, name),  # a model name has no run
         },
     )
 
