@@ -152,6 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from imgcls.models import list_models
     from imgcls.models.complexity import model_table
+    from imgcls.models.zoo_results import cifar10_note, read_results
 
     names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
     if not names:
@@ -168,13 +169,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         flags = {"--input-size": args.input_size, "--freeze-layers": args.freeze_layers or None}
         given = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
         raise ConfigError(f"imgcls models {args.pattern}{given}: {' '.join(str(e).split())}") from e
-    table = Table(title="imgcls models")
-    for col in ("model", "params", "trainable", "MACs", "input"):
-        table.add_column(col, justify="left" if col in ("model", "input") else "right")
+    table = Table(title="imgcls models", caption="CIFAR-10: test accuracy measured by benchmarks/zoo.py (budget)")
+    for col in ("model", "params", "trainable", "MACs", "input", "CIFAR-10"):
+        table.add_column(col, justify="left" if col in ("model", "input", "CIFAR-10") else "right")
+    zoo = read_results()
     for r in rows:
         macs = f"{r['macs'] / 1e6:,.1f}M" if r.get("macs") is not None else "-"
-        table.add_row(r["name"], _count(r["params"]), _count(r["trainable_params"]), macs, str(r["input_size"]))
-    Console(width=120).print(table)
+        table.add_row(
+            r["name"],
+            _count(r["params"]),
+            _count(r["trainable_params"]),
+            macs,
+            str(r["input_size"]),
+            cifar10_note(r["name"], zoo),
+        )
+    Console(width=140).print(table)
     return 0
 
 
