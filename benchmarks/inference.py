@@ -1,4 +1,4 @@
-"""Inference speed on CPU: PyTorch eager vs torch.compile vs onnxruntime FP32 vs onnxruntime INT8.
+"""Inference speed on CPU: PyTorch eager vs torch.compile vs onnxruntime FP32 / INT8 vs OpenVINO FP32 / INT8.
 
 Models (randomly initialised and saved in the checkpoint format with ``imgcls.export.bench.init_checkpoint``:
 speed does not depend on the weights being trained; accuracy of INT8 vs FP32 is checked by the tests on a trained
@@ -13,6 +13,10 @@ Each model is exported once (verified against PyTorch) and quantized once; then 
 ``--repeats`` times and the table shows the median of each number over the repeats (the CPU is shared, so single
 runs are noisy). Every backend uses the same thread count (``--threads``, default 1: on a shared 2-core machine two
 spinning OpenMP threads per process make PyTorch far slower than one).
+
+OpenVINO reads the same two ONNX files (``imgcls.export.openvino.ir_from_onnx``: FP32, and the INT8 model with
+onnxruntime's calibration), compiled for FP32 precision with the same thread count; its rows are compared with
+onnxruntime's at the same precision.
 
 Targets: onnxruntime FP32 >= 1.5x eager; INT8 >= 2x FP32 (both in images/s at the same batch size).
 
@@ -89,7 +93,7 @@ def main() -> None:
             exp = export_checkpoint(ckpt, fmt="onnx", dynamic_batch=True)
             t_export = time.perf_counter() - t0
             t0 = time.perf_counter()
-            int8 = quantize_onnx(exp.path) if "onnx-int8" in backends else None
+            int8 = quantize_onnx(exp.path) if {"onnx-int8", "openvino-int8"} & set(backends) else None
             t_quant = time.perf_counter() - t0
             console.print(
                 f"[bold]{desc}[/bold]: export {t_export:.1f}s (max |dlogit| {exp.report.max_abs_diff:.2g}), "
@@ -119,7 +123,15 @@ def main() -> None:
                 fp32 = med.speedup("onnx-fp32", bs, over="eager")
                 q = med.speedup("onnx-int8", bs, over="onnx-fp32")
                 comp = med.speedup("compile", bs, over="eager")
-                lines[bs] = {"onnx_fp32_vs_eager": fp32, "int8_vs_fp32": q, "compile_vs_eager": comp}
+                ov = med.speedup("openvino-fp32", bs, over="onnx-fp32")
+                ov8 = med.speedup("openvino-int8", bs, over="onnx-int8")
+                lines[bs] = {
+                    "onnx_fp32_vs_eager": fp32,
+                    "int8_vs_fp32": q,
+                    "compile_vs_eager": comp,
+                    "openvino_fp32_vs_onnx_fp32": ov,
+                    "openvino_int8_vs_onnx_int8": ov8,
+                }
                 parts = []
                 if fp32 is not None:
                     parts.append(
@@ -129,6 +141,10 @@ def main() -> None:
                     parts.append(f"INT8 / FP32 {q:.2f}x (target >= 2x: {'met' if q >= 2 else 'NOT met'})")
                 if comp is not None:
                     parts.append(f"compile / eager {comp:.2f}x")
+                if ov is not None:
+                    parts.append(f"OpenVINO / onnxruntime FP32 {ov:.2f}x")
+                if ov8 is not None:
+                    parts.append(f"OpenVINO / onnxruntime INT8 {ov8:.2f}x")
                 console.print(f"  batch {bs}: " + "; ".join(parts))
             summary[name] = {
                 "description": desc,

@@ -36,6 +36,7 @@ OPTIONAL = {
     "torch.utils.tensorboard",
     "torch.onnx",
     "onnxruntime.quantization",
+    "iterstrat",  # the multilabel extra: iterative stratification of multi-label splits
 }
 #: a core dependency, but about 2 s of import that only timm-backed models and published weights need, so
 #: ``import imgcls.models`` does not pay it

@@ -23,10 +23,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(run_dir: Path) -> list[str]:
-    # val_fraction 0.095 gives an odd validation split (137): an even shard split could hide padding duplicates
+def _overrides(run_dir: Path, multilabel: bool = False) -> list[str]:
+    # val_fraction 0.095 gives an odd validation split (137): an even shard split could hide padding duplicates;
+    # multi-label: digit_pairs, whose 800 val images are gathered from both ranks to compute mAP
     return [
-        "data.name=digits",
+        "data.name=digit_pairs" if multilabel else "data.name=digits",
         "model.name=simple_cnn_tiny",
         "data.subset=256",
         "data.batch_size=32",
@@ -42,7 +43,7 @@ def _overrides(run_dir: Path) -> list[str]:
     ]
 
 
-def _worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, run_dir: str, out_dir: str, multilabel: bool) -> None:
     """One rank: the environment torchrun would set, then the ordinary runner. Saves what the test compares."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
@@ -60,7 +61,8 @@ def _worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
     runner.build_model_for = capture  # keep a handle on this rank's model
     rows: list[dict] = []
     result = runner.train(
-        build_config(None, _overrides(Path(run_dir))), hooks={"on_epoch_end": lambda epoch, row: rows.append(dict(row))}
+        build_config(None, _overrides(Path(run_dir), multilabel)),
+        hooks={"on_epoch_end": lambda epoch, row: rows.append(dict(row))},
     )
     torch.save(
         {
@@ -73,7 +75,8 @@ def _worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
     )
 
 
-def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("multilabel", [False, True], ids=["single-label", "multi-label"])
+def test_ddp_two_cpu_processes(tmp_path: Path, multilabel: bool) -> None:
     import torch.multiprocessing as mp
 
     from imgcls.data.build import (
@@ -89,7 +92,11 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     # fork (Linux) reuses the imports already made in this process: seconds saved per rank on a 2-core CI machine
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     mp.start_processes(
-        _worker, args=(_free_port(), str(run_dir), str(tmp_path)), nprocs=WORLD, join=True, start_method=method
+        _worker,
+        args=(_free_port(), str(run_dir), str(tmp_path), multilabel),
+        nprocs=WORLD,
+        join=True,
+        start_method=method,
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     assert r0["world_size"] == r1["world_size"] == WORLD
@@ -109,14 +116,18 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         assert {k: v for k, v in row0.items() if k not in timing} == {k: v for k, v in row1.items() if k not in timing}
 
     # single-process evaluation of the same weights over the whole validation split gives the same metrics
-    cfg = build_config(None, _overrides(run_dir))
+    cfg = build_config(None, _overrides(run_dir, multilabel))
     splits = build_splits(cfg)
-    assert len(splits.val) % 2 == 1
+    assert len(splits.val) % 2 == (0 if multilabel else 1)
     model = build_model_for(cfg, splits.num_classes, splits.in_chans, None)
     model.load_state_dict(r0["model"])
     loaders = build_loaders(cfg, splits, resolve_preprocess(cfg, splits, model), device=torch.device("cpu"))
-    res = evaluate(model, loaders.val, device=torch.device("cpu"), num_classes=splits.num_classes)
+    res = evaluate(
+        model, loaders.val, device=torch.device("cpu"), num_classes=splits.num_classes, multilabel=multilabel
+    )
     final = r0["rows"][-1]
+    if multilabel:  # mAP needs every score: the ranks' probabilities were gathered, in full
+        assert res.extra["map_macro"] == pytest.approx(final["val_map"], abs=1e-12)
     assert res.num_samples == len(splits.val)
     assert res.acc == pytest.approx(final["val_acc"], abs=1e-12)
     assert res.loss == pytest.approx(final["val_loss"], rel=1e-5)

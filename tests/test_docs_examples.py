@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import re
 import runpy
 import shlex
@@ -118,6 +119,8 @@ FILE_PLACEHOLDERS = {
     "/path/to/cifar10_jpg.tar.gz": "cifar_archive",
     "hymenoptera_data": "hymenoptera",
     "data/pets": "pets",
+    "labels.csv": "manifest_csv",
+    "tags.jsonl": "manifest_jsonl",
     "/path/weights.safetensors": "weights",
     "weights.safetensors": "weights",
 }
@@ -340,6 +343,34 @@ class Workspace:
                 pixels = rng.integers(0, 60, (36 + 2 * i, 48, 3)) + np.array(colour)
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.jpg")
         return "data/pets"
+
+    def _manifest_images(self, n: int) -> list[str]:
+        """``n`` small synthetic 24x24 photos under images/ (relative paths, as a manifest lists them)."""
+        rng = np.random.default_rng(1)
+        folder = self.path / "images"
+        folder.mkdir(exist_ok=True)
+        names = []
+        for i in range(n):
+            pixels = rng.integers(0, 60, (24, 24, 3)) + np.array([40 + 4 * i, 90, 200 - 4 * i])
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+            names.append(f"images/{i}.png")
+        return names
+
+    def _make_manifest_csv(self) -> str:
+        """labels.csv: path,label for 40 images of two classes (no split column: split stratified)."""
+        rows = [f"{p},{'cat' if i % 2 else 'dog'}" for i, p in enumerate(self._manifest_images(40))]
+        (self.path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+        return "labels.csv"
+
+    def _make_manifest_jsonl(self) -> str:
+        """tags.jsonl: 40 images, each with one to three of the labels red, round, striped (multi-label)."""
+        tags = ["red", "round", "striped"]
+        lines = [
+            json.dumps({"path": p, "label": [t for k, t in enumerate(tags) if (i % 7 + 1) >> k & 1]})
+            for i, p in enumerate(self._manifest_images(40))
+        ]
+        (self.path / "tags.jsonl").write_text("\n".join(lines) + "\n")
+        return "tags.jsonl"
 
     def _make_weights(self, model: str, in_chans: str, num_classes: str) -> str:
         """A .safetensors state dict of ``model`` (random weights; what matters is that they load)."""

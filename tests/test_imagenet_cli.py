@@ -98,6 +98,7 @@ def test_serve_by_model_name(photos):
     with TestClient(create_app("efficientnet_lite0", max_wait_ms=1)) as client:
         meta = client.get("/metadata").json()
         assert meta["num_classes"] == 1000 and meta["dataset"] == "ImageNet-1k"
+        assert meta["backend"]["name"] == "pytorch" and meta["run"] is None  # no run folder, no exports beside it
         buf = io.BytesIO(photos["chelsea"].read_bytes())
         r = client.post("/predict", files={"file": ("chelsea.jpg", buf, "image/jpeg")})
         assert r.status_code == 200, r.text

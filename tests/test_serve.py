@@ -403,11 +403,14 @@ async def _post_many(app, n: int) -> list[httpx.Response]:
 
 
 def test_micro_batching_batches_concurrent_requests(ckpt):
-    app = create_app(ckpt, max_batch=16, max_wait_ms=200)
-    calls = _counting(app.state.service)
+    # adaptive (the default): the first request finds the model idle and goes alone; the others arrive while the
+    # (slowed) model is busy and go together
+    app = create_app(ckpt, max_batch=16)
+    calls = _counting(app.state.service, delay=0.2)
     responses = asyncio.run(_post_many(app, 12))
     assert all(r.status_code == 200 for r in responses)
     assert sum(calls) == 12 and len(calls) <= 3 and max(calls) >= 6, calls  # 12 requests, a few model calls
+    assert app.state.service.batcher.max_wait == 0
 
     app = create_app(ckpt, max_batch=1, max_wait_ms=0)
     calls = _counting(app.state.service)

@@ -122,6 +122,20 @@ class DataConfig:
     std: list[float] | None = ranged(
         None, POSITIVE
     )  # per-channel std for normalisation (set with data.mean; null: computed from the train split)
+    # several labels per image (sigmoid outputs, a multi-label loss, mAP); null: inferred from the data (a manifest
+    # with rows of several labels)
+    multilabel: bool | None = None
+    # data.name=manifest: the column of image paths (relative to the manifest file) in the CSV / JSON lines file
+    path_column: str = "path"
+    label_column: str = "label"  # data.name=manifest: the column of labels (several separated by label_delimiter)
+    # data.name=manifest: the optional column naming each row's split (train, val, test); absent: split stratified
+    split_column: str = "split"
+    label_delimiter: str = ";"  # data.name=manifest: what separates several labels in one cell of the label column
+    # data.name=manifest: the class names (null: every label of the manifest, sorted); rows with others are bad rows
+    classes: list[str] | None = None
+    # k-fold cross-validation: split the train pool into this many stratified folds (multi-label aware); null: off
+    folds: int | None = ranged(None, Range(2))
+    fold: int = ranged(0, NON_NEGATIVE)  # with data.folds: the fold held out for validation (0 .. data.folds - 1)
 
 
 @dataclass
@@ -176,7 +190,8 @@ class SchedulerConfig:
 class LossConfig:
     name: str = "cross_entropy"  # a registered loss (imgcls.engine.losses.LOSSES): cross_entropy, focal, ...
     label_smoothing: float = ranged(0.0, FRACTION)  # soft targets: 1 - eps on the true class, eps spread over all
-    class_weights: Literal["balanced"] | None = None  # "balanced" (inverse frequency) or None
+    # "balanced": inverse class frequency (multi-label: positive-class weights, negatives / positives) or None
+    class_weights: Literal["balanced"] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the loss: focal {gamma, alpha}
 
 
@@ -192,7 +207,8 @@ class EmaConfig:
 class EarlyStoppingConfig:
     patience: int | None = ranged(None, AT_LEAST_1)  # epochs without improvement before stopping (None: off)
     min_delta: float = ranged(0.0, NON_NEGATIVE)  # smallest change of the monitored value that counts as an improvement
-    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # val_acc (maximise) or val_loss (minimise)
+    # val_acc (maximise; multi-label: subset accuracy), val_map (maximise; multi-label: macro mAP) or val_loss
+    monitor: Literal["val_acc", "val_loss", "val_map"] = "val_acc"
 
 
 @dataclass
@@ -286,6 +302,9 @@ class RunConfig:
     # TTA views for that final evaluation (1: off, 2: + flip, 3-10: + 1-px shifts and mirrors; the upper bound is
     # the engine's, checked with it)
     test_tta: int = ranged(1, AT_LEAST_1)
+    # multi-label: tune each class's threshold on the val split (max F1) for predict, serve and the test numbers;
+    # false: 0.5 for every class
+    tune_thresholds: bool = True
     progress: bool = True  # a live bar on a terminal (steps, img/s, ETAs); else a line every progress_interval s
     progress_interval: float = ranged(15.0, POSITIVE)  # seconds between those plain progress lines (logs, CI, jobs)
     report: bool = True  # end with <run>/eval/report.html + metrics.json on the test split (val if no test split)
@@ -740,6 +759,12 @@ def validate_config(cfg: Config) -> None:
             f"bad values data.mean={d.mean} and data.std={d.std}: set both or neither, with one value per channel "
             "(or one for all)"
         )
+    if d.folds is not None and d.fold >= d.folds:
+        raise ConfigError(f"bad value {d.fold} for 'data.fold': with data.folds={d.folds} use 0..{d.folds - 1}")
+    if d.folds is None and d.fold != 0:
+        raise ConfigError(f"data.fold={d.fold} needs data.folds=N (k-fold cross-validation with N folds)")
+    if not d.label_delimiter:
+        raise ConfigError("bad value '' for 'data.label_delimiter': use a character such as ';' or '|'")
     if aug.random_erasing_scale[0] > aug.random_erasing_scale[1]:
         raise ConfigError(
             f"bad value {aug.random_erasing_scale!r} for 'augmentation.train.random_erasing_scale': [low, high] with "

@@ -1,4 +1,5 @@
-"""``imgcls explain gradcam|attention|embeddings``: heatmaps and feature maps from a checkpoint (thin wiring)."""
+"""``imgcls explain gradcam|attention|embeddings|features``: heatmaps, embeddings and feature maps from a checkpoint
+(thin wiring)."""
 
 from __future__ import annotations
 
@@ -164,6 +165,27 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from imgcls.evaluate.infer import Predictor
+    from imgcls.explain.features import UnknownLayerError, feature_maps, plot_feature_maps, viewable_layers
+    from imgcls.plotting import save_figure
+
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    out = _out_dir(args, predictor.checkpoint["path"], "features")
+    n = 0
+    for path, raw, x in _images(predictor, args.images):
+        if not args.layer:
+            layers = ", ".join(viewable_layers(predictor.model, x[None]))
+            raise UnknownLayerError(f"name the layer(s) to show with --layer; layers with feature maps: {layers}")
+        maps = feature_maps(predictor.model, x[None], args.layer)
+        for layer, m in maps.items():
+            fig = plot_feature_maps(m[0], image=raw, layer=layer, channels=args.channels)
+            dest = save_figure(fig, out / f"{Path(path).stem}_features_{layer.replace('.', '-')}.png", dpi=110)
+            print(f"{path}: {layer} ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]}) -> {dest}")
+        n += 1
+    return 0 if n == len(args.images) else 2
+
+
 def _guarded(fn):  # noqa: ANN001, ANN202
     """Bad user input in explain commands (a wrong layer name, a missing optional package): one line, exit 2."""
 
@@ -192,11 +214,13 @@ def _add_true_flag(p: argparse.ArgumentParser) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``imgcls explain`` and its subcommands."""
-    explain = subparsers.add_parser("explain", help="Grad-CAM, ViT attention and feature embeddings of a checkpoint")
+    explain = subparsers.add_parser(
+        "explain", help="Grad-CAM, ViT attention, feature embeddings and feature maps of a checkpoint"
+    )
     sub = explain.add_subparsers(dest="explain_command", required=True, metavar="WHAT")
 
     p = sub.add_parser("gradcam", help="Grad-CAM heatmaps overlaid on images (CNNs, hybrids)")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--layer", default=None, help="dotted module name (default: the model's cam_layer / last conv)")
     p.add_argument("--plus-plus", action="store_true", help="Grad-CAM++ weighting")
@@ -225,3 +249,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: <run>/explain)")
     p.set_defaults(func=_guarded(cmd_embeddings))
+
+    p = sub.add_parser("features", help="feature maps of any layer for images (CNN maps, ViT patch-token grids)")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        help="dotted module name, e.g. stages.0 (repeat for several; without it, the valid names are listed)",
+    )
+    p.add_argument("--channels", type=int, default=16, help="how many of the strongest channels to show")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/explain/features)")
+    p.set_defaults(func=_guarded(cmd_features))

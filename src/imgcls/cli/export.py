@@ -49,8 +49,16 @@ def _console() -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format == "onnx":
+    if args.format in ("onnx", "web", "openvino"):
         _need_export_extra()
+    if args.format == "web":
+        return _export_web(args)
+    if args.format == "openvino":
+        return _export_openvino(args)
+    if args.int8:
+        from imgcls.config import ConfigError
+
+        raise ConfigError("--int8 is for --format openvino; for ONNX run imgcls quantize on the exported file")
     from imgcls.export.onnx import ExportError, ExportParityError, export_checkpoint
 
     try:
@@ -85,6 +93,49 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"std {pre['std']}, {pre['interpolation']}"
     )
     print(f"EXPORTED {result.path}")
+    return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from imgcls.config import ConfigError
+    from imgcls.export.onnx import ExportError, ExportParityError
+    from imgcls.export.web import export_web
+
+    if args.out is None:
+        raise ConfigError("--format web writes a folder: give it with --out DIR")
+    try:
+        result = export_web(args.checkpoint, args.out, atol=args.atol, num_images=args.num_images, samples=args.samples)
+    except ExportParityError as e:
+        if e.report is not None:
+            print("\n".join(e.report.lines()), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.onnx.report is not None:
+        print("\n".join(result.onnx.report.lines()))
+    print("\n".join(result.lines()))
+    print(f"EXPORTED {result.out}")
+    return 0
+
+
+def _export_openvino(args: argparse.Namespace) -> int:
+    from imgcls.export.onnx import ExportError, ExportParityError
+    from imgcls.export.openvino import export_openvino
+
+    try:
+        result = export_openvino(args.checkpoint, args.out, int8=args.int8, atol=args.atol, num_images=args.num_images)
+    except ExportParityError as e:
+        if e.report is not None:
+            print("\n".join(e.report.lines()), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(result.lines()))
+    print(f"EXPORTED {result.path} (+ {result.path.with_suffix('.bin').name})")
     return 0
 
 
@@ -163,18 +214,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``imgcls`` parser."""
-    p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified vs PyTorch")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX / TorchScript / torch.export / OpenVINO / a web page, verified"
+    )
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "torchscript", "torch-export"],
-        help="onnx (default), torchscript (deprecated upstream in favour of torch.export) or torch-export "
-        "(an ExportedProgram .pt2)",
+        choices=["onnx", "torchscript", "torch-export", "openvino", "web"],
+        help="onnx (default), torchscript (deprecated upstream in favour of torch.export), torch-export "
+        "(an ExportedProgram .pt2), openvino (IR .xml + .bin; --int8 for INT8; pip install 'imgcls[openvino]') or "
+        "web (a static folder, --out DIR, that classifies in the browser with onnxruntime-web from the npm registry; "
+        "needs npm)",
     )
+    p.add_argument("--int8", action="store_true", help="openvino: the INT8 model, calibrated on training images")
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
-    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    p.add_argument("--out", default=None, help="output file (default: beside the checkpoint); a folder for web")
+    p.add_argument("--samples", type=int, default=8, help="web: test images bundled as examples (default 8)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |logit difference| (default 1e-3)")
     p.add_argument("--min-agreement", type=float, default=1.0, help="smallest allowed top-1 agreement (default 1)")
@@ -194,7 +251,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("prune", help="magnitude pruning (+ optional fine-tuning) into a new checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
     p.add_argument("--amount", type=_fraction, default=0.3, help="fraction to prune (default 0.3)")
     p.add_argument("--structured", action="store_true", help="prune conv output channels (L2) instead of weights")
     p.add_argument("--finetune-epochs", type=int, default=0)
@@ -204,10 +261,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip accuracy before/after")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("bench", help="latency/throughput: eager, torch.compile, onnxruntime FP32 and INT8")
+    p = sub.add_parser("bench", help="latency/throughput: eager, torch.compile, onnxruntime and OpenVINO FP32/INT8")
     p.add_argument("model", help="a checkpoint / run folder or an exported .onnx file")
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8, 32], help="e.g. 1,8,32")
-    p.add_argument("--backends", default="eager,compile,onnx-fp32,onnx-int8", help="comma-separated subset")
+    p.add_argument(
+        "--backends",
+        default="eager,compile,onnx-fp32,onnx-int8,openvino-fp32,openvino-int8",
+        help="comma-separated subset (the openvino ones are left out, with a note, without the openvino extra)",
+    )
     p.add_argument("--onnx", default=None, help="reuse this FP32 .onnx instead of exporting")
     p.add_argument("--int8", default=None, help="reuse this INT8 .onnx instead of quantizing")
     p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per backend and batch size")

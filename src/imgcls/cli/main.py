@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from imgcls.cli import explain, export, lr, preview, serve, study, tune
+from imgcls.cli import explain, export, lr, preview, publish, serve, study, tune
 from imgcls.cli.common import config_from_args
 from imgcls.config import (
     ConfigError,
@@ -35,7 +35,7 @@ from imgcls.config import (
 # (several seconds), which `imgcls --help` and a mistyped command should not wait for.
 
 #: modules that contribute subcommands through ``add_cli(subparsers)``
-COMMAND_MODULES = (explain, export, lr, preview, serve, study, tune)
+COMMAND_MODULES = (explain, export, lr, preview, publish, serve, study, tune)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -54,7 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if result.test is not None:
             tta = result.summary.get("test_tta") or 1
-            print(f"TEST ACCURACY {result.test.acc:.4f}" + (f" (TTA {tta} views)" if tta > 1 else ""))
+            views = f" (TTA {tta} views)" if tta > 1 else ""
+            if result.summary.get("multilabel"):
+                print(f"TEST mAP {result.summary['test_map_macro']:.4f}{views}")
+            print(f"TEST ACCURACY {result.test.acc:.4f}{views}")
         print(f"RUN FOLDER {result.run_dir}")
     return 0
 
@@ -136,6 +139,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = 2
             continue
         probs = predictor.predict_proba(x[None])
+        if predictor.multilabel:  # the labels at or above their thresholds, each with its own probability
+            labels = predictor.labels(probs)[0]
+            print(f"{path}: labels " + (", ".join(f"{name} {p:.3f}" for name, p in labels) or "(none)"))
+            continue
         top = predictor.topk(probs, args.topk)[0]
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     return status
@@ -208,14 +215,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     mean, std = [round(m, 4) for m in splits.mean], [round(s, 4) for s in splits.std]
     console.print(
         f"[bold]{args.dataset}[/bold]: {splits.num_classes} classes, {splits.in_chans} channel(s), "
-        f"image size {size_text}, mean {mean}, std {std}"
+        f"image size {size_text}, mean {mean}, std {std}" + (", multi-label" if splits.multilabel else "")
     )
     table = Table(title="samples per class and split")
     table.add_column("class")
     views = {n: v for n, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v is not None}
     for n in views:
         table.add_column(n, justify="right")
-    counts = {n: torch.bincount(v.targets, minlength=splits.num_classes).tolist() for n, v in views.items()}
+    # multi-label: images carrying each label (a row of the total counts each image once)
+    counts = {
+        n: (v.targets.sum(0).long() if splits.multilabel else torch.bincount(v.targets, minlength=splits.num_classes))
+        for n, v in views.items()
+    }
+    counts = {n: c.tolist() for n, c in counts.items()}
     for k, name in enumerate(splits.classes):
         table.add_row(name, *(str(counts[n][k]) for n in views))
     table.add_row("[bold]total[/bold]", *(f"[bold]{len(v)}[/bold]" for v in views.values()))
@@ -251,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
     p.add_argument(
         "checkpoint",
-        help="a checkpoint file, a run folder, or a model name with published ImageNet weights (efficientnet_lite0: "
-        "then data.root=FOLDER of ImageNet class folders, named by WordNet id or class name)",
+        help="a checkpoint file, a run folder, models:/NAME@ALIAS (or /VERSION), or a model name with published "
+        "ImageNet weights (efficientnet_lite0: then data.root=FOLDER of ImageNet class folders, named by WordNet id "
+        "or class name)",
     )
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -273,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k predictions for image files")
     p.add_argument(
         "checkpoint",
-        help="a checkpoint file, a run folder, or a model name with published ImageNet weights (efficientnet_lite0: "
-        "ImageNet's 1000 classes)",
+        help="a checkpoint file, a run folder, models:/NAME@ALIAS (or /VERSION), or a model name with published "
+        "ImageNet weights (efficientnet_lite0: ImageNet's 1000 classes)",
     )
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)

@@ -43,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             gradio_ui=args.gradio,
             docs=args.docs,
+            backend=args.backend,
         )
     except ValueError as e:  # e.g. an ONNX file without imgcls metadata
         print(f"error: {e}", file=sys.stderr)
@@ -68,13 +69,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "model",
-        help="a checkpoint / run folder, an exported .onnx file, or a model name with published ImageNet weights "
-        "(efficientnet_lite0)",
+        help="a checkpoint / run folder, models:/NAME@ALIAS (or /VERSION), an exported .onnx file, an OpenVINO .xml, "
+        "or a model name with published ImageNet weights (efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "pytorch"],
+        help="auto (default): a checkpoint is served by the fastest verified export beside it (best.onnx, "
+        "best.int8.onnx, best.xml, best.int8.xml), timed at start; pytorch: by the checkpoint itself",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch per model call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="0 (default): adaptive batching, the idle model takes whatever is waiting at once; > 0: also wait up "
+        "to this long for a batch to fill (a fixed window, for comparison)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="images allowed to wait; beyond -> 503")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB; beyond -> 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image in pixels; beyond -> 413")

@@ -63,7 +63,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "key=value overrides apply to every run, after the study's own.",
     )
     p.add_argument("items", nargs="*", metavar="NAME | key=value", help="study names and dotted overrides")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=["digits", "cifar10", "digit_pairs"],
+        help="the study's base data (default: the study's first: digits, or digit_pairs for multi-label studies)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="training.epochs for every run")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the study's)")
     p.add_argument("--out", default=None, help="output folder (default: <runs-dir>/studies/<study>-<dataset>)")

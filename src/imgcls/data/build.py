@@ -58,8 +58,30 @@ def build_splits(cfg: Config) -> Splits:
     """
     d = cfg.data
     raw = load_dataset(
-        d.name, root=d.root, download=d.download, in_chans=d.in_chans, max_image_pixels=d.max_image_pixels
+        d.name,
+        root=d.root,
+        download=d.download,
+        in_chans=d.in_chans,
+        max_image_pixels=d.max_image_pixels,
+        # what a manifest reads (other entry points take **_ and ignore them)
+        path_column=d.path_column,
+        label_column=d.label_column,
+        split_column=d.split_column,
+        label_delimiter=d.label_delimiter,
+        classes=d.classes,
+        multilabel=d.multilabel,
     )
+    multi = raw.train.targets.ndim == 2
+    if d.multilabel is True and not multi:
+        raise ConfigError(
+            f"data.multilabel=true, but data.name={d.name} has one label per image; use data.name=manifest (a label "
+            "column with several labels) or a multi-label dataset such as digit_pairs"
+        )
+    if multi and d.sampler == "balanced":
+        raise ConfigError(
+            "data.sampler=balanced draws class-balanced batches of single-label data; for multi-label data use "
+            "training.loss.class_weights=balanced (positive-class weights) instead"
+        )
     try:
         return make_splits(
             raw,
@@ -70,6 +92,8 @@ def build_splits(cfg: Config) -> Splits:
             imbalance=d.imbalance,
             mean=d.mean,
             std=d.std,
+            folds=d.folds,
+            fold=d.fold,
         )
     except ValueError as e:  # scikit-learn refuses a split with fewer samples than classes, or an empty one
         if "size" not in str(e) and "n_samples" not in str(e):

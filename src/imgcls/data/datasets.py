@@ -1,14 +1,18 @@
 """Dataset registry: each entry point returns the raw splits of one dataset as image *sources*.
 
 A source is either a :class:`TensorSource` (the whole dataset as one uint8 tensor [N, C, H, W] in memory: digits,
-CIFAR, MNIST, SVHN) or a :class:`FileSource` (paths decoded on demand: ImageFolder). Both give ``get(i) -> (uint8
-[C, H, W], label)`` and ``targets``. :func:`make_splits` then derives deterministic, stratified train/val/test index
-splits from the seed, so every run of the same config sees the same images in the same split.
+CIFAR, MNIST, SVHN) or a :class:`FileSource` (paths decoded on demand: ImageFolder, a manifest). Both give ``get(i) ->
+(uint8 [C, H, W], label)`` and ``targets``: class indices int64 [N], or for multi-label data multi-hot float32 [N, K]
+(``get`` then gives the row [K]). :func:`make_splits` then derives deterministic, stratified train/val/test index
+splits from the seed (iterative stratification for multi-label data), or k folds, so every run of the same config
+sees the same images in the same split.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import logging
 import os
 import tarfile
@@ -22,8 +26,9 @@ import torch
 import torchvision.datasets as tvd
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from imgcls.config import ConfigError, UserFacingError
 from imgcls.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     BadFile,
@@ -54,6 +59,17 @@ def cache_dir() -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def as_targets(targets: torch.Tensor | Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Labels as a source holds them: class indices -> int64 [N]; a multi-hot matrix [N, K] -> float32 [N, K]."""
+    t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+    return t.float() if t.ndim == 2 else t.long()
+
+
+def label_of(targets: torch.Tensor, i: int) -> int | torch.Tensor:
+    """Sample ``i``'s label: an int (single-label) or its multi-hot row float32 [K] (multi-label)."""
+    return targets[i] if targets.ndim == 2 else int(targets[i])
+
+
 class TensorSource:
     """A dataset held in memory as uint8 images [N, C, H, W] and int64 labels [N]."""
 
@@ -61,15 +77,15 @@ class TensorSource:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"TensorSource needs uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         self.images = images
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.targets = as_targets(targets)
         if len(self.targets) != len(images):
             raise ValueError(f"{len(images)} images but {len(self.targets)} labels")
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def get(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.targets[i])
+    def get(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        return self.images[i], label_of(self.targets, i)
 
     @property
     def in_chans(self) -> int:
@@ -88,14 +104,14 @@ class FileSource:
     def __init__(
         self,
         paths: Sequence[str],
-        targets: Sequence[int],
+        targets: Sequence[int] | torch.Tensor | np.ndarray,
         in_chans: int = 3,
         *,
         root: str | Path | None = None,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.paths = list(paths)
-        self.targets = torch.as_tensor(list(targets), dtype=torch.long)
+        self.targets = as_targets(targets if isinstance(targets, torch.Tensor | np.ndarray) else list(targets))
         self._in_chans = in_chans
         self.root = str(root) if root is not None else None
         self.max_pixels = max_pixels
@@ -105,8 +121,8 @@ class FileSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def get(self, i: int) -> tuple[torch.Tensor, int]:
-        return decode_image_file(self.paths[i], self._in_chans, self.max_pixels), int(self.targets[i])
+    def get(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        return decode_image_file(self.paths[i], self._in_chans, self.max_pixels), label_of(self.targets, i)
 
     def name_of(self, path: str) -> str:
         """``path`` relative to ``root`` with / separators (``train/cat/0.png``), as bad files are reported."""
@@ -184,6 +200,37 @@ def digits(**_: Any) -> RawDataset:
     # pixel values are 0..16 counts of set pixels in 4x4 blocks; scale to the usual 0..255 range
     images = torch.from_numpy(np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8))[:, None]
     return RawDataset(train=TensorSource(images, d.target), classes=[str(i) for i in range(10)])
+
+
+#: digit_pairs: images composed per split, from digits of that split only (so no digit image is in two splits)
+DIGIT_PAIRS_SIZES = {"train": 4000, "val": 800, "test": 1000}
+
+
+@register_dataset
+def digit_pairs(**_: Any) -> RawDataset:
+    """A bundled multi-label dataset made from :func:`digits`: two digits side by side in a 16x16 grayscale image
+    (each 8x8 digit at rows 4..11), labelled with the set of the two digits (one label when both are the same digit).
+
+    The 1,797 digits are first split 60/15/25 (stratified, fixed seed) and each split's pairs are drawn from its own
+    digits: 4,000 train, 800 val and 1,000 test images, the same on every machine. Always offline.
+    """
+    d = load_digits()
+    pixels = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)  # [N, 8, 8], as digits() scales
+    idx = np.arange(len(pixels))
+    rest, test_pool = train_test_split(idx, test_size=0.25, random_state=0, stratify=d.target)
+    train_pool, val_pool = train_test_split(rest, test_size=0.2, random_state=0, stratify=d.target[rest])
+    rng = np.random.default_rng(0)
+    parts = {}
+    for split, pool in (("train", train_pool), ("val", val_pool), ("test", test_pool)):
+        n = DIGIT_PAIRS_SIZES[split]
+        left, right = rng.choice(pool, size=n), rng.choice(pool, size=n)
+        images = np.zeros((n, 1, 16, 16), dtype=np.uint8)
+        images[:, 0, 4:12, :8], images[:, 0, 4:12, 8:] = pixels[left], pixels[right]
+        targets = np.zeros((n, 10), dtype=np.float32)
+        targets[np.arange(n), d.target[left]] = 1.0
+        targets[np.arange(n), d.target[right]] = 1.0
+        parts[split] = TensorSource(torch.from_numpy(images), targets)
+    return RawDataset(train=parts["train"], val=parts["val"], test=parts["test"], classes=[str(i) for i in range(10)])
 
 
 def _default_root(name: str, root: str | None) -> Path:
@@ -328,6 +375,163 @@ def imagefolder(
     )
 
 
+#: the split names a manifest's split column may hold (``validation`` and ``valid`` also mean val)
+MANIFEST_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+#: manifest files read as JSON lines (one object per line); anything else is read as CSV (.tsv: tab-separated)
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+def _manifest_records(file: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str], list[BadFile]]:
+    """The rows of a manifest as (line number, {column: value}), its column names, and rows that do not parse."""
+    bad: list[BadFile] = []
+    records: list[tuple[int, dict[str, Any]]] = []
+    if file.suffix.lower() in JSON_LINES_SUFFIXES:
+        columns: dict[str, None] = {}
+        for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append(BadFile(f"{file.name}:{number}", f"not a JSON object: {e.msg}"))
+                continue
+            if not isinstance(row, dict):
+                bad.append(BadFile(f"{file.name}:{number}", "not a JSON object"))
+                continue
+            columns.update(dict.fromkeys(row))
+            records.append((number, row))
+        return records, list(columns), bad
+    with file.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
+        header = list(reader.fieldnames or [])
+        for row in reader:
+            number = reader.line_num
+            if None in row or any(v is None for v in row.values()):  # more or fewer cells than the header has
+                bad.append(
+                    BadFile(
+                        f"{file.name}:{number}",
+                        f"{len(row) + len(row.get(None) or []) - 1} cells, the header has {len(header)}",
+                    )
+                )
+                continue
+            records.append((number, row))
+    return records, header, bad
+
+
+def _row_labels(value: Any, delimiter: str) -> list[str]:
+    """A label cell -> its labels, in order, without blanks or repeats (a JSON list, or text split at ``delimiter``)."""
+    items = value if isinstance(value, list) else ("" if value is None else str(value)).split(delimiter)
+    return list(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
+
+
+def _manifest_sources(
+    file: Path, kept: list[tuple[str, list[str], str]], names: list[str], *, multi: bool, in_chans: int, max_pixels: int
+) -> dict[str, FileSource]:
+    """One FileSource per split of the manifest's good rows (path, labels, split): paths relative to the file, targets
+    class indices or (``multi``) multi-hot rows over ``names``."""
+    index = {name: i for i, name in enumerate(names)}
+    sources: dict[str, FileSource] = {}
+    for split in ("train", "val", "test"):
+        rows = [(p, labels) for p, labels, s in kept if s == split]
+        if not rows:
+            continue
+        paths = [str(Path(p) if Path(p).is_absolute() else file.parent / p) for p, _ in rows]
+        if multi:
+            targets: Any = np.zeros((len(rows), len(names)), dtype=np.float32)
+            for r, (_, labels) in enumerate(rows):
+                targets[r, [index[v] for v in labels]] = 1.0
+        else:
+            targets = [index[labels[0]] for _, labels in rows]
+        sources[split] = FileSource(paths, targets, in_chans, root=file.parent, max_pixels=max_pixels)
+    return sources
+
+
+@register_dataset
+def manifest(
+    root: str | None = None,
+    in_chans: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    path_column: str = "path",
+    label_column: str = "label",
+    split_column: str = "split",
+    label_delimiter: str = ";",
+    classes: Sequence[str] | None = None,
+    multilabel: bool | None = None,
+    **_: Any,
+) -> RawDataset:
+    """Images listed in a table: a CSV (``.tsv``: tab-separated) or JSON lines file with an image path column
+    (relative to the file, or absolute), a label column (one label, or several joined by ``label_delimiter``; in JSON
+    also a list) and an optional split column (train/val/test; without it the data is split stratified).
+
+    Class names are ``classes`` or every label of the file, sorted. Multi-label (multi-hot targets) when
+    ``multilabel`` is true, or when it is None and some row has several labels (said in ``info["multilabel"]``).
+    Bad rows (a row that does not parse, no path, an empty label, a label not in ``classes``, an unknown split) are
+    dropped and listed in :attr:`RawDataset.read`, so the bad-file cap (``data.max_bad_fraction``) and the run
+    summary count them with the image files that do not decode (a missing file among them).
+
+    Raises:
+        DatasetNotFoundError: no file, or no usable row.
+        ConfigError: a named column is missing (the message lists the file's columns), or rows with several labels
+            while ``multilabel`` is false.
+    """
+    if not root:
+        raise DatasetNotFoundError("manifest needs data.root=FILE: a .csv or .jsonl file with path and label columns")
+    file = Path(root).expanduser()
+    if not file.is_file():
+        raise DatasetNotFoundError(f"manifest file {file} not found (data.root)")
+    records, columns, bad = _manifest_records(file)
+    for key, column in (("data.path_column", path_column), ("data.label_column", label_column)):
+        if records and column not in columns:
+            raise ConfigError(
+                f"{file.name} has no column '{column}' ({key}); its columns are: {', '.join(map(str, columns))}"
+            )
+    has_split = split_column in columns
+    known = set(classes) if classes is not None else None
+    kept: list[tuple[str, list[str], str]] = []  # (path, labels, split)
+    for number, row in records:
+        where = f"{file.name}:{number}"
+        path = str(row.get(path_column) or "").strip()
+        labels = _row_labels(row.get(label_column), label_delimiter)
+        split = str(row.get(split_column) or "").strip().lower() if has_split else "train"
+        if not path:
+            bad.append(BadFile(where, f"no image path in column '{path_column}'"))
+        elif not labels:
+            bad.append(BadFile(path, f"empty label ({where})"))
+        elif known is not None and not known.issuperset(labels):
+            unknown = ", ".join(repr(v) for v in labels if v not in known)
+            bad.append(BadFile(path, f"unknown label {unknown}, not in data.classes ({where})"))
+        elif split not in MANIFEST_SPLITS:
+            bad.append(BadFile(path, f"split {split!r} is not train, val or test ({where})"))
+        else:
+            kept.append((path, labels, MANIFEST_SPLITS[split]))
+    if not any(split == "train" for _, _, split in kept):
+        raise DatasetNotFoundError(f"{file} has no usable rows for the train split ({len(bad)} bad rows)")
+    names = list(classes) if classes is not None else sorted({v for _, labels, _ in kept for v in labels})
+    several = sum(len(labels) > 1 for _, labels, _ in kept)
+    if multilabel is False and several:
+        raise ConfigError(
+            f"{several} rows of {file.name} have several labels (data.label_delimiter={label_delimiter!r}), but "
+            "data.multilabel=false; set data.multilabel=true (or null, to infer it)"
+        )
+    multi = bool(several) if multilabel is None else multilabel
+    sources = _manifest_sources(file, kept, names, multi=multi, in_chans=in_chans or 3, max_pixels=max_image_pixels)
+    info: dict[str, Any] = {}
+    if multilabel is None and multi:
+        info["multilabel"] = (
+            f"multi-label, inferred from {file.name}: {several} of {len(kept)} rows have several labels "
+            "(set data.multilabel to decide)"
+        )
+    bad.sort(key=lambda b: b.file)
+    return RawDataset(
+        train=sources["train"],
+        val=sources.get("val"),
+        test=sources.get("test"),
+        classes=names,
+        info=info,
+        read=ReadReport(where=str(file), read=len(bad), bad=bad),
+    )
+
+
 #: bump when what the archive cache holds, or how images are decoded into it, changes
 _ARCHIVE_CACHE_VERSION = 2
 
@@ -443,7 +647,7 @@ class SplitView:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def get(self, i: int) -> tuple[torch.Tensor, int]:
+    def get(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         return self.source.get(int(self.indices[i]))
 
     @property
@@ -478,16 +682,65 @@ class Splits:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether labels are multi-hot vectors [K] (several labels per image) rather than class indices."""
+        return self.train.targets.ndim == 2
+
+
+def _iterstrat() -> Any:
+    """The ``iterative-stratification`` package (``pip install "imgcls[multilabel]"``), needed only to split
+    multi-label data."""
+    try:
+        # deferred: an optional dependency, imported only when multi-label data is split here
+        from iterstrat import ml_stratifiers
+    except ImportError as e:
+        raise UserFacingError(
+            'splitting multi-label data needs iterative stratification: pip install "imgcls[multilabel]" (the '
+            "iterative-stratification package), or give the manifest a split column"
+        ) from e
+    return ml_stratifiers
+
 
 def _stratified_split(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """Split ``indices`` into (kept, held_out) with ``fraction`` held out, stratified by ``targets``."""
+    """Split ``indices`` into (kept, held_out) with ``fraction`` held out, stratified by ``targets`` (class indices
+    [N]; or multi-hot [N, K]: iterative stratification, Sechidis et al. 2011, which balances every label's count)."""
     if fraction <= 0:
         return indices, indices[:0]
+    if targets.ndim == 2:
+        n_held = int(np.ceil(fraction * len(indices)))
+        if not 0 < n_held < len(indices):
+            raise ValueError(f"test_size={fraction} leaves an empty split of n_samples={len(indices)}")
+        splitter = _iterstrat().MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        kept, held = next(splitter.split(indices[:, None], targets[indices]))
+        return np.sort(indices[kept]), np.sort(indices[held])
 
     counts = np.bincount(targets[indices])
     stratify = targets[indices] if counts[counts > 0].min() >= 2 else None
     kept, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(kept), np.sort(held)
+
+
+def kfold_split(
+    indices: np.ndarray, targets: np.ndarray, *, folds: int, fold: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    """(train, val) indices: fold ``fold`` of a stratified ``folds``-fold partition of ``indices`` held out.
+
+    The partition depends only on (indices, targets, folds, seed), so the folds of one seed are disjoint and together
+    cover ``indices``. Single-label: scikit-learn's StratifiedKFold (plain KFold when a class has fewer samples than
+    folds); multi-label: MultilabelStratifiedKFold (iterative stratification) from ``iterative-stratification``.
+    """
+    if len(indices) < folds:
+        raise ConfigError(f"data.folds={folds} needs at least {folds} training samples, the data has {len(indices)}")
+    y = targets[indices]
+    if y.ndim == 2:
+        splitter: Any = _iterstrat().MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    elif np.bincount(y)[np.bincount(y) > 0].min() >= folds:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(splitter.split(indices[:, None], y))[fold]
+    return np.sort(indices[train]), np.sort(indices[val])
 
 
 def long_tail_indices(targets: np.ndarray, indices: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -536,11 +789,18 @@ def make_splits(
     imbalance: float | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> Splits:
     """Deterministic splits from ``seed``: test (if the dataset has none), then val (if none), stratified.
 
-    ``subset`` caps the train split (stratified), ``imbalance`` makes it long-tailed. Normalisation statistics are
-    ``mean``/``std`` if given, else the dataset's known values, else computed on the train split.
+    ``folds``/``fold``: k-fold cross-validation: the val split is fold ``fold`` of a stratified ``folds``-fold
+    partition of what the test split leaves (:func:`kfold_split`) instead of a ``val_fraction`` share. ``subset`` caps
+    the train split (stratified), ``imbalance`` makes it long-tailed. Normalisation statistics are ``mean``/``std`` if
+    given, else the dataset's known values, else computed on the train split.
+
+    Raises:
+        ConfigError: k-fold on a dataset that brings its own val split; ``imbalance`` on multi-label data.
     """
     targets = raw.train.targets.numpy()
     all_idx = np.arange(len(raw.train))
@@ -549,9 +809,21 @@ def make_splits(
         all_idx, test_idx = _stratified_split(all_idx, targets, test_fraction, seed)
         test_view = SplitView(raw.train, test_idx)
     val_view = SplitView(raw.val, np.arange(len(raw.val))) if raw.val is not None else None
-    if val_view is None and val_fraction > 0:
+    if folds is not None:
+        if val_view is not None:
+            raise ConfigError(
+                f"data.folds={folds}: the dataset defines its own val split, so there is no pool to fold; drop "
+                "data.folds, or the val split (a manifest's split column)"
+            )
+        all_idx, val_idx = kfold_split(all_idx, targets, folds=folds, fold=fold, seed=seed + 1)
+        val_view = SplitView(raw.train, val_idx)
+    elif val_view is None and val_fraction > 0:
         all_idx, val_idx = _stratified_split(all_idx, targets, val_fraction, seed + 1)
         val_view = SplitView(raw.train, val_idx)
+    if imbalance is not None and targets.ndim == 2:
+        raise ConfigError(
+            "data.imbalance makes a single-label split long-tailed; it does not apply to multi-label data"
+        )
     if imbalance is not None:
         all_idx = long_tail_indices(targets, all_idx, imbalance, seed)
     if subset is not None and subset < len(all_idx):

@@ -249,11 +249,11 @@ def prepare_images(
 
 
 class DeviceLoader:
-    """Batches of (normalised float32 images [B, C, S, S], int64 labels [B]) from a device-resident uint8 tensor.
+    """Batches of (normalised float32 images [B, C, S, S], labels) from a device-resident uint8 tensor.
 
     Args:
         images: uint8 [N, C0, S, S] on the device (C0 = in_chans, or 1 when expanding grayscale to 3 channels).
-        labels: int64 [N].
+        labels: int64 class indices [N], or multi-hot float32 [N, K] (multi-label).
         batch_size: images per batch (per replica).
         mean, std: normalisation statistics in [0, 1] units, one per output channel.
         in_chans: output channels (C0 or 3 from C0 = 1).
@@ -296,7 +296,8 @@ class DeviceLoader:
             raise ValueError(f"cannot turn {images.shape[1]}-channel images into {in_chans} channels on the fly")
         if len(mean) != in_chans or len(std) != in_chans:
             raise ValueError(f"need {in_chans} mean/std values, got {len(mean)}/{len(std)}")
-        self.images, self.labels = images, labels.to(images.device, torch.long)
+        # class indices stay int64; multi-hot rows [N, K] (multi-label) stay float32
+        self.images, self.labels = images, labels.to(images.device, torch.long if labels.ndim == 1 else torch.float32)
         self.device = images.device
         self.batch_size, self.in_chans = batch_size, in_chans
         self.shuffle, self.drop_last, self.seed, self.augment = shuffle, drop_last, seed, augment

@@ -61,6 +61,16 @@ def get_class_weights(dataset_or_labels: Any, num_classes: int | None = None) ->
     return torch.from_numpy(weights).float()
 
 
+def positive_weights(multi_hot: torch.Tensor) -> torch.Tensor:
+    """Positive-class weights of multi-label targets [N, K] (BCE's ``pos_weight``): ``negatives / positives`` of each
+    label, so that a label's positives weigh as much in the loss as its negatives. A label without positives gets 1
+    (nothing to up-weight)."""
+    y = multi_hot.detach().cpu().double()
+    pos = y.sum(0)
+    neg = y.shape[0] - pos
+    return torch.where(pos > 0, neg / pos.clamp_min(1), torch.ones_like(pos)).float()
+
+
 class BalancedBatchSampler(Sampler[list[int]]):
     """Batches of indices holding about the same number of samples of every class.
 

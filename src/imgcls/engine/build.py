@@ -34,10 +34,11 @@ from imgcls.config import (
 from imgcls.data.build import build_splits, data_image_size, drop_bad_files, eval_transform_of
 from imgcls.data.datasets import DATASETS, Splits, SplitView, load_dataset
 from imgcls.data.loaders import PreprocessInfo
-from imgcls.data.samplers import get_class_weights
+from imgcls.data.samplers import get_class_weights, positive_weights
 from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
 from imgcls.engine.losses import LOSSES, check_loss_config, check_loss_values
+from imgcls.engine.model_registry import is_model_uri
 from imgcls.engine.optim import OPTIMIZERS
 from imgcls.engine.schedules import SCHEDULES
 from imgcls.engine.tracking import check_tracker
@@ -347,7 +348,10 @@ def data_init_sample(
 
 
 def class_weights_for(splits: Splits) -> torch.Tensor:
-    """Inverse-frequency class weights of the train split, normalised to mean 1 ("balanced")."""
+    """``training.loss.class_weights=balanced``: inverse-frequency class weights of the train split, normalised to
+    mean 1; for multi-label data the positive-class weights of each label (:func:`positive_weights`)."""
+    if splits.multilabel:
+        return positive_weights(splits.train.targets)
     return get_class_weights(splits.train.targets, splits.num_classes)
 
 
@@ -404,7 +408,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     :func:`load_published_model`)."""
     if is_model_name(path):
         return load_published_model(str(path), device)
-    if not Path(path).expanduser().exists():
+    if not is_model_uri(path) and not Path(path).expanduser().exists():
         raise CheckpointError(
             f"checkpoint not found: {path} (a checkpoint file, a run folder, or a model name with published ImageNet "
             "weights such as efficientnet_lite0)"

@@ -3,11 +3,14 @@
 A checkpoint is a plain dict: ``model`` (state dict), ``optimizer``, ``scaler``, ``ema``, ``schedule`` (extra
 scheduler state), ``epoch`` (completed epochs), ``step`` (optimizer steps), ``rng`` (torch/cuda/numpy/python
 states), ``config`` (the resolved config as a dict), ``classes``, ``preprocess`` (input size, channels, mean, std,
-interpolation), ``metrics`` (of the epoch), ``format`` (version) and ``sha256`` (a hash of all of the above).
+interpolation), ``metrics`` (of the epoch), ``versions`` (imgcls, python, torch, ...), ``git`` (commit of imgcls's
+source, when it runs from a checkout), ``data_fingerprint`` (:func:`imgcls.data.fingerprint.data_fingerprint`),
+``format`` (version) and ``sha256`` (a hash of all of the above).
 
 The hash is over the content (every tensor's bytes and every other value), not the file: a flipped byte in a tensor
 loads without any error from ``torch.load``, so it is the only way to notice one. Files written before format 2 carry
-no hash and load unverified.
+no hash and load unverified; files written before format 3 carry no provenance (versions, git, data fingerprint),
+and readers treat those entries as unknown.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 2  # 2: content hash ("sha256")
+from imgcls.engine.model_registry import is_model_uri, resolve
+
+FORMAT_VERSION = 3  # 2: content hash ("sha256"); 3: provenance ("versions", "git", "data_fingerprint")
 
 #: how torch's safe unpickler names a refused callable or class ("... unsupported GLOBAL posix.system ...",
 #: "Unsupported global: GLOBAL x.Y"); its advice to retry unsafely is deliberately not repeated to the user
@@ -137,7 +142,15 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an imgcls checkpoint safely (``weights_only``) and verify its content hash. Raises
-    :class:`CheckpointError` with the path, the cause and, for a damaged file, the way on."""
+    :class:`CheckpointError` with the path, the cause and, for a damaged file, the way on.
+
+    ``path``: a checkpoint file, a run folder (its best.pt, else last.pt), or a registry reference
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (:func:`imgcls.engine.model_registry.resolve`: the local copy
+    of that version, whose hash must also be the one it was registered with)."""
+    registered = None
+    if is_model_uri(path):
+        found = resolve(str(path))
+        path, registered = found.checkpoint, found.sha256
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
@@ -154,6 +167,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     expected = ckpt.get("sha256")
     if expected is not None and content_hash(ckpt) != expected:
         raise CheckpointError(f"checkpoint {path} is damaged: its content does not match its hash{_way_on(path)}")
+    if registered is not None and expected != registered:
+        raise CheckpointError(
+            f"{path} is not the checkpoint its registry version was registered with (hash {expected} instead of "
+            f"{registered}); delete that local copy to download it again"
+        )
     ckpt["path"] = str(path)
     return ckpt
 

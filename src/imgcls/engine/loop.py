@@ -22,6 +22,7 @@ from torch import nn
 
 from imgcls.config import UserFacingError
 from imgcls.engine.ema import ModelEma
+from imgcls.engine.multilabel import DEFAULT_THRESHOLD, multilabel_metrics
 
 
 class NonFiniteLossError(UserFacingError, RuntimeError):
@@ -134,6 +135,8 @@ class TrainOptions:
             loss, accuracy and time are those of the whole epoch.
         on_step: called after each optimizer step as ``on_step(batches_done, snapshot)`` (progress, mid-epoch
             checkpoints); ``snapshot()`` gives the running sums to save in a mid-epoch checkpoint.
+        multilabel: the targets are multi-hot [B, K] (mixed ones soft): the epoch's accuracy is the label accuracy
+            (:meth:`EpochSums.add`) instead of the argmax's.
         should_stop: asked after each optimizer step (after ``on_step``); True ends the epoch there, at a step
             boundary (a time budget). The returned stats say where (``EpochStats.stopped_at``).
     """
@@ -154,6 +157,7 @@ class TrainOptions:
     start_batch: int = 0
     resume_sums: dict[str, Any] | None = None
     on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None
+    multilabel: bool = False
     should_stop: Callable[[], bool] | None = None
 
 
@@ -188,13 +192,18 @@ class EpochSums:
         return {**state, **tensors, "seconds": seconds}
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch. ``labels``: class indices [B] (accuracy: argmax right), or multi-hot [B, K] (multi-label: the
+        share of labels whose sigmoid decision at 0.5, ``logit > 0``, is right, i.e. 1 - Hamming loss)."""
         n = labels.shape[0]
         self.seen += n
         finite = torch.isfinite(loss)
         self.group_finite &= finite
         self.loss_sum += torch.where(finite, loss, 0.0) * n  # a NaN batch must not turn the epoch's mean into NaN
         self.loss_count += finite * n
-        self.correct += (logits.detach().argmax(1) == labels).sum()
+        if labels.ndim == 2:
+            self.correct += ((logits.detach() > 0) == (labels > 0.5)).float().mean(1).sum()
+        else:
+            self.correct += (logits.detach().argmax(1) == labels).sum()
 
 
 def _forward_backward(
@@ -321,7 +330,7 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if is_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             loss, logits = _forward_backward(model, images, targets, loss_fn, opts, opt.scaler, group_size)
-        sums.add(loss, logits, labels if labels.ndim == 1 else labels.argmax(1))
+        sums.add(loss, logits, labels if labels.ndim == 1 or opts.multilabel else labels.argmax(1))
         if not is_step:
             continue
         if _optimizer_step(model, params, opt, opts, sums):
@@ -420,11 +429,19 @@ def evaluate(
     channels_last: bool = False,
     return_outputs: bool = False,
     distributed: bool = False,
+    multilabel: bool = False,
+    thresholds: torch.Tensor | list[float] | None = None,
 ) -> EvalResult:
     """Evaluate a model, an ensemble (a list of models: probabilities averaged) or TTA views on a loader.
 
     The one evaluation path for validation, test, EMA, TTA, ensembles and export parity checks. With ``distributed``
     the sums are all-reduced so every rank gets the metrics of the full split.
+
+    With ``multilabel`` the targets are multi-hot [B, K] and every logit is an independent sigmoid: probabilities are
+    averaged over models and views the same way, ``loss`` is their binary cross-entropy (mean over labels and
+    samples), ``acc`` the subset accuracy at ``thresholds`` (one, or one per label; default 0.5), ``topk`` is empty,
+    ``confusion`` counts [K, K] images with true label i and predicted label j, and ``extra`` holds every metric of
+    :func:`imgcls.engine.multilabel.multilabel_metrics` (mAP, F1, Hamming loss, ...).
 
     Returns:
         loss (NLL of the averaged probabilities), accuracy, top-k accuracies, confusion matrix, sample count.
@@ -433,6 +450,21 @@ def evaluate(
     for m in models:
         if isinstance(m, nn.Module):
             m.eval()
+    if multilabel:
+        return _evaluate_multilabel(
+            models,
+            loader,
+            device=device,
+            num_classes=num_classes,
+            amp=amp,
+            amp_dtype=amp_dtype,
+            tta=tta,
+            view_fn=view_fn,
+            channels_last=channels_last,
+            return_outputs=return_outputs,
+            distributed=distributed,
+            thresholds=thresholds,
+        )
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     ks = tuple(k for k in topk if k < num_classes)
@@ -475,4 +507,64 @@ def evaluate(
         seconds=time.perf_counter() - t0,
         log_probs=torch.cat(all_logits) if return_outputs and all_logits else None,
         targets=torch.cat(all_targets) if return_outputs and all_targets else None,
+    )
+
+
+def _evaluate_multilabel(
+    models: list,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    num_classes: int,
+    amp: bool,
+    amp_dtype: str,
+    tta: int,
+    view_fn: Callable[[torch.Tensor, int], list[torch.Tensor]],
+    channels_last: bool,
+    return_outputs: bool,
+    distributed: bool,
+    thresholds: torch.Tensor | list[float] | None,
+) -> EvalResult:
+    """:func:`evaluate` for multi-hot targets. mAP needs every score of the split, so the probabilities are kept
+    (N x K floats; gathered from every rank under DDP)."""
+    bce_sum = torch.zeros((), dtype=torch.float64, device=device)
+    all_probs, all_targets = [], []
+    t0 = time.perf_counter()
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True).float()
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        probs = torch.zeros(images.shape[0], num_classes, device=device)
+        views = view_fn(images, tta) if tta > 1 else [images]
+        with autocast_context(device, amp, amp_dtype):
+            for m in models:
+                for v in views:
+                    probs += torch.sigmoid(m(v).float())
+        probs /= len(models) * len(views)
+        clipped = probs.clamp(1e-7, 1 - 1e-7)  # the BCE of averaged probabilities, finite for saturated ones
+        bce_sum += F.binary_cross_entropy(clipped, targets, reduction="sum").double() / num_classes
+        all_probs.append(probs.cpu())
+        all_targets.append(targets.cpu())
+    probs = torch.cat(all_probs) if all_probs else torch.zeros(0, num_classes)
+    targets = torch.cat(all_targets) if all_targets else torch.zeros(0, num_classes)
+    if distributed:
+        dist.all_reduce(bce_sum)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (probs, targets))
+        probs, targets = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+    n = len(probs)
+    metrics = multilabel_metrics(probs, targets, thresholds) if n else {"subset_accuracy": 0.0}
+    thr = torch.as_tensor(metrics.get("thresholds", [DEFAULT_THRESHOLD] * num_classes), dtype=torch.float32)
+    pred = (probs >= thr[None, :]).long()
+    return EvalResult(
+        loss=float(bce_sum) / max(n, 1),
+        acc=metrics["subset_accuracy"],
+        topk={},
+        confusion=(targets > 0.5).long().T @ pred,
+        num_samples=n,
+        seconds=time.perf_counter() - t0,
+        log_probs=probs.clamp_min(1e-12).log() if return_outputs else None,
+        targets=targets if return_outputs else None,
+        extra=metrics,
     )

@@ -1,6 +1,11 @@
 """Losses. Every loss takes ``(logits [B, K], target)`` where target is class indices [B] or soft targets [B, K]
 (from CutMix/MixUp), so batch mixing works with every loss.
 
+Multi-label losses (registered with ``multilabel=True``: ``bce``, ``asl``) read each logit as an independent sigmoid
+and the target as a (possibly mixed) multi-hot vector [B, K]; for them ``weight`` is the positive-class weight of
+each label (``training.loss.class_weights=balanced``: negatives / positives of the train split). Single-label losses
+(softmax over the classes) cannot train multi-label data; :func:`loss_for_data` says which to use.
+
 A loss is a factory registered in :data:`LOSSES`, called by :func:`build_loss` as
 ``factory(label_smoothing=..., weight=..., **training.loss.kwargs)``: ``label_smoothing`` and ``weight`` (class
 weights [K] or None) come from their own config keys, every other parameter of the factory is a loss parameter set in
@@ -128,6 +133,63 @@ class DistillationLoss(nn.Module):
         return (1.0 - self.alpha) * base + self.alpha * t * t * soft
 
 
+class BinaryCrossEntropy(nn.Module):
+    """Sigmoid binary cross-entropy per label, averaged over labels and samples, with positive-class weights
+    (``pos_weight`` [K]) and label smoothing (targets pulled towards 1/2 by ``label_smoothing``)."""
+
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q = _soft(target, logits.shape[1], 0.0)
+        if self.label_smoothing > 0:
+            q = q * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        return F.binary_cross_entropy_with_logits(logits.float(), q, pos_weight=self.weight)
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (Ridnik et al., ICCV 2021) for multi-label data with many negatives per image:
+
+    ``L = -y (1 - p)^gamma_pos log p - (1 - y) p_m^gamma_neg log(1 - p_m)``, with ``p_m = max(p - clip, 0)``: easy
+    negatives are down-weighted (``gamma_neg``) and very easy ones discarded (``clip``, probability shifting). Soft
+    targets from mixing interpolate both terms. Averaged over labels and samples like :class:`BinaryCrossEntropy` (the
+    paper's code sums over labels, which is the same loss at K times the learning rate), so that
+    ``gamma_neg=gamma_pos=clip=0`` gives exactly ``bce`` and a comparison of the two is not one of step sizes.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        label_smoothing: float = 0.0,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= clip < 1.0:
+            raise ValueError(f"ASL clip must be in [0, 1), got {clip}")
+        if gamma_neg < 0 or gamma_pos < 0:
+            raise ValueError(f"ASL gammas must be >= 0, got gamma_neg={gamma_neg}, gamma_pos={gamma_pos}")
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q = _soft(target, logits.shape[1], 0.0)
+        if self.label_smoothing > 0:
+            q = q * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - self.clip).clamp_min(0.0) if self.clip > 0 else p
+        pos = q * (1 - p).pow(self.gamma_pos) * torch.log(p.clamp_min(self.eps))
+        if self.weight is not None:
+            pos = pos * self.weight[None, :]
+        neg = (1 - q) * p_neg.pow(self.gamma_neg) * torch.log((1 - p_neg).clamp_min(self.eps))
+        return -(pos + neg).mean()
+
+
 @LOSSES.register("cross_entropy")
 def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
     return SoftTargetCrossEntropy(label_smoothing=label_smoothing, weight=weight)
@@ -139,6 +201,54 @@ def focal(
 ) -> nn.Module:
     """:class:`FocalLoss`; ``training.loss.kwargs={gamma: 2.0, alpha: 0.25}``."""
     return FocalLoss(gamma=gamma, alpha=alpha, weight=weight, label_smoothing=label_smoothing)
+
+
+@LOSSES.register("bce", multilabel=True)
+def bce(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
+    """:class:`BinaryCrossEntropy` (multi-label: one sigmoid per class); ``weight``: positive-class weights [K]."""
+    return BinaryCrossEntropy(label_smoothing=label_smoothing, weight=weight)
+
+
+@LOSSES.register("asl", multilabel=True)
+def asl(
+    label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+) -> nn.Module:
+    """:class:`AsymmetricLoss` (multi-label); ``training.loss.kwargs={gamma_neg: 4, gamma_pos: 0, clip: 0.05}``."""
+    return AsymmetricLoss(
+        gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, label_smoothing=label_smoothing, weight=weight
+    )
+
+
+def is_multilabel_loss(name: str) -> bool:
+    """Whether loss ``name`` reads logits as independent sigmoids (registered with ``multilabel=True``)."""
+    return bool(LOSSES.meta(name).get("multilabel", False))
+
+
+#: the multi-label loss that stands in for the default single-label one on multi-label data
+MULTILABEL_DEFAULT_LOSS = {"cross_entropy": "bce"}
+
+
+def loss_for_data(name: str, *, multilabel: bool) -> tuple[str, str]:
+    """The loss to train with: (name, note). On multi-label data ``cross_entropy`` (the default) becomes its sigmoid
+    counterpart ``bce``, said in the note; other single-label losses are refused.
+
+    Raises:
+        ConfigError: a single-label loss other than cross_entropy on multi-label data.
+    """
+    if not multilabel or is_multilabel_loss(name):
+        return name, ""
+    if name in MULTILABEL_DEFAULT_LOSS:
+        new = MULTILABEL_DEFAULT_LOSS[name]
+        return new, f"training.loss.name={name} on multi-label data: using {new} (sigmoid per class) instead"
+    choices = ", ".join(n for n in LOSSES.list() if is_multilabel_loss(n))
+    raise ConfigError(
+        f"bad value '{name}' for 'training.loss.name': it is a single-label (softmax) loss, and the data is "
+        f"multi-label; use one of {choices}"
+    )
 
 
 def loss_parameters(name: str) -> dict[str, inspect.Parameter]:

@@ -13,6 +13,7 @@ report that way).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -24,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls.config import Config, checkpoint_interval, save_config, to_dict
+from imgcls.config import Config, ConfigError, checkpoint_interval, save_config, to_dict
 from imgcls.data.build import build_loaders, build_splits, resolve_preprocess
 from imgcls.data.datasets import Splits
+from imgcls.data.fingerprint import data_fingerprint
 from imgcls.data.loaders import Loaders, PreprocessInfo, set_epoch
 from imgcls.engine.build import (
     build_model_for,
@@ -66,9 +68,11 @@ from imgcls.engine.loop import (
     needs_grad_scaler,
     train_one_epoch,
 )
-from imgcls.engine.losses import DistillationLoss, build_loss
+from imgcls.engine.losses import DistillationLoss, build_loss, loss_for_data
+from imgcls.engine.multilabel import tune_thresholds
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.progress import TrainProgress
+from imgcls.engine.provenance import git_state, software_versions
 from imgcls.engine.runs import MetricsLog, RunLock, StepLog, check_run_paths, new_run_dir, record_resume, writing
 from imgcls.engine.schedules import PlateauState, lr_multiplier, warmup_warning
 from imgcls.engine.threads import apply_threads
@@ -103,10 +107,16 @@ class TrainSetup:
     opt: OptimState  # optimizer, schedule, scaler, EMA and the step clock
     plateau: PlateauState
     steps_per_epoch: int
+    notes: list[str] = field(default_factory=list)  # what the data decided (multi-label, the loss), said at the start
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # of the splits as trained (bad files dropped)
 
     @property
     def ema(self) -> ModelEma | None:
         return self.opt.ema
+
+    @property
+    def multilabel(self) -> bool:
+        return self.splits.multilabel
 
 
 @dataclass
@@ -190,6 +200,33 @@ def _wrap(cfg: Config, model: nn.Module, device: torch.device, dist: DistInfo) -
     return train_model
 
 
+def resolve_for_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
+    """The config as the data makes it (a copy when anything changes) and what to say about it: ``data.multilabel``
+    resolved (inferred from a manifest), and on multi-label data a multi-label loss (``cross_entropy`` becomes
+    ``bce``). Saved in the run folder and every checkpoint, so a reloaded model knows it is multi-label.
+
+    Raises:
+        ConfigError: a single-label-only setting on multi-label data (another softmax loss, distillation,
+            ``val_map`` monitored on single-label data).
+    """
+    multi = splits.multilabel
+    if not multi:
+        if cfg.training.early_stopping.monitor == "val_map":
+            raise ConfigError("training.early_stopping.monitor=val_map needs multi-label data; use val_acc or val_loss")
+        return cfg, []
+    notes = [splits.info["multilabel"]] if "multilabel" in splits.info else []
+    loss, note = loss_for_data(cfg.training.loss.name, multilabel=True)
+    if cfg.training.distill.teacher:
+        raise ConfigError("training.distill works with single-label (softmax) models; the data is multi-label")
+    cfg = copy.deepcopy(cfg)
+    cfg.data.multilabel = True
+    if note:
+        notes.append(note)
+        cfg.training.loss.name = loss
+    notes.append(f"multi-label: {splits.num_classes} sigmoid outputs, loss {loss}, thresholds tuned on val")
+    return cfg, notes
+
+
 def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
     """Build every object of a run from ``cfg`` (already checked): data, model, loss, optimizer, schedule, EMA."""
     device = select_device(cfg.run.device, dist)
@@ -197,6 +234,7 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
     # before DDP wraps the model); per-rank seeds for augmentation are set just before training starts
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     splits, preprocess, model, loaders = build_data_and_model(cfg, device, dist)
+    cfg, notes = resolve_for_data(cfg, splits)
     steps_per_epoch = max(1, -(-len(loaders.train) // cfg.training.accum_steps))
     total_steps = steps_per_epoch * cfg.training.epochs
     loss_fn, teacher = _loss(cfg, splits, device)
@@ -204,7 +242,7 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
     plateau = PlateauState(
         gamma=tr.scheduler.gamma,
         patience=tr.scheduler.patience,
-        mode="max" if tr.early_stopping.monitor == "val_acc" else "min",
+        mode="min" if tr.early_stopping.monitor == "val_loss" else "max",
     )
 
     def lr_at(step: int) -> float:
@@ -232,6 +270,8 @@ def setup(cfg: Config, dist: DistInfo) -> TrainSetup:
         opt=opt,
         plateau=plateau,
         steps_per_epoch=steps_per_epoch,
+        notes=notes,
+        data_fingerprint=data_fingerprint(splits),
     )
 
 
@@ -338,15 +378,27 @@ def _validate(s: TrainSetup, row: dict[str, Any]) -> float | None:
         amp_dtype=tr.amp_dtype,
         channels_last=tr.channels_last,
         distributed=s.dist.enabled,
+        multilabel=s.multilabel,
     )
     val = scored = evaluate(s.model, s.loaders.val, **kw)
     row.update(val_loss=val.loss, val_acc=val.acc, val_top5=val.topk.get(5, ""))
+    if s.multilabel:
+        row["val_map"] = val.extra["map_macro"]
     if s.ema is not None:
         ema_val = evaluate(s.ema.module, s.loaders.val, **kw)
         row.update(ema_val_loss=ema_val.loss, ema_val_acc=ema_val.acc)
+        if s.multilabel:
+            row["ema_val_map"] = ema_val.extra["map_macro"]
         if tr.ema.use_for_best:
             scored = ema_val
-    return scored.acc if tr.early_stopping.monitor == "val_acc" else scored.loss
+    return _monitored(tr.early_stopping.monitor, scored)
+
+
+def _monitored(monitor: str, result: EvalResult) -> float:
+    """The number ``training.early_stopping.monitor`` names, of one validation."""
+    if monitor == "val_map":
+        return float(result.extra.get("map_macro") or 0.0)
+    return result.acc if monitor == "val_acc" else result.loss
 
 
 def run_epoch(
@@ -391,6 +443,7 @@ def run_epoch(
         start_batch=state.batch,
         resume_sums=state.epoch_sums,
         on_step=on_step,
+        multilabel=s.multilabel,
         should_stop=_budget_check(s, state),
     )
     stats = train_one_epoch(s.train_model, s.loaders.train, s.opt, s.loss_fn, opts)
@@ -517,10 +570,14 @@ def checkpoint_state(
         "ranks": ranks,
         "config": to_dict(s.cfg),
         "classes": s.splits.classes,
+        "multilabel": s.multilabel,
         "preprocess": s.preprocess.to_dict(),
         "metrics": metrics,
         "best": {"score": state.best_score, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
         "elapsed_s": state.elapsed(),
+        "versions": software_versions(),
+        "git": git_state(),
+        "data_fingerprint": s.data_fingerprint,
         "train_s": state.train_seconds,
     }
 
@@ -533,7 +590,7 @@ def _update_best(s: TrainSetup, state: TrainState, score: float | None) -> bool:
     else:
         if s.cfg.training.scheduler.name == "plateau":
             s.plateau.update(score)
-        maximise = es.monitor == "val_acc"
+        maximise = es.monitor != "val_loss"
         improved = state.best_score is None or (
             score > state.best_score + es.min_delta if maximise else score < state.best_score - es.min_delta
         )
@@ -610,6 +667,8 @@ def _epoch_line(row: dict[str, Any], total: int) -> str:
     parts = [f"epoch {row['epoch']}/{total}", f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"]
     if "val_acc" in row:
         parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+    if "val_map" in row:
+        parts.append(f"val mAP {row['val_map']:.4f}")
     if "ema_val_acc" in row:
         parts.append(f"ema val acc {row['ema_val_acc']:.4f}")
     parts.append(f"lr {row['lr']:.3g}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s")
@@ -628,6 +687,7 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
     tr = s.cfg.training
     best = load_checkpoint(run.path / "checkpoints" / "best.pt", map_location=s.device)
     s.model.load_state_dict(best["model"])
+    thresholds = _tune_thresholds(s, run, best) if s.multilabel and s.cfg.run.tune_thresholds else None
     result = evaluate(
         s.model,
         s.loaders.test,
@@ -641,14 +701,51 @@ def _test(s: TrainSetup, run: RunFolder) -> EvalResult | None:
         # kept for the report (the one evaluation at the end, shared by summary.json and report.html); under DDP
         # each rank holds only its shard, and the report evaluates again on rank 0
         return_outputs=not s.dist.enabled,
+        multilabel=s.multilabel,
+        thresholds=thresholds,
     )
     tta = f", TTA {s.cfg.run.test_tta} views" if s.cfg.run.test_tta > 1 else ""
+    if s.multilabel:
+        m = result.extra
+        _say(
+            s.dist,
+            f"test mAP: {m['map_macro']:.4f} (micro {m['map_micro']:.4f}; at the tuned thresholds F1 macro "
+            f"{m['f1_macro']:.4f}, subset accuracy {m['subset_accuracy']:.4f}, Hamming loss {m['hamming_loss']:.4f}"
+            f"{tta}) from the best checkpoint (epoch {best['epoch']})",
+        )
+        return result
     _say(
         s.dist,
         f"test accuracy: {result.acc:.4f} (top-5 {result.topk.get(5, float('nan')):.4f}, loss "
         f"{result.loss:.4f}{tta}) from the best checkpoint (epoch {best['epoch']})",
     )
     return result
+
+
+def _tune_thresholds(s: TrainSetup, run: RunFolder, best: dict[str, Any]) -> list[float] | None:
+    """Per-label thresholds maximising F1 on the val split for the best weights (loaded in ``s.model``), written into
+    best.pt (``thresholds``) for predict, serve and eval; None (0.5 for every label) without a val split."""
+    if s.loaders.val is None:
+        return None
+    tr = s.cfg.training
+    val = evaluate(
+        s.model,
+        s.loaders.val,
+        device=s.device,
+        num_classes=s.splits.num_classes,
+        amp=tr.amp,
+        amp_dtype=tr.amp_dtype,
+        distributed=s.dist.enabled,
+        channels_last=tr.channels_last,
+        return_outputs=True,
+        multilabel=True,
+    )
+    assert val.log_probs is not None and val.targets is not None
+    thresholds = tune_thresholds(val.log_probs.exp(), val.targets)
+    if s.dist.is_main:
+        best["thresholds"] = thresholds
+        _save({k: v for k, v in best.items() if k != "path"}, run.path / "checkpoints" / "best.pt")
+    return thresholds
 
 
 def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
@@ -676,15 +773,28 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
         "classes": s.splits.classes,
         "preprocess": s.preprocess.to_dict(),
         "bad_files": s.loaders.bad_files,
+        "data_fingerprint": s.data_fingerprint.get("sha256"),
         "device": str(s.device),
         "world_size": s.dist.world_size,
     }
+    if s.multilabel:
+        summary["multilabel"] = True
+        if test is not None:
+            m = test.extra
+            summary.update(
+                {
+                    f"test_{k}": m[k]
+                    for k in ("map_macro", "map_micro", "f1_macro", "f1_micro", "subset_accuracy", "hamming_loss")
+                }
+            )
+            summary["test_ap"] = dict(zip(s.splits.classes, m["ap"], strict=True))
+            summary["thresholds"] = m["thresholds"]
     if s.dist.is_main:
         (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
         if run.tracker is not None:
             run.tracker.close()
         _say(s.dist, f"done in {seconds:.1f}s; run folder: {run.path}")
-    monitor_max = cfg.training.early_stopping.monitor == "val_acc"
+    monitor_max = cfg.training.early_stopping.monitor != "val_loss"
     return RunResult(
         run_dir=run.path,
         best_val_acc=state.best_score if monitor_max else None,
@@ -761,6 +871,8 @@ def _announce(
     )
     if s.loaders.note:
         _say(s.dist, s.loaders.note)
+    for note in s.notes:
+        _say(s.dist, note)
     warning = warmup_warning(cfg.training.scheduler, epochs=cfg.training.epochs)
     if warning:
         _say(s.dist, f"warning: {warning}")

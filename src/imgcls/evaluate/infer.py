@@ -17,17 +17,28 @@ from imgcls.data.build import eval_transform_of
 from imgcls.data.images import decode_image_file
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.engine.build import load_model
+from imgcls.engine.multilabel import DEFAULT_THRESHOLD
 
 
 @dataclass
 class Predictor:
-    """A model with its class names and preprocessing: raw images in, probabilities out."""
+    """A model with its class names and preprocessing: raw images in, probabilities out (softmax; for a multi-label
+    model one sigmoid per class, and :meth:`labels` gives those at or above their thresholds)."""
 
     model: nn.Module
     classes: list[str]
     preprocess: PreprocessInfo
     device: torch.device
     checkpoint: dict[str, Any]
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.checkpoint.get("multilabel"))
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Per-class decision thresholds of a multi-label model (tuned on val; 0.5 when none were)."""
+        return list(self.checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(self.classes))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -55,7 +66,18 @@ class Predictor:
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images [B, C, S, S] -> class probabilities [B, K]."""
-        return torch.softmax(self.model(images.to(self.device)).float(), dim=1).cpu()
+        logits = self.model(images.to(self.device)).float()
+        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).cpu()
+
+    def labels(self, probs: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """Multi-label: per image, the classes whose probability is at or above their threshold, most probable
+        first."""
+        thr = torch.tensor(self.thresholds)
+        out = []
+        for row in probs:
+            on = [(self.classes[i], float(row[i])) for i in torch.nonzero(row >= thr).flatten().tolist()]
+            out.append(sorted(on, key=lambda t: -t[1]))
+        return out
 
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         k = min(k, probs.shape[1])

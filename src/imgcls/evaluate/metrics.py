@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcls.engine.multilabel import multilabel_metrics, precision_recall_curve
 from imgcls.evaluate.calibration import DEFAULT_BINS, reliability_bins
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -264,4 +265,73 @@ def compute_metrics(
     out["classes"] = list(classes)
     out["confusion_matrix"] = cm.tolist()
     out["classification_report"] = classification_report(cm, classes)
+    return out
+
+
+#: at most this many points of each precision-recall curve are kept in metrics.json (evenly spaced along the curve)
+PR_CURVE_POINTS = 200
+
+
+def compute_multilabel_metrics(
+    probs: ArrayLike, targets: ArrayLike, classes: Sequence[str], *, thresholds: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Every metric of the multi-label evaluation report, JSON-ready: the numbers of
+    :func:`imgcls.engine.multilabel.multilabel_metrics` (mAP macro/micro, F1 at ``thresholds``, subset accuracy,
+    Hamming loss) plus F1 at 0.5 for comparison, ``per_class`` (AP, F1, precision, recall, support, threshold),
+    ``pr_curves`` per class, and the ``cooccurrence`` of the true labels [K, K] (diagonal: each label's count).
+
+    Args:
+        probs: [N, K] per-label probabilities (sigmoids).
+        targets: [N, K] multi-hot.
+        classes: the K class names.
+        thresholds: per-label thresholds (tuned on val, from the checkpoint); None: 0.5 for all.
+    """
+    p, y = _numpy(probs).astype(np.float64), _numpy(targets) > 0.5
+    k = len(classes)
+    if p.ndim != 2 or p.shape[1] != k or y.shape != p.shape:
+        raise ValueError(f"probs and targets must be [N, {k}] for {k} classes, got {p.shape} and {y.shape}")
+    m = multilabel_metrics(p, y, thresholds)
+    at_half = multilabel_metrics(p, y, 0.5)
+    out: dict[str, Any] = {
+        "multilabel": True,
+        "num_samples": int(len(p)),
+        **{
+            key: m[key]
+            for key in (
+                "map_macro",
+                "map_micro",
+                "f1_macro",
+                "f1_micro",
+                "precision_micro",
+                "recall_micro",
+                "subset_accuracy",
+                "hamming_loss",
+            )
+        },
+        "f1_macro_at_0.5": at_half["f1_macro"],
+        "subset_accuracy_at_0.5": at_half["subset_accuracy"],
+        "thresholds_tuned": thresholds is not None,
+    }
+    out["accuracy"] = out["subset_accuracy"]  # what single-label readers of metrics.json look up
+    out["per_class"] = {
+        name: {
+            "ap": m["ap"][i],
+            "f1": m["f1"][i],
+            "precision": m["precision"][i],
+            "recall": m["recall"][i],
+            "support": m["support"][i],
+            "threshold": m["thresholds"][i],
+        }
+        for i, name in enumerate(classes)
+    }
+    curves = {}
+    for i, name in enumerate(classes):
+        if not y[:, i].any():
+            continue
+        precision, recall = precision_recall_curve(p[:, i], y[:, i])
+        keep = np.unique(np.linspace(0, len(precision) - 1, min(PR_CURVE_POINTS, len(precision))).round().astype(int))
+        curves[name] = {"precision": [precision[j] for j in keep], "recall": [recall[j] for j in keep]}
+    out["pr_curves"] = curves
+    out["cooccurrence"] = (y.T.astype(np.int64) @ y.astype(np.int64)).tolist()
+    out["classes"] = list(classes)
     return out

@@ -19,7 +19,9 @@ from imgcls.config import Config
 from imgcls.data.datasets import Splits
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import EvalResult
+from imgcls.engine.runs import summary_near
 from imgcls.engine.train import RunResult, TrainSetup, train
+from imgcls.evaluate.model_card import model_card
 from imgcls.evaluate.run_eval import evaluate_split
 
 log = logging.getLogger("imgcls")
@@ -58,7 +60,8 @@ def write_run_report(
 ) -> Path | None:
     """The end-of-training report: the best checkpoint on the test split (val if there is none).
 
-    Writes ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``. Loads ``checkpoints/best.pt`` into ``model``.
+    Writes ``<run>/eval/metrics.json``, ``<run>/eval/report.html`` and the model card ``<run>/MODEL_CARD.md``. Loads
+    ``checkpoints/best.pt`` into ``model``.
 
     Args:
         run_dir: the run folder.
@@ -109,7 +112,12 @@ def write_run_report(
             title=title,
             outputs=test_outputs if split == "test" else None,
             config=cfg or None,
+            multilabel=splits.multilabel,
+            thresholds=(ckpt or {}).get("thresholds"),
+            checkpoint=ckpt,
         )
+        if ckpt is not None:
+            model_card(ckpt, metrics, summary_near(run_dir)).save(run_dir / "MODEL_CARD.md")
     except Exception as e:  # noqa: BLE001 - the run itself is saved; a report bug must not turn it into a failure
         if strict:
             raise
@@ -118,6 +126,13 @@ def write_run_report(
         return None
     path = run_dir / "eval" / "report.html"
     views = f", TTA {tta} views" if tta > 1 else ""
+    if splits.multilabel:
+        print(
+            f"report: {path} ({split}{views}: mAP {metrics['map_macro']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+            f"Hamming loss {metrics['hamming_loss']:.4f}; {time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
+        return path
     print(
         f"report: {path} ({split}{views}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
         f"ECE {metrics['ece']:.4f}; {time.perf_counter() - t0:.1f}s)",

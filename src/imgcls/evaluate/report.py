@@ -3,8 +3,8 @@
 Sections (each a ``<section id=...>``, listed in :data:`REPORT_SECTIONS`): summary numbers, classification report,
 confusion matrix heatmap, reliability diagram, per-class precision/recall/F1 bars, training curves (from the run's
 ``metrics.csv``, the best epoch marked), most-confused class pairs, a gallery of the most confidently wrong images with
-a heatmap of what drove the wrong prediction (Grad-CAM for CNNs, attention rollout for transformers), and the run's
-resolved config (collapsed).
+a heatmap of what drove the wrong prediction (Grad-CAM for CNNs, attention rollout for transformers), the model card
+(:mod:`imgcls.evaluate.model_card`, when the checkpoint is known) and the run's resolved config (collapsed).
 
 :func:`write_run_report` is what training calls at its end; ``imgcls eval`` writes the same report through
 :func:`imgcls.evaluate.run_eval.evaluate_split`.
@@ -53,6 +53,7 @@ REPORT_SECTIONS = (
     "training-curves",
     "most-confused",
     "confidently-wrong",
+    "model-card",
     "config",
 )
 
@@ -70,6 +71,7 @@ img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .card img { width: 100px; height: 100px; image-rendering: pixelated; }
 .note { color: #777; font-style: italic; }
 details > summary { cursor: pointer; font-weight: 600; } details pre { max-height: 36em; }
+.model-card h1 { font-size: 1.3em; } .model-card h2 { font-size: 1.1em; border: none; }
 """
 
 # marks images the browser could not decode (a headless-browser check reads data-broken-images)
@@ -387,8 +389,10 @@ def render_report(
     gallery: Sequence[dict[str, Any]],
     gallery_method: str | None,
     config: Mapping[str, Any] | None = None,
+    card: str | None = None,
 ) -> str:
-    """The HTML page from the metrics, base64 figures (by section id), gallery cards and the run's config."""
+    """The HTML page from the metrics, base64 figures (by section id), gallery cards, the model card (HTML) and the
+    run's config."""
 
     def section(sid: str, heading: str, body: str) -> str:
         return f'<section id="{sid}">\n<h2>{heading}</h2>\n{body}\n</section>\n'
@@ -430,6 +434,9 @@ def render_report(
             "most-confused", "Most-confused pairs", fig_or_note("most-confused", "most-confused pairs", "") + pair_table
         )
         + section("confidently-wrong", "Most confidently wrong", gallery_html)
+        + section(
+            "model-card", "Model card", card or "<p class='note'>no model card: the checkpoint is not known here</p>"
+        )
         + section("config", "Config", _config_html(config))
     )
     return (
@@ -454,6 +461,7 @@ def write_report(
     title: str = "Evaluation report",
     gallery_size: int = 12,
     config: Mapping[str, Any] | None = None,
+    card: str | None = None,
 ) -> Path:
     """Render every plot and write the self-contained report.
 
@@ -469,6 +477,7 @@ def write_report(
         gallery_size: number of confidently wrong images.
         config: the run's resolved config (the checkpoint's) for the config section; default: the run folder's
             ``config.yaml``.
+        card: the model card as HTML (:func:`imgcls.evaluate.model_card.card_html`) for its section.
 
     Returns:
         The path written.
@@ -503,7 +512,13 @@ def write_report(
     if model is not None and view is not None and transform is not None and probs is not None and targets is not None:
         gallery, method = build_gallery(model, view, transform, probs.float(), targets, classes, k=gallery_size)
     page = render_report(
-        title=title, metrics=metrics, figures=figures, gallery=gallery, gallery_method=method, config=config
+        title=title,
+        metrics=metrics,
+        figures=figures,
+        gallery=gallery,
+        gallery_method=method,
+        config=config,
+        card=card,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

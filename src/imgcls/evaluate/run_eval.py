@@ -30,7 +30,10 @@ from imgcls.data.datasets import SplitView
 from imgcls.engine.build import load_model, load_split
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS, EvalResult, evaluate
-from imgcls.evaluate.metrics import compute_metrics
+from imgcls.engine.runs import summary_near
+from imgcls.evaluate.metrics import compute_metrics, compute_multilabel_metrics
+from imgcls.evaluate.model_card import card_html, model_card
+from imgcls.evaluate.multilabel_report import write_multilabel_report
 from imgcls.evaluate.report import write_report
 
 ENSEMBLE_MODES = ("probs", "weights")
@@ -121,6 +124,9 @@ def evaluate_split(
     title: str = "Evaluation report",
     outputs: EvalResult | None = None,
     config: dict[str, Any] | None = None,
+    multilabel: bool = False,
+    thresholds: Sequence[float] | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate on a split in its stored order, compute every metric, write ``metrics.json`` and ``report.html``.
 
@@ -143,6 +149,10 @@ def evaluate_split(
             test pass at the end of training): used as it is, so the report and the run's summary cannot disagree.
         config: the resolved config of the checkpoint, for the report's config section (default: the run folder's
             ``config.yaml``).
+        multilabel: sigmoid outputs and multi-hot targets: the multi-label metrics
+            (:func:`~imgcls.evaluate.metrics.compute_multilabel_metrics`) and report.
+        thresholds: multi-label: the per-label thresholds (the checkpoint's, tuned on val); None: 0.5.
+        checkpoint: the loaded checkpoint of ``models`` (a single model): the report then has its model card.
 
     Returns:
         (the EvalResult with outputs, the metrics dict).
@@ -152,10 +162,35 @@ def evaluate_split(
         result = outputs
     else:
         loader = build_eval_loader(view, transform, batch_size=batch_size)
-        result = evaluate(models, loader, device=device, num_classes=len(classes), tta=tta, return_outputs=True)
+        result = evaluate(
+            models,
+            loader,
+            device=device,
+            num_classes=len(classes),
+            tta=tta,
+            return_outputs=True,
+            multilabel=multilabel,
+            thresholds=thresholds,
+        )
     assert result.log_probs is not None and result.targets is not None
     probs = result.log_probs.double().exp()
     metrics: dict[str, Any] = {**(meta or {}), "tta": tta}
+    if multilabel:
+        metrics.update(compute_multilabel_metrics(probs, result.targets, classes, thresholds=thresholds))
+        metrics["bce"] = result.loss
+        metrics["eval_seconds"] = result.seconds
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            if report:
+                card = None
+                if checkpoint is not None and not isinstance(models, list):
+                    card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
+                write_multilabel_report(
+                    out / "report.html", metrics=metrics, run_dir=run_dir, title=title, config=config, card=card
+                )
+        return result, metrics
     metrics.update(compute_metrics(probs, result.targets, classes))
     metrics["nll"] = result.loss  # the evaluate() path's own number (the same up to float rounding)
     metrics["per_class_accuracy"] = {name: v["recall"] for name, v in metrics["per_class"].items()}
@@ -166,6 +201,9 @@ def evaluate_split(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if report:
             first = models[0] if isinstance(models, list) else models
+            card = None
+            if checkpoint is not None and not isinstance(models, list):
+                card = card_html(model_card(checkpoint, metrics, summary_near(checkpoint["path"])))
             write_report(
                 out / "report.html",
                 metrics=metrics,
@@ -178,6 +216,7 @@ def evaluate_split(
                 device=device,
                 title=title,
                 config=config,
+                card=card,
             )
     return result, metrics
 
@@ -252,9 +291,15 @@ def run_eval(
         meta=meta,
         title=f"{cfg['model']['name']} on {cfg['data']['name']} ({split})",
         config=cfg,
+        multilabel=bool(ckpt.get("multilabel")),
+        thresholds=ckpt.get("thresholds"),
+        checkpoint=None if is_ensemble else ckpt,
     )
     if not quiet:
-        print_eval(result, classes, split, metrics)
+        if ckpt.get("multilabel"):
+            print_multilabel_eval(metrics, split)
+        else:
+            print_eval(result, classes, split, metrics)
         print(f"metrics written to {out / 'metrics.json'}")
         if report:
             print(f"report written to {out / 'report.html'}")
@@ -306,3 +351,25 @@ def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict
         for name, row in zip(classes, result.confusion.tolist(), strict=True):
             cm.add_row(name[:12], *(str(v) for v in row))
         console.print(cm)
+
+
+def print_multilabel_eval(metrics: dict[str, Any], split: str) -> None:
+    """Summary lines and the per-class table (AP, F1, precision, recall, threshold, support) of a multi-label model."""
+    console = Console(width=160)
+    tta = metrics.get("tta") or 1
+    views = f" (TTA {tta} views)" if tta > 1 else ""
+    at = "tuned thresholds" if metrics.get("thresholds_tuned") else "threshold 0.5"
+    console.print(
+        f"[bold]{split}{views}[/bold]: {metrics['num_samples']} images  mAP {metrics['map_macro']:.4f} (micro "
+        f"{metrics['map_micro']:.4f})  at the {at}: F1 macro {metrics['f1_macro']:.4f} micro {metrics['f1_micro']:.4f}"
+        f"  subset accuracy {metrics['subset_accuracy']:.4f}  Hamming loss {metrics['hamming_loss']:.4f}"
+    )
+    table = Table(title="per-class metrics")
+    table.add_column("class")
+    cols = ["ap", "f1", "precision", "recall", "threshold"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    table.add_column("support", justify="right")
+    for name, pc in metrics["per_class"].items():
+        table.add_row(name, *("-" if pc[c] is None else f"{pc[c]:.4f}" for c in cols), str(pc["support"]))
+    console.print(table)

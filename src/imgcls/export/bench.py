@@ -1,5 +1,6 @@
 """Inference latency and throughput of one model on several runtimes: PyTorch eager, ``torch.compile``, onnxruntime
-FP32 and onnxruntime INT8, for several batch sizes, in one table with ratios against eager.
+FP32 and INT8, OpenVINO FP32 and INT8 (the same INT8 model: onnxruntime's calibration, read by OpenVINO), for several
+batch sizes, in one table with ratios against eager.
 
 Every backend gets the same number of intra-op threads (``torch.get_num_threads()`` unless told) so that the ratios
 compare runtimes, not thread counts. Inputs are random tensors of the model's input shape: latency does not depend
@@ -10,6 +11,7 @@ the mean call.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +28,13 @@ from imgcls.engine.build import build_model_for, load_model, seed_everything
 from imgcls.engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from imgcls.engine.threads import choose_threads
 from imgcls.export.onnx import OnnxClassifier, export_checkpoint, read_metadata
+from imgcls.export.openvino import MISSING as OPENVINO_MISSING
+from imgcls.export.openvino import OpenVinoClassifier, OpenVinoMissingError, ir_from_onnx
 from imgcls.export.quantize import quantize_onnx
 from imgcls.export.timing import measure
 
-BACKENDS = ("eager", "compile", "onnx-fp32", "onnx-int8")
+BACKENDS = ("eager", "compile", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
+OPENVINO_BACKENDS = ("openvino-fp32", "openvino-int8")
 
 
 def init_checkpoint(path: str | Path, overrides: Sequence[str] = (), preset: str | None = "quickstart") -> Path:
@@ -143,7 +148,8 @@ def bench(
         model_path: a checkpoint / run folder, or an imgcls ``.onnx`` file (FP32 or INT8). For an ONNX file the
             eager/compile rows come from the checkpoint recorded in its metadata when that file still exists.
         batch_sizes: batch sizes to measure.
-        backends: any of ``eager``, ``compile``, ``onnx-fp32``, ``onnx-int8``.
+        backends: any of :data:`BACKENDS` (the OpenVINO ones need ``pip install 'imgcls[openvino]'``; without it they
+            are left out with a note).
         onnx_path, int8_path: reuse these ONNX files instead of exporting / quantizing into ``workdir``.
         min_seconds: timed seconds per (backend, batch size).
         warmup: untimed calls first.
@@ -158,10 +164,15 @@ def bench(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    skipped_ov = [b for b in backends if b in OPENVINO_BACKENDS]
+    if skipped_ov and importlib.util.find_spec("openvino") is None:  # before any export is made for them
+        backends = [b for b in backends if b not in OPENVINO_BACKENDS]
+    else:
+        skipped_ov = []
     old_threads = torch.get_num_threads()
     threads = choose_threads(threads)[0]  # run.threads' policy: the idle cores unless told
     torch.set_num_threads(threads)
-    notes: list[str] = []
+    notes: list[str] = [f"{', '.join(skipped_ov)} skipped: {OPENVINO_MISSING}"] if skipped_ov else []
     tmp_ctx = tempfile.TemporaryDirectory(prefix="imgcls-bench-") if workdir is None else None
     work = Path(tmp_ctx.name) if tmp_ctx is not None else Path(workdir)  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
@@ -175,7 +186,11 @@ def bench(
             runners.update(_torch_runners(model, backends, notes))
         else:
             pre, model_name = meta["preprocess"], meta["model"]  # type: ignore[index]
-        runners.update(_onnx_runners(checkpoint, onnx_path, int8_path, backends, threads, work, notes, say))
+        onnx_runners, onnx_path, int8_path = _onnx_runners(
+            checkpoint, onnx_path, int8_path, backends, threads, work, notes, say
+        )
+        runners.update(onnx_runners)
+        runners.update(_openvino_runners(onnx_path, int8_path, backends, threads, work, notes, say))
         shape = (pre["in_chans"], pre["image_size"], pre["image_size"])
         rows = _time_runners(runners, shape, batch_sizes, warmup=warmup, min_seconds=min_seconds, notes=notes, say=say)
         return BenchResult(rows=rows, notes=notes, threads=threads, input_shape=shape, model=model_name)
@@ -232,27 +247,62 @@ def _onnx_runners(
     work: Path,
     notes: list[str],
     say: Callable[[str], None],
-) -> dict[str, Any]:
-    """onnxruntime sessions for FP32 and INT8, exporting and quantizing into ``work`` what was not given."""
+) -> tuple[dict[str, Any], str | Path | None, str | Path | None]:
+    """onnxruntime sessions for FP32 and INT8, exporting and quantizing into ``work`` what was not given (also for
+    the OpenVINO rows, which read these files) -> (runners, FP32 path, INT8 path)."""
     runners: dict[str, Any] = {}
-    if "onnx-fp32" in backends or ("onnx-int8" in backends and int8_path is None):
+    wants_fp32 = "onnx-fp32" in backends or "openvino-fp32" in backends
+    wants_int8 = "onnx-int8" in backends or "openvino-int8" in backends
+    if wants_fp32 or (wants_int8 and int8_path is None):
         if onnx_path is None or not Path(onnx_path).is_file():
             if checkpoint is None:
                 notes.append("onnx-fp32 skipped: no FP32 ONNX model and no checkpoint to export")
+                onnx_path = None
             else:
                 say("exporting to ONNX (dynamic batch, verified) ...")
                 onnx_path = export_checkpoint(checkpoint, fmt="onnx", dynamic_batch=True, out=work / "model.onnx").path
     if "onnx-fp32" in backends and onnx_path is not None and Path(onnx_path).is_file():
         runners["onnx-fp32"] = OnnxClassifier(onnx_path, threads)
-    if "onnx-int8" in backends:
+    if wants_int8:
         if int8_path is None and onnx_path is not None:
             say("quantizing to INT8 (static, QDQ, per-channel) ...")
             try:
                 int8_path = quantize_onnx(onnx_path, work / "model.int8.onnx")
             except Exception as e:  # noqa: BLE001 - e.g. calibration data missing; the other rows still count
-                notes.append(f"onnx-int8 skipped: quantization failed: {type(e).__name__}: {e}")
-        if int8_path is not None:
+                notes.append(f"INT8 rows skipped: quantization failed: {type(e).__name__}: {e}")
+        if int8_path is not None and "onnx-int8" in backends:
             runners["onnx-int8"] = OnnxClassifier(int8_path, threads)
+    return runners, onnx_path, int8_path
+
+
+def _openvino_runners(
+    onnx_path: str | Path | None,
+    int8_path: str | Path | None,
+    backends: Sequence[str],
+    threads: int,
+    work: Path,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """OpenVINO FP32 / INT8 compiled models read from the same ONNX files as the onnxruntime rows (speed only: the
+    export path, ``imgcls export --format openvino``, is where the IR is checked against PyTorch)."""
+    wanted = [b for b in OPENVINO_BACKENDS if b in backends]
+    if not wanted:
+        return {}
+    runners: dict[str, Any] = {}
+    sources = {"openvino-fp32": onnx_path, "openvino-int8": int8_path}
+    for name in wanted:
+        src = sources[name]
+        if src is None:
+            notes.append(f"{name} skipped: no {'INT8' if name.endswith('int8') else 'FP32'} ONNX model to read")
+            continue
+        say(f"converting to OpenVINO ({name}) ...")
+        try:
+            xml = ir_from_onnx(src, work / f"{name}.xml")
+            runners[name] = OpenVinoClassifier(xml, threads)
+        except OpenVinoMissingError as e:
+            notes.append(f"openvino rows skipped: {e}")
+            return {}
     return runners
 
 

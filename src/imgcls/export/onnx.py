@@ -85,6 +85,9 @@ def export_metadata(ckpt: dict[str, Any], *, fmt: str, dynamic_batch: bool, batc
         "batch_size": None if dynamic_batch else int(batch_size or 1),
         "source_checkpoint": str(ckpt.get("path", "")),
         "config": ckpt["config"],
+        # multi-label models: the outputs are per-label logits (sigmoid), with the thresholds tuned on val
+        "multilabel": bool(ckpt.get("multilabel")),
+        "thresholds": ckpt.get("thresholds"),
     }
 
 
@@ -361,8 +364,12 @@ def check_parity(
     atol: float = 1e-3,
     min_top1_agreement: float = 1.0,
     split: str = "test",
+    multilabel: bool = False,
 ) -> ParityReport:
     """Compare an exported model with the reference on real images, at each batch size, through ``evaluate()``.
+
+    For a multi-label model (``multilabel``: sigmoid outputs) "top-1 agreement" is the share of images whose whole
+    set of labels at 0.5 (the logits' signs) is the same, and the accuracies are subset accuracies.
 
     Args:
         reference: the PyTorch model (eval mode, CPU).
@@ -384,9 +391,11 @@ def check_parity(
         sub = SplitView(view.source, view.indices[:n])
         ref, exp = _Recording(reference), _Recording(exported)
         device = torch.device("cpu")
-        r_ref = evaluate(ref, eval_loader(sub, preprocess, bs), device=device, num_classes=num_classes)
-        r_exp = evaluate(exp, eval_loader(sub, preprocess, bs), device=device, num_classes=num_classes)
+        kw = dict(device=device, num_classes=num_classes, multilabel=multilabel)
+        r_ref = evaluate(ref, eval_loader(sub, preprocess, bs), **kw)
+        r_exp = evaluate(exp, eval_loader(sub, preprocess, bs), **kw)
         a, b = torch.cat(ref.logits), torch.cat(exp.logits)
+        same = ((a > 0) == (b > 0)).all(1) if multilabel else a.argmax(1) == b.argmax(1)
         diff = (a - b).abs().max().item() if a.numel() else 0.0
         if not np.isfinite(diff):
             diff = float("inf")
@@ -395,7 +404,7 @@ def check_parity(
                 batch_size=bs,
                 num_images=len(sub),
                 max_abs_diff=float(diff),
-                top1_agreement=float((a.argmax(1) == b.argmax(1)).float().mean()),
+                top1_agreement=float(same.float().mean()) if len(same) else 1.0,
                 acc_reference=r_ref.acc,
                 acc_exported=r_exp.acc,
             )
@@ -513,6 +522,7 @@ def _verify_export(
     split: str,
     fmt: str,
     out_path: Path,
+    multilabel: bool = False,
 ) -> ParityReport:
     """Parity of the exported file at ``path`` with ``model`` (batch 1 on up to 16 images, batch 32 on
     ``num_images``); raises :class:`ExportParityError` unless it passed."""
@@ -528,6 +538,7 @@ def _verify_export(
         atol=atol,
         min_top1_agreement=min_top1_agreement,
         split=split,
+        multilabel=multilabel,
     )
     if not report.passed:
         raise ExportParityError(
@@ -617,6 +628,7 @@ def export_checkpoint(
                 split=split,
                 fmt=fmt,
                 out_path=out_path,
+                multilabel=bool(ckpt.get("multilabel")),
             )
         os.replace(tmp, out_path)
     except BaseException:

@@ -189,7 +189,11 @@ def compare_models(
     res: dict[str, Any] = {"split": split, "images": len(view), "latency_fp32_ms": {}, "latency_int8_ms": {}}
     for key, model in (("acc_fp32", fp32), ("acc_int8", int8)):
         r = evaluate(
-            model, eval_loader(view, meta["preprocess"], 64), device=torch.device("cpu"), num_classes=len(classes)
+            model,
+            eval_loader(view, meta["preprocess"], 64),
+            device=torch.device("cpu"),
+            num_classes=len(classes),
+            multilabel=bool(meta.get("multilabel")),  # then the subset accuracy of the sigmoids
         )
         res[key] = r.acc
     pre = fp32.preprocess

@@ -9,9 +9,10 @@ Endpoints:
 - ``GET /health``; ``GET /metadata`` (the model, its dataset and its run's test numbers, input, classes, limits);
 - ``GET /`` a page where a person drops, picks or pastes images and sees, per image, top-k bars and Grad-CAM.
 
-Concurrent requests are micro-batched: each decoded image joins a bounded queue; one worker task takes up to
-``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill after the first one arrives, runs the
-model once in a worker thread (never on the event loop) and hands each request its row. A full queue answers 503.
+Concurrent requests are micro-batched, adaptively: each decoded image joins a bounded queue; whenever the model is
+idle, one worker task takes everything waiting (up to ``max_batch`` images, no timer: a lone request goes at once),
+runs the model once in a worker thread (never on the event loop) and hands each request its row. A full queue
+answers 503.
 
 Input limits, each answered with a clear status (4xx or 503 with a JSON ``detail``, never a 5xx): a body over
 ``max_body_bytes`` -> 413 (checked from Content-Length and while streaming); an empty file -> 400; a missing field ->
@@ -54,6 +55,8 @@ from imgcls.engine.threads import apply_threads
 from imgcls.evaluate.infer import Predictor
 from imgcls.explain.gradcam import GradCAM, overlay_heatmap
 from imgcls.export.onnx import OnnxClassifier
+from imgcls.export.openvino import OpenVinoClassifier
+from imgcls.export.timing import measure
 from imgcls.serve.decode import (
     FORMATS,
     DecodeBudget,
@@ -108,49 +111,84 @@ TRIM_AFTER_BYTES = 8 * 2**20
 class ModelRunner:
     """What the server needs of a model: a batch callable, class names, preprocessing, and its kind.
 
-    ``module`` is the PyTorch model for checkpoints (Grad-CAM needs it) and None for ONNX models. ``info`` holds
+    ``module`` is the PyTorch model for checkpoints (Grad-CAM needs it) and None for exported models. ``info`` holds
     facts for ``/metadata``: ``quantized``, ``path``, ``dataset`` (the training config's ``data.name``), ``weights``
-    (the checkpoint's note on them, e.g. "random-init" or "ema"; None when it has none) and ``run`` (see
-    :func:`run_facts`).
+    (the checkpoint's note on them, e.g. "random-init" or "ema"; None when it has none), ``run`` (see
+    :func:`run_facts`) and ``backend`` (what runs the predictions, see :func:`choose_backend`).
     """
 
     forward: Any  # float [B, C, S, S] -> logits [B, K]
     classes: list[str]
     preprocess: PreprocessInfo
-    kind: str  # "checkpoint" or "onnx"
+    kind: str  # "checkpoint", "onnx" or "openvino": the file the server was given
     name: str
     module: torch.nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: multi-label: one sigmoid per class, and the labels at or above ``thresholds`` (tuned on val) are the answer
+    multilabel: bool = False
+    thresholds: list[float] | None = None
 
 
-def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | None = None) -> ModelRunner:
-    """A checkpoint / run folder (PyTorch) or an imgcls ``.onnx`` file (onnxruntime) as a :class:`ModelRunner`.
+#: the runtimes a server can predict with, by the file that holds the model -> (label on the page, quantized)
+BACKEND_LABELS = {
+    "pytorch": "PyTorch",
+    "onnxruntime": "ONNX Runtime",
+    "onnxruntime-int8": "ONNX Runtime INT8",
+    "openvino": "OpenVINO",
+    "openvino-int8": "OpenVINO INT8",
+}
+
+
+def _exported_runner(path: Path, threads: int) -> ModelRunner:
+    """An imgcls ``.onnx`` (onnxruntime) or OpenVINO ``.xml`` file as a runner."""
+    if path.suffix == ".xml":
+        clf: Any = OpenVinoClassifier(path, threads)
+        kind, engine = "openvino", "openvino"
+    else:
+        clf = OnnxClassifier(path, threads)
+        kind, engine = "onnx", "onnxruntime"
+    backend = engine + ("-int8" if clf.quantized else "")
+    pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
+    name = clf.metadata["model"]
+    source = clf.metadata.get("source_checkpoint") or ""
+    return ModelRunner(
+        forward=clf,
+        classes=clf.classes,
+        preprocess=pre,
+        kind=kind,
+        name=name,
+        multilabel=bool(clf.metadata.get("multilabel")),
+        thresholds=clf.metadata.get("thresholds"),
+        info={
+            "quantized": clf.quantized,
+            "path": str(path),
+            "dataset": _dataset_of(clf.metadata.get("config")),
+            "weights": "int8" if clf.quantized else None,
+            "run": run_facts(path, name) or (run_facts(source, name) if source else {}),
+            "backend": {"name": backend, "label": BACKEND_LABELS[backend], "path": str(path), "why": "the file given"},
+        },
+    )
+
+
+def load_runner(
+    model_path: str | Path, *, device: str = "cpu", threads: int | None = None, backend: str = "auto"
+) -> ModelRunner:
+    """A checkpoint / run folder (PyTorch), an imgcls ``.onnx`` file (onnxruntime) or an OpenVINO ``.xml`` as a
+    :class:`ModelRunner`.
+
+    For a checkpoint on the CPU with ``backend="auto"``, the fastest verified exported model beside it predicts
+    instead (:func:`choose_backend`); ``backend="pytorch"`` keeps PyTorch. Grad-CAM always uses the PyTorch model.
 
     Raises:
         CheckpointError: the checkpoint is missing or unreadable.
-        ValueError: the ONNX file has no imgcls metadata.
+        ValueError: the exported file has no imgcls metadata; an unknown ``backend``.
     """
+    if backend not in ("auto", "pytorch"):
+        raise ValueError(f"backend must be auto or pytorch, got {backend}")
     path = Path(model_path)
     threads = apply_threads(threads)[0]  # run.threads' policy: the given number, else the cores idle at start
-    if path.suffix == ".onnx":
-        clf = OnnxClassifier(path, threads)
-        pre = PreprocessInfo(**{**clf.metadata["preprocess"], "resize": True})
-        name = clf.metadata["model"]
-        source = clf.metadata.get("source_checkpoint") or ""
-        return ModelRunner(
-            forward=clf,
-            classes=clf.classes,
-            preprocess=pre,
-            kind="onnx",
-            name=name,
-            info={
-                "quantized": clf.quantized,
-                "path": str(path),
-                "dataset": _dataset_of(clf.metadata.get("config")),
-                "weights": "int8" if clf.quantized else None,
-                "run": run_facts(path, name) or (run_facts(source, name) if source else {}),
-            },
-        )
+    if path.suffix in (".onnx", ".xml"):
+        return _exported_runner(path, threads)
 
     pred = Predictor.from_checkpoint(path, device=device)
     model = pred.model.eval()
@@ -164,21 +202,116 @@ def load_runner(model_path: str | Path, *, device: str = "cpu", threads: int | N
     name = ckpt["config"]["model"]["name"]
     resolved = ckpt.get("path", str(path))  # a run folder resolves to its checkpoints/best.pt
     weights = ckpt.get("weights")
-    return ModelRunner(
+    runner = ModelRunner(
         forward=forward,
         classes=pred.classes,
         preprocess=pred.preprocess,
         kind="checkpoint",
         name=name,
         module=model,
+        multilabel=pred.multilabel,
+        thresholds=pred.thresholds if pred.multilabel else None,
         info={
             "quantized": False,
             "path": resolved,
             "dataset": ckpt.get("dataset") or _dataset_of(ckpt["config"]),  # a published model: ImageNet-1k
             "weights": weights if isinstance(weights, str) else None,
             "run": {} if ckpt.get("published") else run_facts(resolved, name),  # a model name has no run
+            "backend": {"name": "pytorch", "label": BACKEND_LABELS["pytorch"], "path": resolved, "why": "asked for"},
         },
     )
+    if backend == "auto" and dev.type == "cpu" and not ckpt.get("published"):  # a model name has no exports beside it
+        choose_backend(runner, threads)
+    return runner
+
+
+def _beside(checkpoint: Path) -> list[Path]:
+    """The exported files imgcls writes beside a checkpoint by default: ``best.onnx``, ``best.int8.onnx`` (imgcls
+    quantize), ``best.xml``, ``best.int8.xml`` (export --format openvino [--int8])."""
+    stem = checkpoint.name.removesuffix(".pt").removesuffix(".pth")
+    names = (f"{stem}.onnx", f"{stem}.int8.onnx", f"{stem}.xml", f"{stem}.int8.xml")
+    return [checkpoint.with_name(n) for n in names if checkpoint.with_name(n).is_file()]
+
+
+#: seconds of timing per candidate and batch size when the server picks its backend at start
+CHOOSE_SECONDS = 0.15
+#: a FP32 export must reproduce the checkpoint's logits within this on random inputs to be used
+CHOOSE_ATOL = 1e-3
+
+
+def _verify(candidate: ModelRunner, checkpoint: Path, reference: Any, x: torch.Tensor) -> str | None:
+    """Why an exported file beside the checkpoint may not stand in for it (None: it may).
+
+    It must name this checkpoint as its source and be newer than it (an export of an earlier state of a checkpoint
+    that was since overwritten is stale); an FP32 model must also give the checkpoint's logits on ``x`` (INT8 models
+    were compared on the test split when ``imgcls quantize`` or the export made them).
+    """
+    meta = getattr(candidate.forward, "metadata", {})
+    source = meta.get("source_checkpoint") or ""
+    try:
+        same = bool(source) and Path(source).resolve() == checkpoint.resolve()
+    except OSError:
+        same = False
+    if not same:
+        return f"exported from {source or 'an unknown checkpoint'}, not this one"
+    if Path(candidate.info["path"]).stat().st_mtime < checkpoint.stat().st_mtime:
+        return "older than the checkpoint (stale)"
+    if not candidate.info["quantized"]:
+        diff = float((candidate.forward(x) - reference(x)).abs().max())
+        if not diff <= CHOOSE_ATOL * max(1.0, float(reference(x).abs().max())):
+            return f"its logits differ from the checkpoint's by {diff:.3g}"
+    return None
+
+
+def choose_backend(runner: ModelRunner, threads: int) -> None:
+    """Let the fastest verified model beside a checkpoint predict for it (in place: ``runner.forward`` and
+    ``runner.info``); the checkpoint's own PyTorch model stays for Grad-CAM.
+
+    Candidates are the files of :func:`_beside` that pass :func:`_verify` and whose runtime is installed; each and
+    PyTorch are timed at batch 1 and 8 on random inputs (:data:`CHOOSE_SECONDS` each, median call) and the lowest
+    sum wins: the adaptive batcher runs batch 1 at low load and larger batches under load. What was measured and
+    why a file was passed over goes into ``info["backend"]["candidates"]`` (``/metadata``).
+    """
+    checkpoint = Path(runner.info["path"])
+    pre = runner.preprocess
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(1, pre.in_chans, pre.image_size, pre.image_size, generator=g)
+    x8 = torch.randn(8, pre.in_chans, pre.image_size, pre.image_size, generator=g)
+    options: list[tuple[float, str, Any, str]] = []
+    rows: list[dict[str, Any]] = []
+
+    def timed(name: str, fn: Any, path: str) -> None:
+        t1 = float(np.median(measure(fn, x1, warmup=2, min_iters=3, min_seconds=CHOOSE_SECONDS)))
+        t8 = float(np.median(measure(fn, x8, warmup=2, min_iters=3, min_seconds=CHOOSE_SECONDS)))
+        options.append((t1 + t8, name, fn, path))
+        rows.append({"name": name, "path": path, "ms_batch1": round(1e3 * t1, 3), "ms_batch8": round(1e3 * t8, 3)})
+
+    files = _beside(checkpoint)
+    if not files:
+        runner.info["backend"]["why"] = "no exported model beside the checkpoint"
+        return
+    timed("pytorch", runner.forward, str(checkpoint))
+    for path in files:
+        try:
+            cand = _exported_runner(path, threads)
+        except (ImportError, ValueError, RuntimeError) as e:  # runtime not installed, not an imgcls file, unreadable
+            rows.append({"name": path.name, "path": str(path), "skipped": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        why_not = _verify(cand, checkpoint, runner.forward, x8)
+        if why_not:
+            rows.append({"name": cand.info["backend"]["name"], "path": str(path), "skipped": why_not})
+            continue
+        timed(cand.info["backend"]["name"], cand.forward, str(path))
+    _, name, fn, path = min(options, key=lambda o: o[0])
+    runner.forward = fn
+    runner.info["quantized"] = name.endswith("-int8")
+    runner.info["backend"] = {
+        "name": name,
+        "label": BACKEND_LABELS[name],
+        "path": path,
+        "why": "the fastest of the verified models beside the checkpoint (batch 1 + batch 8 time)",
+        "candidates": rows,
+    }
 
 
 def _dataset_of(config: Any) -> str | None:
@@ -189,7 +322,7 @@ def _dataset_of(config: Any) -> str | None:
 
 
 #: the numbers of a run's summary.json that ``/metadata`` passes on (test numbers are of the run's best checkpoint)
-RUN_FACTS = ("test_acc", "test_top5", "test_loss", "test_tta", "epochs_run", "best_epoch")
+RUN_FACTS = ("test_acc", "test_top5", "test_loss", "test_tta", "epochs_run", "best_epoch", "test_map_macro")
 
 
 def run_facts(model_path: str | Path, model_name: str) -> dict[str, Any]:
@@ -211,18 +344,30 @@ class QueueFullError(RuntimeError):
 
 
 class MicroBatcher:
-    """Collects concurrent single-image requests into batches for one model call.
+    """Collects concurrent single-image requests into batches for one model call, adaptively.
+
+    The model is called as soon as it is idle and something is waiting, with everything that is waiting (up to
+    ``max_batch``): a lone request is never held back for company, and under load the requests that arrived during
+    one model call form the next batch. Batch size follows the load without a timer. (The earlier fixed window,
+    waiting up to a few ms for a batch to fill after its first image, added that wait to every request at low load
+    and made p99 2.7x worse than one call per request on a small model whose calls take less than the window.)
+
+    ``max_wait_ms`` > 0 brings that window back, for experiments: while fewer than ``max_batch`` images wait, the
+    oldest waits at most that long for more before the idle model is called.
+
+    A batch whose call fails is retried one image at a time, so one bad image fails only its own request. Results
+    come back to each request in the order of its images; images are batched first in, first out.
 
     Args:
         fn: batch function, images [B, ...] -> outputs [B, ...]; called in ``executor``, one call at a time.
         max_batch: largest batch.
-        max_wait_ms: after the first waiting image, how long to wait for the batch to fill.
+        max_wait_ms: 0 (the default): dispatch at once; > 0: the fixed window described above.
         max_queue: images waiting (not counting the batch being computed); more -> :class:`QueueFullError`.
         executor: where ``fn`` runs (a one-thread pool keeps model calls serial and off the event loop).
     """
 
     def __init__(
-        self, fn: Any, *, max_batch: int, max_wait_ms: float, max_queue: int, executor: ThreadPoolExecutor
+        self, fn: Any, *, max_batch: int, max_queue: int, executor: ThreadPoolExecutor, max_wait_ms: float = 0.0
     ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
@@ -233,7 +378,7 @@ class MicroBatcher:
         self.pending: collections.deque[tuple[torch.Tensor, asyncio.Future, float]] = collections.deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
-        self.batches = 0  # model calls made
+        self.batches = 0  # model calls made (retries of a failed batch not counted)
         self.items = 0  # images answered
         self.batch_sizes: collections.Counter[int] = collections.Counter()
 
@@ -292,6 +437,16 @@ class MicroBatcher:
     async def submit(self, image: torch.Tensor) -> torch.Tensor:
         return (await self.submit_many([image]))[0]
 
+    async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The optional fixed window: wait for a full batch, at most until the oldest image has waited max_wait."""
+        remaining = self.pending[0][2] + self.max_wait - loop.time()
+        if len(self.pending) < self.max_batch and remaining > 0:
+            self.batch_full.clear()
+            try:
+                await asyncio.wait_for(self.batch_full.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -299,35 +454,49 @@ class MicroBatcher:
                 self.has_items.clear()
                 await self.has_items.wait()
                 continue
-            # wait for the batch to fill, at most until the oldest waiting image has waited max_wait
-            remaining = self.pending[0][2] + self.max_wait - loop.time()
-            if len(self.pending) < self.max_batch and remaining > 0:
-                self.batch_full.clear()
-                try:
-                    await asyncio.wait_for(self.batch_full.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
-                    pass
+            if self.max_wait > 0:
+                await self._fill_window(loop)
+            # the model is idle here (this task is its only caller): take what is waiting, no more than max_batch
             n = min(self.max_batch, len(self.pending))
             items = [self.pending.popleft()[:2] for _ in range(n)]
-            if len(self.pending) >= self.max_batch:
-                self.batch_full.set()
             items = [(x, f) for x, f in items if not f.done()]
-            if not items:
-                continue
-            batch = torch.stack([x for x, _ in items])
-            try:
-                out = await loop.run_in_executor(self.executor, self.fn, batch)
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
-                for _, f in items:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
-            self.batches += 1
-            self.items += len(items)
-            self.batch_sizes[len(items)] += 1
-            for i, (_, f) in enumerate(items):
-                if not f.done():
-                    f.set_result(out[i])
+            if items:
+                await self._run(loop, items)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, items: list[tuple[torch.Tensor, asyncio.Future]]) -> None:
+        """One model call for ``items``; on failure, one call per image, so each request gets its own outcome."""
+        try:
+            out = await loop.run_in_executor(self.executor, self.fn, torch.stack([x for x, _ in items]))
+        except Exception as e:  # noqa: BLE001 - the requests get the error, the worker goes on
+            if len(items) == 1:
+                _settle(items[0][1], error=e)
+                return
+            for x, f in items:
+                if f.done():
+                    continue
+                try:
+                    one = await loop.run_in_executor(self.executor, self.fn, x[None])
+                except Exception as e1:  # noqa: BLE001 - this image's own error
+                    _settle(f, error=e1)
+                else:
+                    self.items += 1
+                    _settle(f, result=one[0])
+            return
+        self.batches += 1
+        self.items += len(items)
+        self.batch_sizes[len(items)] += 1
+        for i, (_, f) in enumerate(items):
+            _settle(f, result=out[i])
+
+
+def _settle(fut: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a request's future unless its client has gone (cancelled)."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -449,7 +618,29 @@ class InferenceService:
     def _probs(self, batch: torch.Tensor) -> torch.Tensor:
         logits = self.forward(self.normalize(batch))
         logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
-        return torch.softmax(logits.float(), dim=1)
+        return self.activate(logits)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K] -> probabilities: softmax, or one sigmoid per class for a multi-label model."""
+        return torch.sigmoid(logits.float()) if self.runner.multilabel else torch.softmax(logits.float(), dim=1)
+
+    def answer(self, probs: torch.Tensor, k: int) -> dict[str, Any]:
+        """What /predict and /gradcam return for one image: the top-k ``predictions``; for a multi-label model also
+        ``labels``, every class at or above its threshold with its probability (most probable first)."""
+        out: dict[str, Any] = {"predictions": self.topk(probs, k)}
+        if self.runner.multilabel:
+            thr = self.runner.thresholds or [0.5] * len(self.runner.classes)
+            on = [i for i in range(len(thr)) if float(probs[i]) >= thr[i]]
+            out["labels"] = [
+                {
+                    "label": self.runner.classes[i],
+                    "index": i,
+                    "probability": round(float(probs[i]), 6),
+                    "threshold": round(float(thr[i]), 6),
+                }
+                for i in sorted(on, key=lambda i: -float(probs[i]))
+            ]
+        return out
 
     def probe(self, data: bytes, content_type: str | None, filename: str, *, min_side: int) -> ImageHeader:
         """An upload's checked header (400 / 413 / 415 before any decoding; see :func:`probe_upload`)."""
@@ -525,7 +716,7 @@ class InferenceService:
             if self._gradcam is None:
                 self._gradcam = GradCAM(self.runner.module)
             cams, logits = self._gradcam(self.normalize(x[None]), class_index)
-        probs = torch.softmax(logits.float(), dim=1)[0]
+        probs = self.activate(logits)[0]
         target = int(class_index) if class_index is not None else int(probs.argmax())
         overlay = overlay_heatmap(_display_image(image), cams[0].numpy())
         return {
@@ -573,7 +764,7 @@ def _display_image(image: torch.Tensor, *, small: int = 192, large: int = DISPLA
 def create_app(
     model_path: str | Path,
     max_batch: int = 32,
-    max_wait_ms: float = 5,
+    max_wait_ms: float = 0,
     max_queue: int = 256,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -588,13 +779,15 @@ def create_app(
     threads: int | None = None,
     gradio_ui: bool = False,
     docs: bool = True,
+    backend: str = "auto",
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
     Args:
         model_path: a checkpoint / run folder, or an imgcls ``.onnx`` file (FP32 or INT8).
         max_batch: largest micro-batch per model call.
-        max_wait_ms: how long the batcher waits for a batch to fill after the first image.
+        max_wait_ms: 0 (default): the adaptive batcher (the idle model takes whatever waits, at once); > 0: also
+            wait up to this long for a batch to fill (see :class:`MicroBatcher`).
         max_queue: images allowed to wait; beyond -> 503.
         max_body_bytes: largest request body; beyond -> 413.
         max_pixels: largest image (width x height, from its header); beyond -> 413.
@@ -610,11 +803,13 @@ def create_app(
         gradio_ui: also serve a Gradio UI at ``/ui`` (needs ``pip install 'imgcls[gradio]'``).
         docs: serve the OpenAPI schema and its pages (``/openapi.json``, ``/docs``, ``/redoc``); False for a
             server that should not describe itself.
+        backend: ``auto``: for a checkpoint, predict with the fastest verified export beside it (ONNX, INT8,
+            OpenVINO; see :func:`choose_backend`); ``pytorch``: the checkpoint itself.
 
     Raises:
         RuntimeError: ``gradio_ui`` is set and gradio is not installed.
     """
-    runner = load_runner(model_path, device=device, threads=threads)
+    runner = load_runner(model_path, device=device, threads=threads, backend=backend)
     service = InferenceService(
         runner,
         max_batch=max_batch,
@@ -736,6 +931,7 @@ def _add_info_routes(
         return {
             "model": runner.name,
             "kind": runner.kind,
+            "backend": runner.info.get("backend"),  # what predicts: name, label, path, why (and what was timed)
             "quantized": bool(runner.info.get("quantized")),
             "dataset": runner.info.get("dataset"),
             "weights": runner.info.get("weights"),
@@ -746,6 +942,8 @@ def _add_info_routes(
             "formats": [f.lower() for f in FORMATS],
             "gradcam": service.gradcam_available,
             "topk": default_k,
+            "multilabel": runner.multilabel,
+            "thresholds": runner.thresholds,
             "limits": limits,
         }
 
@@ -763,7 +961,7 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
             probs = await service.batcher.submit(x)
         except QueueFullError as e:
             raise _busy() from e
-        return {"filename": file.filename, "predictions": service.topk(probs, topk)}
+        return {"filename": file.filename, **service.answer(probs, topk)}
 
     @app.post("/predict/batch")
     async def predict_batch(files: list[UploadFile] = File(...), topk: int = Query(default_k, ge=1)) -> dict[str, Any]:
@@ -777,9 +975,7 @@ def _add_predict_routes(app: FastAPI, service: InferenceService, *, default_k: i
             outs = await service.batcher.submit_many(images)
         except QueueFullError as e:
             raise _busy() from e
-        results = [
-            {"filename": f.filename, "predictions": service.topk(p, topk)} for f, p in zip(files, outs, strict=True)
-        ]
+        results = [{"filename": f.filename, **service.answer(p, topk)} for f, p in zip(files, outs, strict=True)]
         return {"results": results}
 
 
@@ -795,7 +991,7 @@ def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: in
     ) -> dict[str, Any]:
         service.requests += 1
         if runner.module is None:
-            raise HTTPException(501, "Grad-CAM needs a PyTorch checkpoint; this server runs an ONNX model")
+            raise HTTPException(501, f"Grad-CAM needs a PyTorch checkpoint; this server runs an {runner.kind} model")
         if class_index is not None and class_index >= len(runner.classes):
             raise HTTPException(422, f"class_index must be < {len(runner.classes)}")
         ((image, x),) = await _read_and_decode(service, [file], min_side=max(service.min_side, DISPLAY_SIDE))
@@ -806,7 +1002,7 @@ def _add_gradcam_route(app: FastAPI, service: InferenceService, *, default_k: in
             raise HTTPException(501, f"Grad-CAM is not possible for this model: {e}") from e
         return {
             "filename": file.filename,
-            "predictions": service.topk(res["probs"], topk),
+            **service.answer(res["probs"], topk),
             "class_index": res["class_index"],
             "label": res["label"],
             "overlay": res["overlay"],

@@ -178,6 +178,9 @@ def row_for(
         "ece": metrics.get("ece"),
         "nll": metrics.get("nll"),
         "f1_macro": metrics.get("f1_macro"),
+        "map_macro": metrics.get("map_macro"),  # multi-label runs only (None otherwise)
+        "subset_acc": metrics.get("subset_accuracy"),
+        "hamming_loss": metrics.get("hamming_loss"),
         "min_class_acc": min(per_class.values()) if per_class else None,
         "train_s": sum(seconds),
         "total_s": sum(float(r.record.summary.get("seconds") or 0.0) for r in runs),

@@ -28,6 +28,10 @@ METRICS: dict[str, MetricInfo] = {
     "ece": MetricInfo("ECE", False, True),
     "nll": MetricInfo("test NLL", False),
     "f1_macro": MetricInfo("macro F1", True, True),
+    # multi-label studies (F1 above is at the run's thresholds, 0.5 or tuned on val)
+    "map_macro": MetricInfo("test mAP (macro)", True, True),
+    "subset_acc": MetricInfo("subset accuracy", True, True),
+    "hamming_loss": MetricInfo("Hamming loss", False, True),
     "min_class_acc": MetricInfo("worst-class accuracy", True, True),
     "train_s": MetricInfo("train time (s)", False),
     "total_s": MetricInfo("wall time (s)", False),

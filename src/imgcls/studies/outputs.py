@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imgcls
 from imgcls.studies.definitions import DATASETS, StudyDefinition, get_study, list_studies
 from imgcls.studies.metrics import CSV_FIELDS, fmt_gap, fmt_value, metric_info
 from imgcls.studies.plots import plot_lr_curves, plot_results, plot_seed_curves
@@ -84,6 +86,25 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+#: the concept pages of a source checkout (src/imgcls/../../docs/concepts); absent when imgcls runs from a wheel
+CONCEPTS_DIR = Path(imgcls.__file__).resolve().parents[2] / "docs" / "concepts"
+
+
+def concept_link(concept: str, out_dir: Path) -> str:
+    """A Markdown link from ``out_dir`` (a study's folder, wherever it is) to the concept page: relative when the
+    page exists here (a source checkout), as its absolute file URI when no relative path leads there (another drive),
+    and the page's name alone, unlinked, when imgcls runs without its docs (a dead link is worse than none)."""
+    page = CONCEPTS_DIR / f"{concept}.md"
+    label = f"docs/concepts/{concept}.md"
+    if not page.is_file():
+        return f"`{label}` (in the imgcls source repository)"
+    try:
+        target = Path(os.path.relpath(page, Path(out_dir).resolve())).as_posix()
+    except ValueError:  # no relative path between two Windows drives
+        target = page.as_uri()
+    return f"[{label}]({target})"
+
+
 def study_markdown(
     result: StudyResult, *, extra: Sequence[str], n_seeds: int, seconds: float, files: Mapping[str, Path]
 ) -> str:
@@ -108,7 +129,7 @@ def study_markdown(
         f"- seeds: {n_seeds} (each seed re-draws the split, the initialisation and the data order); "
         f"deciding metric: {metric_info(study.metric).label}",
         f"- command: `{cmd}`; {result.trained} runs trained, {result.reused} reused, {seconds:.0f} s",
-        f"- concept: [docs/concepts/{study.concept}.md](../../../docs/concepts/{study.concept}.md)",
+        f"- concept: {concept_link(study.concept, result.out_dir)}",
         "",
         "## Variants",
         "",

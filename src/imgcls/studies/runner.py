@@ -48,7 +48,7 @@ __all__ = ["StudyResult", "collect_markdown", "print_result", "rewrite_report", 
 def run_study(
     name: str | StudyDefinition,
     *,
-    dataset: str = "digits",
+    dataset: str | None = None,
     epochs: int | None = None,
     seeds: int | None = None,
     out_dir: str | Path | None = None,
@@ -63,7 +63,8 @@ def run_study(
 
     Args:
         name: a registered study (see :func:`imgcls.studies.definitions.list_studies`) or a definition.
-        dataset: ``digits`` or ``cifar10`` (a base config from :data:`~imgcls.studies.definitions.DATASETS`).
+        dataset: a base config of :data:`~imgcls.studies.definitions.DATASETS` the study runs on (``digits``,
+            ``cifar10``, ``digit_pairs``); None: the study's first (``StudyDefinition.datasets``).
         epochs: shorthand for ``training.epochs=N``.
         seeds: number of seeds (default: the study's); seeds are 0..N-1.
         out_dir: default ``<runs_dir>/studies/<study>-<dataset>``.
@@ -84,6 +85,9 @@ def run_study(
         study = name if isinstance(name, StudyDefinition) else get_study(name)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
+    dataset = dataset or study.datasets[0]
+    if dataset not in study.datasets:
+        raise ConfigError(f"study '{study.name}' runs on {', '.join(study.datasets)}, not --dataset {dataset}")
     extra = [*overrides, *([f"training.epochs={epochs}"] if epochs is not None else [])]
     if threads:  # every run's own thread choice (run.threads; incidental: it does not change what is trained)
         extra.append(f"run.threads={threads}")
