@@ -275,3 +275,34 @@ def test_resume_keeps_the_config_records_overrides_and_adds_up_time(tiny_overrid
     trained = sum(float(r["seconds"]) for r in _rows(run))
     assert summary["seconds"] >= trained and summary["seconds"] > first_session
     assert result.seconds == summary["seconds"]
+
+
+def test_time_budget_stops_at_a_step_then_validates_checkpoints_tests_and_resumes(tiny_overrides, capsys):
+    """training.max_minutes: a budget smaller than one step ends epoch 1 after its first optimizer step; the cut epoch
+    is validated, checkpointed and the best checkpoint tested; the summary says where; a resume without the budget
+    trains on from epoch 2 and the training seconds add up."""
+    overrides = [*tiny_overrides, "training.epochs=3", "run.name=budget"]
+    result = train(build_config("quickstart", [*overrides, "training.max_minutes=1e-6"]))
+    run = result.run_dir
+    stop = result.summary["budget_stop"]
+    batches = stop["batches_per_epoch"]
+    assert batches > 1 and stop["batches"] == 1 and stop["epoch"] == 1
+    assert stop["epochs_reached"] == pytest.approx(1 / batches) and stop["max_minutes"] == 1e-6
+    assert "time budget: stopped" in capsys.readouterr().out
+    rows = _rows(run)
+    assert len(rows) == 1 and rows[0]["val_acc"] != ""
+    assert result.test is not None and (run / "checkpoints" / "best.pt").is_file()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["train_s"] == pytest.approx(stop["train_seconds"]) and ckpt["train_s"] > 0
+    cfg, path = resume_config(
+        build_config("quickstart", [*overrides, f"run.resume={run}", "training.max_minutes=null"]),
+        [f"run.resume={run}", "training.max_minutes=null"],
+    )
+    resumed = train(cfg, resume_path=path)
+    assert resumed.summary["budget_stop"] is None and resumed.summary["epochs_run"] == 3 == len(_rows(run))
+    assert resumed.summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in _rows(run)), rel=1e-3)
+
+
+def test_time_budget_larger_than_the_run_changes_nothing(tiny_overrides):
+    result = train(build_config("quickstart", [*tiny_overrides, "training.max_minutes=60"]))
+    assert result.summary["budget_stop"] is None and result.epochs_run == 2

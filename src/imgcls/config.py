@@ -221,6 +221,10 @@ class DistillConfig:
 @dataclass
 class TrainingConfig:
     epochs: int = ranged(10, AT_LEAST_1)  # passes over the train split
+    # time budget: stop once this many minutes of training steps have run (validation, checkpoints and data loading
+    # before the first step not counted; summed across resumes), at the next optimizer step; the cut epoch is then
+    # validated, checkpointed and the best checkpoint tested as after the last epoch (null: no limit)
+    max_minutes: float | None = ranged(None, POSITIVE)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -159,6 +159,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from imgcls.models import list_models
     from imgcls.models.complexity import model_table
+    from imgcls.models.zoo_results import cifar10_note, read_results
 
     names = [args.pattern] if args.pattern.startswith("timm:") else list_models(args.pattern)
     if not names:
@@ -175,13 +176,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         flags = {"--input-size": args.input_size, "--freeze-layers": args.freeze_layers or None}
         given = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
         raise ConfigError(f"imgcls models {args.pattern}{given}: {' '.join(str(e).split())}") from e
-    table = Table(title="imgcls models")
-    for col in ("model", "params", "trainable", "MACs", "input"):
-        table.add_column(col, justify="left" if col in ("model", "input") else "right")
+    table = Table(title="imgcls models", caption="CIFAR-10: test accuracy measured by benchmarks/zoo.py (budget)")
+    for col in ("model", "params", "trainable", "MACs", "input", "CIFAR-10"):
+        table.add_column(col, justify="left" if col in ("model", "input", "CIFAR-10") else "right")
+    zoo = read_results()
     for r in rows:
         macs = f"{r['macs'] / 1e6:,.1f}M" if r.get("macs") is not None else "-"
-        table.add_row(r["name"], _count(r["params"]), _count(r["trainable_params"]), macs, str(r["input_size"]))
-    Console(width=120).print(table)
+        table.add_row(
+            r["name"],
+            _count(r["params"]),
+            _count(r["trainable_params"]),
+            macs,
+            str(r["input_size"]),
+            cifar10_note(r["name"], zoo),
+        )
+    Console(width=140).print(table)
     return 0
 
 
@@ -252,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics, confusion matrix, report")
-    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint file, a run folder, models:/NAME@ALIAS (or /VERSION), or a model name with published "
+        "ImageNet weights (efficientnet_lite0: then data.root=FOLDER of ImageNet class folders, named by WordNet id "
+        "or class name)",
+    )
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides (e.g. data.root=...)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
@@ -270,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k predictions for image files")
-    p.add_argument("checkpoint", help="a checkpoint file, a run folder or models:/NAME@ALIAS (or /VERSION)")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint file, a run folder, models:/NAME@ALIAS (or /VERSION), or a model name with published "
+        "ImageNet weights (efficientnet_lite0: ImageNet's 1000 classes)",
+    )
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)

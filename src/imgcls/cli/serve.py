@@ -69,7 +69,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "model",
-        help="a checkpoint / run folder, models:/NAME@ALIAS (or /VERSION), an exported .onnx file or an OpenVINO .xml",
+        help="a checkpoint / run folder, models:/NAME@ALIAS (or /VERSION), an exported .onnx file, an OpenVINO .xml, "
+        "or a model name with published ImageNet weights (efficientnet_lite0)",
     )
     p.add_argument(
         "--backend",

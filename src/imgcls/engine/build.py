@@ -23,24 +23,29 @@ from torch import nn
 from imgcls.config import (
     Config,
     ConfigError,
+    build_config,
     check_image_side,
     from_dict,
     parse_override,
     set_value,
+    to_dict,
     validate_config,
 )
 from imgcls.data.build import build_splits, data_image_size, drop_bad_files, eval_transform_of
-from imgcls.data.datasets import DATASETS, Splits, SplitView
+from imgcls.data.datasets import DATASETS, Splits, SplitView, load_dataset
 from imgcls.data.loaders import PreprocessInfo
 from imgcls.data.samplers import get_class_weights, positive_weights
-from imgcls.engine.checkpoint import load_checkpoint
+from imgcls.engine.checkpoint import CheckpointError, load_checkpoint
 from imgcls.engine.loop import MAX_TTA_VIEWS
 from imgcls.engine.losses import LOSSES, check_loss_config, check_loss_values
+from imgcls.engine.model_registry import is_model_uri
 from imgcls.engine.optim import OPTIMIZERS
 from imgcls.engine.schedules import SCHEDULES
 from imgcls.engine.tracking import check_tracker
 from imgcls.models import MODELS, create_model
-from imgcls.models.pretrained import check_weights_available, load_pretrained
+from imgcls.models.imagenet import NUM_CLASSES as IMAGENET_CLASSES
+from imgcls.models.imagenet import imagenet_classes, imagenet_indices
+from imgcls.models.pretrained import PretrainedWeightsError, check_weights_available, load_pretrained
 
 #: config keys whose value names a registry entry, checked by :func:`check_config`
 REGISTRY_KEYS: dict[str, Any] = {
@@ -350,8 +355,64 @@ def class_weights_for(splits: Splits) -> torch.Tensor:
     return get_class_weights(splits.train.targets, splits.num_classes)
 
 
+def is_model_name(text: str | Path) -> bool:
+    """``text`` names a model rather than a file: no such path exists, and it is a registered model or timm:<name>."""
+    text = str(text)
+    return not Path(text).expanduser().exists() and (text in MODELS or text.startswith("timm:"))
+
+
+def load_published_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Model ``name`` with its published ImageNet weights (offline for efficientnet_lite0/1/2), described like a
+    checkpoint: the 1000 ImageNet class names shipped with imgcls, the weights' preprocessing (input size, mean, std,
+    interpolation), and a config whose data is an ImageFolder (``data.root=...`` for ``imgcls eval``).
+
+    Returns:
+        (model in eval mode, checkpoint-like dict: ``config``, ``classes``, ``preprocess``, ``path`` (the name),
+        ``weights``, ``dataset``, ``published`` = True; no ``model`` state dict).
+
+    Raises:
+        ConfigError: the model publishes no ImageNet weights (or their package is not installed), naming the fix.
+        NoInternetError: the weights are online and there is no internet.
+    """
+    cfg = build_config(None, [f"model.name={name}", "model.pretrained=true", "data.name=imagefolder"])
+    try:
+        check_config(cfg)
+        model = build_model_for(cfg, num_classes=IMAGENET_CLASSES, in_chans=3, image_size=None)
+    except PretrainedWeightsError as e:
+        raise ConfigError(f"'{name}' is neither a checkpoint nor a run folder, and as a model name: {e}") from e
+    data_cfg = model.data_cfg
+    preprocess = PreprocessInfo(
+        image_size=int(data_cfg["input_size"][-1]),
+        in_chans=3,
+        mean=[float(m) for m in data_cfg["mean"]],
+        std=[float(s) for s in data_cfg["std"]],
+        interpolation=str(data_cfg.get("interpolation", "bilinear")),
+        resize=True,
+    )
+    ckpt = {
+        "config": to_dict(cfg),
+        "classes": imagenet_classes(),
+        "preprocess": preprocess.to_dict(),
+        "path": name,
+        "weights": "imagenet",
+        "dataset": "ImageNet-1k",
+        "published": True,
+    }
+    return model.to(device).eval(), ckpt
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights. Returns (model in eval mode, checkpoint)."""
+    """Rebuild the model a checkpoint describes and load its weights. Returns (model in eval mode, checkpoint).
+
+    ``path`` may also be a model name with published ImageNet weights (``efficientnet_lite0``, see
+    :func:`load_published_model`)."""
+    if is_model_name(path):
+        return load_published_model(str(path), device)
+    if not is_model_uri(path) and not Path(path).expanduser().exists():
+        raise CheckpointError(
+            f"checkpoint not found: {path} (a checkpoint file, a run folder, or a model name with published ImageNet "
+            "weights such as efficientnet_lite0)"
+        )
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = from_dict(ckpt["config"])
     cfg.model.pretrained = False  # the checkpoint holds the weights; never fetch published ones here
@@ -383,9 +444,45 @@ def load_split(
         if not key.startswith("data."):
             raise ConfigError(f"eval only takes data.* overrides (the model comes from the checkpoint), got '{key}'")
         set_value(cfg, key, value)
+    if ckpt.get("published"):
+        return model, ckpt, imagenet_split(cfg, split), eval_transform_of(PreprocessInfo(**ckpt["preprocess"]))
     splits = build_splits(cfg)
     drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)  # as training did: the same split, cleaned
     view = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if view is None or len(view) == 0:
         raise ConfigError(f"the dataset has no '{split}' split for this config; try --split val")
     return model, ckpt, view, eval_transform_of(PreprocessInfo(**ckpt["preprocess"]))
+
+
+def imagenet_split(cfg: Config, split: str) -> SplitView:
+    """The ``split`` folder of ``data.root`` (or, when it has no train/val/test folders, every image in it), labelled
+    with ImageNet indices: for a model with published ImageNet weights, whose classes are ImageNet's 1000.
+
+    Raises:
+        ConfigError: no data.root, the folder lacks that split, or a class folder is not an ImageNet class
+            (:func:`imgcls.models.imagenet.imagenet_indices`).
+    """
+    if not cfg.data.root:
+        raise ConfigError(
+            "a model with ImageNet weights is evaluated on your images: give data.root=FOLDER, a folder of ImageNet "
+            "class folders (<wnid or class name>/<images>, or train/ val/ test/ holding them)"
+        )
+    raw = load_dataset(cfg.data.name, root=cfg.data.root, in_chans=3, max_image_pixels=cfg.data.max_image_pixels)
+    has_splits = raw.val is not None or raw.test is not None or (Path(cfg.data.root).expanduser() / "train").is_dir()
+    source = {"train": raw.train, "val": raw.val, "test": raw.test}[split] if has_splits else raw.train
+    if source is None:
+        raise ConfigError(f"{cfg.data.root} has no {split}/ folder; try --split train or --split val")
+    source = copy.copy(source)  # the same images, labelled by ImageNet index instead of folder order
+    source.targets = torch.tensor(imagenet_indices(raw.classes))[source.targets]
+    splits = Splits(
+        train=SplitView(source, np.arange(len(source))),
+        val=None,
+        test=None,
+        classes=imagenet_classes(),
+        in_chans=3,
+        mean=[],
+        std=[],
+        read=raw.read,
+    )
+    drop_bad_files(splits, max_bad_fraction=cfg.data.max_bad_fraction)
+    return splits.train

@@ -81,6 +81,8 @@ class EpochStats:
     seconds: float
     steps: int  # optimizer steps taken in this epoch
     skipped_steps: int = 0  # non-finite steps skipped
+    #: batches of the epoch done when ``TrainOptions.should_stop`` ended it early (None: it ran to its end)
+    stopped_at: int | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -135,6 +137,8 @@ class TrainOptions:
             checkpoints); ``snapshot()`` gives the running sums to save in a mid-epoch checkpoint.
         multilabel: the targets are multi-hot [B, K] (mixed ones soft): the epoch's accuracy is the label accuracy
             (:meth:`EpochSums.add`) instead of the argmax's.
+        should_stop: asked after each optimizer step (after ``on_step``); True ends the epoch there, at a step
+            boundary (a time budget). The returned stats say where (``EpochStats.stopped_at``).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -154,6 +158,7 @@ class TrainOptions:
     resume_sums: dict[str, Any] | None = None
     on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None
     multilabel: bool = False
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -310,6 +315,7 @@ def train_one_epoch(
     def snapshot() -> dict[str, Any]:
         return sums.state_dict(seconds=sums.seconds + time.perf_counter() - t0)
 
+    stopped_at = None
     for i, (images, targets) in enumerate(loader, start=opts.start_batch):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -332,6 +338,9 @@ def train_one_epoch(
                 opts.on_log(opt.step, float(loss))
         if opts.on_step is not None:
             opts.on_step(i + 1, snapshot)
+        if opts.should_stop is not None and i + 1 < total and opts.should_stop():
+            stopped_at = i + 1
+            break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = sums.seconds + time.perf_counter() - t0
@@ -343,6 +352,7 @@ def train_one_epoch(
         seconds=seconds,
         steps=opt.step - start_step,
         skipped_steps=sums.skipped,
+        stopped_at=stopped_at,
     )
 
 

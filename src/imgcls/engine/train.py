@@ -134,6 +134,8 @@ class TrainState:
     batch: int = 0  # batches of epoch ``epoch`` already done (> 0: resuming from a mid-epoch checkpoint)
     epoch_sums: dict[str, Any] | None = None  # that partial epoch's running sums (:class:`EpochSums` state)
     elapsed_before: float = 0.0  # wall seconds of the earlier sessions of a resumed run
+    train_seconds: float = 0.0  # seconds of training steps in the finished epochs, across resumes (the time budget)
+    budget_stop: dict[str, Any] | None = None  # where training.max_minutes stopped the run (None: it did not)
     started: float = field(default_factory=time.perf_counter)  # this session's start (perf_counter)
 
     def elapsed(self) -> float:
@@ -308,6 +310,7 @@ def restore(s: TrainSetup, ckpt: dict[str, Any] | None) -> TrainState:
         batch=int(ckpt.get("batch", 0)),
         epoch_sums=mine["epoch_sums"],
         elapsed_before=float(ckpt.get("elapsed_s", 0.0)),  # absent in checkpoints written before it was recorded
+        train_seconds=float(ckpt.get("train_s", 0.0)),
     )
     # re-apply the gradual unfreezing that had happened before the checkpoint (at the start of the interrupted
     # epoch too, for a mid-epoch one), so the optimizer's groups match
@@ -488,9 +491,12 @@ def run_epoch(
         resume_sums=state.epoch_sums,
         on_step=on_step,
         multilabel=s.multilabel,
+        should_stop=_budget_check(s, state),
     )
     stats = train_one_epoch(s.train_model, s.loaders.train, s.opt, s.loss_fn, opts)
     state.batch, state.epoch_sums = 0, None
+    state.train_seconds += stats.seconds  # the whole epoch's (a mid-epoch resume's sums carry the earlier part)
+    _note_budget_stop(s, state, stats.stopped_at)
     if hasattr(s.opt.optimizer, "sync_lookahead"):
         s.opt.optimizer.sync_lookahead()  # evaluate and save the slow (lookahead) weights, as timm does
     if s.dist.enabled:
@@ -510,6 +516,47 @@ def run_epoch(
         "images_per_s": stats.images_per_s,
     }
     return row, _validate(s, row)
+
+
+def _budget_check(s: TrainSetup, state: TrainState) -> Callable[[], bool] | None:
+    """``should_stop`` for :func:`train_one_epoch` under ``training.max_minutes`` (None without a budget): True once
+    the finished epochs' training seconds plus this epoch's so far reach the budget. Under DDP rank 0's clock decides
+    (one small broadcast per step), so every rank stops at the same step."""
+    minutes = s.cfg.training.max_minutes
+    if minutes is None:
+        return None
+    before = state.train_seconds + float((state.epoch_sums or {}).get("seconds", 0.0))
+    t0 = time.perf_counter()
+
+    def should_stop() -> bool:
+        due = before + time.perf_counter() - t0 >= minutes * 60
+        return bool(broadcast_object(due, s.dist)) if s.dist.enabled else due
+
+    return should_stop
+
+
+def _note_budget_stop(s: TrainSetup, state: TrainState, stopped_at: int | None) -> None:
+    """Record in ``state.budget_stop`` that the time budget ends the run after this epoch (cut at batch
+    ``stopped_at``, or at its end when the budget ran out with its last step)."""
+    minutes = s.cfg.training.max_minutes
+    if (
+        minutes is None
+        or stopped_at is None
+        and (
+            state.train_seconds < minutes * 60 or state.epoch + 1 >= s.cfg.training.epochs  # the last epoch ends anyway
+        )
+    ):
+        return
+    batches = len(s.loaders.train)
+    done = stopped_at if stopped_at is not None else batches
+    state.budget_stop = {
+        "max_minutes": minutes,
+        "train_seconds": state.train_seconds,
+        "epoch": state.epoch + 1,
+        "batches": done,
+        "batches_per_epoch": batches,
+        "epochs_reached": state.epoch + done / batches,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -578,6 +625,7 @@ def checkpoint_state(
         "versions": software_versions(),
         "git": git_state(),
         "data_fingerprint": s.data_fingerprint,
+        "train_s": state.train_seconds,
     }
 
 
@@ -649,6 +697,16 @@ def end_epoch(
             f"{state.best_epoch})",
         )
         state.stopped_early = True
+    if state.budget_stop is not None and not state.stopped_early:
+        b = state.budget_stop
+        cut = "" if b["batches"] == b["batches_per_epoch"] else f" (batch {b['batches']} of {b['batches_per_epoch']})"
+        _say(
+            s.dist,
+            f"time budget: stopped after {b['train_seconds'] / 60:.1f} of training.max_minutes={b['max_minutes']:g} "
+            f"minutes of training, in epoch {b['epoch']}/{s.cfg.training.epochs}{cut}: {b['epochs_reached']:.2f} "
+            "epochs reached",
+        )
+        return True
     return state.stopped_early
 
 
@@ -748,6 +806,8 @@ def finish(s: TrainSetup, state: TrainState, run: RunFolder) -> RunResult:
         "dataset": cfg.data.name,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
+        "budget_stop": state.budget_stop,  # training.max_minutes ended the run: where (None: it did not)
+        "train_seconds": state.train_seconds,
         "best_epoch": state.best_epoch,
         "best_val_" + cfg.training.early_stopping.monitor.removeprefix("val_"): state.best_score,
         "test_acc": test.acc if test else None,

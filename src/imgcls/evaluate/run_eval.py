@@ -266,7 +266,9 @@ def run_eval(
     cfg = ckpt["config"]
     models, members = build_ensemble(model, ckpt, ensemble, ensemble_mode, device)
     classes = list(ckpt["classes"])
-    run_dir = Path(ckpt["path"]).parent.parent
+    # a model name with published weights has no run folder: its eval folder goes into the working directory
+    published = bool(ckpt.get("published"))
+    run_dir = Path("eval-" + ckpt["path"].replace(":", "_")) if published else Path(ckpt["path"]).parent.parent
     is_ensemble = bool(ensemble) or ensemble_mode == "weights"
     meta = {
         "checkpoint": ckpt["path"],
@@ -277,7 +279,7 @@ def run_eval(
         "ensemble_mode": ensemble_mode if is_ensemble else None,
         "members": members,
     }
-    out = Path(out_dir) if out_dir else run_dir / "eval"
+    out = Path(out_dir) if out_dir else run_dir if published else run_dir / "eval"
     result, metrics = evaluate_split(
         models,
         view,
@@ -331,7 +333,12 @@ def print_eval(result: EvalResult, classes: list[str], split: str, metrics: dict
         per_class.add_column(c, justify="right")
     per_class.add_column("support", justify="right")
     support = result.confusion.sum(1).tolist()
+    absent = sum(1 for n in support if n == 0)
+    if absent:  # e.g. ImageNet's 1000 classes, of which an ImageFolder holds a few
+        per_class.caption = f"{absent} of the {len(classes)} classes have no image in the split and are not listed"
     for i, name in enumerate(classes):
+        if absent and support[i] == 0:
+            continue
         if metrics is not None:
             pc = metrics["per_class"][name]
             values = [pc[c] for c in cols]

@@ -53,6 +53,22 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
     return int(math.ceil(depth_mult * repeats))
 
 
+def init_conv_fan_out(conv: nn.Conv2d) -> None:
+    """He-normal init by the conv's true fan-out, ``k*k*out_channels / groups`` (the paper's and timm's rule).
+
+    ``nn.init.kaiming_normal_(mode="fan_out")`` ignores ``groups``: for a depthwise conv it takes ``k*k*channels``
+    where each output sees only ``k*k`` weights, so the weights start ``sqrt(channels)`` times too small (17x for
+    288 channels). Adam's steps are about ``lr`` whatever a weight's size, so such weights change by several percent
+    a step, and with them the variance the following BatchNorm sees, faster than its running statistics (an average
+    over ~10 steps at momentum 0.1) can follow. Through a chain of blocks without residuals (efficientnet_tiny) the
+    stale statistics compound: in eval mode the features shrink to a constant and the model predicts one class.
+    """
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention: global-pool, bottleneck MLP (1x1 convs), sigmoid gate that rescales each channel."""
 
@@ -179,9 +195,7 @@ class EfficientNet(ImageClassifier):
         self.data_cfg["interpolation"] = "bicubic"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_conv_fan_out(m)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_conv(self.stages(self.stem(x)))

@@ -214,13 +214,13 @@ def load_runner(
         info={
             "quantized": False,
             "path": resolved,
-            "dataset": _dataset_of(ckpt["config"]),
+            "dataset": ckpt.get("dataset") or _dataset_of(ckpt["config"]),  # a published model: ImageNet-1k
             "weights": weights if isinstance(weights, str) else None,
-            "run": run_facts(resolved, name),
+            "run": {} if ckpt.get("published") else run_facts(resolved, name),  # a model name has no run
             "backend": {"name": "pytorch", "label": BACKEND_LABELS["pytorch"], "path": resolved, "why": "asked for"},
         },
     )
-    if backend == "auto" and dev.type == "cpu":
+    if backend == "auto" and dev.type == "cpu" and not ckpt.get("published"):  # a model name has no exports beside it
         choose_backend(runner, threads)
     return runner
 
