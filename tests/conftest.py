@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -42,6 +43,22 @@ TINY = [
 def tiny_overrides(tmp_path):
     """Overrides for a run of a few seconds, writing into a temporary runs folder."""
     return [*TINY, f"run.dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(autouse=True)
+def _default_sigchld():
+    """Give SIGCHLD back its default after each test. A DataLoader with workers installs a Python SIGCHLD handler in
+    this process and never removes it; with it in place, the full suite (one process, many native libraries loaded)
+    died silently with SIGSEGV at the next child exit (measured twice, while test_serve_load waited for its stopped
+    server: the signal arrived in nanosleep, so it was the kernel failing to deliver SIGCHLD to the handler, not a
+    fault in code). torch installs the handler again for the next DataLoader with workers (the flag reset below), so
+    a test that needs its worker-failure check still has it."""
+    yield
+    if signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        from torch.utils.data._utils import signal_handling  # deferred: private torch module, read only here
+
+        signal_handling._SIGCHLD_handler_set = False
 
 
 @pytest.fixture(autouse=True)
