@@ -48,6 +48,15 @@ def _console() -> Any:
     return Console(width=120)
 
 
+def _export_failed(e: Exception) -> int:
+    """An export that failed or was refused: the parity table when there is one, then the reason (exit 1)."""
+    report = getattr(e, "report", None)  # ExportParityError carries the comparison that refused the file
+    if report is not None:
+        print("\n".join(report.lines()), file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("onnx", "web", "openvino"):
         _need_export_extra()
@@ -59,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from imgcls.config import ConfigError
 
         raise ConfigError("--int8 is for --format openvino; for ONNX run imgcls quantize on the exported file")
-    from imgcls.export.onnx import ExportError, ExportParityError, export_checkpoint
+    from imgcls.export.onnx import ExportError, export_checkpoint
 
     try:
         result = export_checkpoint(
@@ -73,14 +82,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             min_top1_agreement=args.min_agreement,
             num_images=args.num_images,
         )
-    except ExportParityError as e:
-        if e.report is not None:
-            print("\n".join(e.report.lines()), file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _export_failed(e)
     if result.report is not None:
         print("\n".join(result.report.lines()))
     if result.checker == "ok":
@@ -98,21 +101,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_web(args: argparse.Namespace) -> int:
     from imgcls.config import ConfigError
-    from imgcls.export.onnx import ExportError, ExportParityError
+    from imgcls.export.onnx import ExportError
     from imgcls.export.web import export_web
 
     if args.out is None:
         raise ConfigError("--format web writes a folder: give it with --out DIR")
     try:
         result = export_web(args.checkpoint, args.out, atol=args.atol, num_images=args.num_images, samples=args.samples)
-    except ExportParityError as e:
-        if e.report is not None:
-            print("\n".join(e.report.lines()), file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _export_failed(e)
     if result.onnx.report is not None:
         print("\n".join(result.onnx.report.lines()))
     print("\n".join(result.lines()))
@@ -121,19 +118,13 @@ def _export_web(args: argparse.Namespace) -> int:
 
 
 def _export_openvino(args: argparse.Namespace) -> int:
-    from imgcls.export.onnx import ExportError, ExportParityError
+    from imgcls.export.onnx import ExportError
     from imgcls.export.openvino import export_openvino
 
     try:
         result = export_openvino(args.checkpoint, args.out, int8=args.int8, atol=args.atol, num_images=args.num_images)
-    except ExportParityError as e:
-        if e.report is not None:
-            print("\n".join(e.report.lines()), file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _export_failed(e)
     print("\n".join(result.lines()))
     print(f"EXPORTED {result.path} (+ {result.path.with_suffix('.bin').name})")
     return 0

@@ -476,13 +476,9 @@ def evaluate(
         targets = targets.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        probs = torch.zeros(images.shape[0], num_classes, device=device)
         views = view_fn(images, tta) if tta > 1 else [images]
         with autocast_context(device, amp, amp_dtype):
-            for m in models:
-                for v in views:
-                    probs += F.softmax(m(v).float(), dim=1)
-        probs /= len(models) * len(views)
+            probs = _mean_probs(models, views, lambda z: F.softmax(z, dim=1))
         logp = probs.clamp_min(1e-12).log()  # log of averaged probabilities: a proper score for ensembles/TTA
         nll_sum += F.nll_loss(logp, targets, reduction="sum").double()
         pred = probs.argmax(1)
@@ -510,6 +506,15 @@ def evaluate(
     )
 
 
+def _mean_probs(
+    models: list, views: list[torch.Tensor], activation: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The probabilities (``activation`` of the fp32 logits: softmax, or sigmoid per label) averaged over every model
+    and TTA view: the one ensemble/TTA rule of both evaluations."""
+    probs = sum(activation(m(v).float()) for m in models for v in views)
+    return probs / (len(models) * len(views))
+
+
 def _evaluate_multilabel(
     models: list,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -535,13 +540,9 @@ def _evaluate_multilabel(
         targets = targets.to(device, non_blocking=True).float()
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        probs = torch.zeros(images.shape[0], num_classes, device=device)
         views = view_fn(images, tta) if tta > 1 else [images]
         with autocast_context(device, amp, amp_dtype):
-            for m in models:
-                for v in views:
-                    probs += torch.sigmoid(m(v).float())
-        probs /= len(models) * len(views)
+            probs = _mean_probs(models, views, torch.sigmoid)
         clipped = probs.clamp(1e-7, 1 - 1e-7)  # the BCE of averaged probabilities, finite for saturated ones
         bce_sum += F.binary_cross_entropy(clipped, targets, reduction="sum").double() / num_classes
         all_probs.append(probs.cpu())
