@@ -583,6 +583,12 @@ def _base_of(
     """Reconcile this command line with what the study recorded when it was created (empty pieces are taken from
     the study; given pieces must match)."""
     attrs = study.user_attrs
+    # a worker that just created the study writes its definition one attribute at a time, "params" last: a worker
+    # joining in those milliseconds waits for the whole of it rather than compare against half of it
+    deadline = time.monotonic() + 10
+    while attrs and "params" not in attrs and time.monotonic() < deadline:
+        time.sleep(0.05)
+        attrs = study.user_attrs
     if not attrs:
         return preset, list(overrides), list(params), metric
     stored = (
