@@ -191,6 +191,28 @@ def run_config(
         stop_server(proc)
 
 
+def model_ceiling(model: Path, *, threads: int, batch: int, shape: tuple[int, int, int], seconds: float = 2.0):
+    """Images/s of the served model alone (the server's own runner: same backend, memory format and threads) at
+    batch 1 and at ``batch``. Their ratio bounds what any batcher can gain in requests/s once the model is the
+    bottleneck, so the server's ratio is read against it."""
+    import torch
+
+    from imgcls.serve.app import load_runner
+
+    runner = load_runner(model, threads=threads, backend="pytorch" if model.suffix == ".pt" else "auto")
+    out = []
+    for bs in (1, batch):
+        x = torch.randn(bs, *shape)
+        for _ in range(2):
+            runner.forward(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            runner.forward(x)
+            n += bs
+        out.append(n / (time.perf_counter() - t0))
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet18", help="a registered model name (random init)")
@@ -219,6 +241,11 @@ def main() -> None:
             from imgcls.export.onnx import export_checkpoint
 
             model = export_checkpoint(model, fmt="onnx", dynamic_batch=True).path
+        ceiling = model_ceiling(model, threads=args.threads, batch=args.max_batch, shape=(channels, size, size))
+        console.print(
+            f"the model alone: {ceiling[0]:.1f} img/s at batch 1, {ceiling[1]:.1f} at batch {args.max_batch} "
+            f"({ceiling[1] / ceiling[0]:.2f}x: the most any batcher can gain once the model is the bottleneck)"
+        )
         payloads = request_bodies(16, size, channels)
         configs = {"batch-1": (1, 0.0), f"adaptive (max {args.max_batch})": (args.max_batch, 0.0)}
         if args.window_ms > 0:
@@ -263,7 +290,8 @@ def main() -> None:
     verdict = "met" if met else "NOT met"
     console.print(
         f"adaptive micro-batching / batch-1: {ratio:.2f}x requests/s, p99 {micro['p99']:.1f} ms vs "
-        f"{med['batch-1']['p99']:.1f} ms (target >= 2x at equal p99: {verdict})"
+        f"{med['batch-1']['p99']:.1f} ms (target >= 2x at equal p99: {verdict}); the model's own batch gain "
+        f"{ceiling[1] / ceiling[0]:.2f}x, of which the server reached {ratio / (ceiling[1] / ceiling[0]):.0%}"
     )
 
 

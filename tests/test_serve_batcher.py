@@ -148,3 +148,52 @@ def test_cancelled_requests_are_dropped_and_a_full_queue_refuses():
     (a, c), _ = run(cancel, model, max_queue=3)
     assert float(a[0]) == 0.0 and float(c[0]) == 20.0
     assert model.calls == [1, 1]  # the cancelled image never reached the model
+
+
+def _two_requests(gap_between_s: float):
+    """Under a measured heavy load (arrivals every 15 ms on average, model calls of 200 ms), one request, then
+    another ``gap_between_s`` later: -> (model calls, seconds until the first was answered)."""
+
+    async def two(b):
+        b.gap_s, b.call_s = 0.015, 0.2
+        t0 = time.perf_counter()
+        first = asyncio.ensure_future(b.submit(image(1)))
+        answered = []
+        first.add_done_callback(lambda _: answered.append(time.perf_counter() - t0))
+        await asyncio.sleep(gap_between_s)
+        second = asyncio.ensure_future(b.submit(image(2)))
+        out1, out2 = await first, await second
+        first_s = answered[0]
+        assert torch.equal(out1, image(10)) and torch.equal(out2, image(20))
+        return first_s
+
+    first_s, _ = run(two, model := Model())
+    return model.calls, first_s
+
+
+def test_under_heavy_load_the_idle_model_lingers_for_the_next_arrival():
+    # the next request comes within twice the usual gap: both go in one call
+    calls, _ = _two_requests(0.015)
+    assert calls == [2], calls
+
+
+def test_lingering_ends_as_soon_as_the_stream_pauses():
+    # nothing within twice the usual gap (30 ms): the first goes alone, long before the 100 ms linger budget
+    calls, first_s = _two_requests(0.3)
+    assert calls == [1, 1], calls
+    assert first_s < 0.09, first_s
+
+
+def test_at_low_load_nothing_lingers():
+    async def spaced(b):
+        b.call_s = 0.2  # a slow model: lingering would be allowed up to 100 ms
+        outs = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            outs.append((await b.submit(image(i)), time.perf_counter() - t0))
+            await asyncio.sleep(0.15)  # arrivals 150 ms apart: longer than half a call
+        return outs
+
+    outs, b = run(spaced, model := Model())
+    assert model.calls == [1, 1, 1] and b.gap_s > 0.1
+    assert all(s < 0.05 for _, s in outs), outs

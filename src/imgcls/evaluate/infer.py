@@ -30,6 +30,7 @@ class Predictor:
     preprocess: PreprocessInfo
     device: torch.device
     checkpoint: dict[str, Any]
+    channels_last: bool = False
 
     @property
     def multilabel(self) -> bool:
@@ -41,8 +42,16 @@ class Predictor:
         return list(self.checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(self.classes))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", *, channels_last: bool = True
+    ) -> Predictor:
+        """``channels_last``: run the model on NHWC-strided tensors. On CPU, oneDNN's convolutions are faster that
+        way (measured on a 2-core AMD EPYC, 1 thread, eager: resnet18 32 px 1.11x at batch 1 and 1.33x at batch 32,
+        simple_cnn 1.16x / 1.73x, efficientnet_b0 1.09x / 1.53x; vit_tiny unchanged), and the predictions are the
+        same up to float rounding."""
         model, ckpt = load_model(path, device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         pre = dict(ckpt["preprocess"])
         # a checkpoint's images may come from anywhere at predict time: always resize to the trained size
         pre["resize"] = True
@@ -52,7 +61,15 @@ class Predictor:
             preprocess=PreprocessInfo(**pre),
             device=torch.device(device),
             checkpoint=ckpt,
+            channels_last=channels_last,
         )
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images [B, C, S, S] on the model's device, in the model's memory format."""
+        images = images.to(self.device)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     @cached_property
     def transform(self):  # noqa: ANN201
@@ -66,7 +83,7 @@ class Predictor:
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images [B, C, S, S] -> class probabilities [B, K]."""
-        logits = self.model(images.to(self.device)).float()
+        logits = self.model(self.to_input(images)).float()
         return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).cpu()
 
     def labels(self, probs: torch.Tensor) -> list[list[tuple[str, float]]]:
