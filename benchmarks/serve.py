@@ -197,19 +197,14 @@ def model_ceiling(model: Path, *, threads: int, batch: int, shape: tuple[int, in
     bottleneck, so the server's ratio is read against it."""
     import torch
 
+    from imgcls.export.timing import measure
     from imgcls.serve.app import load_runner
 
     runner = load_runner(model, threads=threads, backend="pytorch" if model.suffix == ".pt" else "auto")
     out = []
     for bs in (1, batch):
-        x = torch.randn(bs, *shape)
-        for _ in range(2):
-            runner.forward(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            runner.forward(x)
-            n += bs
-        out.append(n / (time.perf_counter() - t0))
+        times = measure(runner.forward, torch.randn(bs, *shape), warmup=2, min_seconds=seconds)
+        out.append(bs * len(times) / sum(times))
     return out[0], out[1]
 
 
@@ -241,10 +236,13 @@ def main() -> None:
             from imgcls.export.onnx import export_checkpoint
 
             model = export_checkpoint(model, fmt="onnx", dynamic_batch=True).path
-        ceiling = model_ceiling(model, threads=args.threads, batch=args.max_batch, shape=(channels, size, size))
+        alone_1, alone_b = model_ceiling(
+            model, threads=args.threads, batch=args.max_batch, shape=(channels, size, size)
+        )
+        gain = alone_b / alone_1
         console.print(
-            f"the model alone: {ceiling[0]:.1f} img/s at batch 1, {ceiling[1]:.1f} at batch {args.max_batch} "
-            f"({ceiling[1] / ceiling[0]:.2f}x: the most any batcher can gain once the model is the bottleneck)"
+            f"the model alone: {alone_1:.1f} img/s at batch 1, {alone_b:.1f} at batch {args.max_batch} "
+            f"({gain:.2f}x: the most any batcher can gain once the model is the bottleneck)"
         )
         payloads = request_bodies(16, size, channels)
         configs = {"batch-1": (1, 0.0), f"adaptive (max {args.max_batch})": (args.max_batch, 0.0)}
@@ -291,7 +289,7 @@ def main() -> None:
     console.print(
         f"adaptive micro-batching / batch-1: {ratio:.2f}x requests/s, p99 {micro['p99']:.1f} ms vs "
         f"{med['batch-1']['p99']:.1f} ms (target >= 2x at equal p99: {verdict}); the model's own batch gain "
-        f"{ceiling[1] / ceiling[0]:.2f}x, of which the server reached {ratio / (ceiling[1] / ceiling[0]):.0%}"
+        f"{gain:.2f}x, of which the server reached {ratio / gain:.0%}"
     )
 
 

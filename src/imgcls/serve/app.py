@@ -386,9 +386,10 @@ class MicroBatcher:
         self.batches = 0  # model calls made (retries of a failed batch not counted)
         self.items = 0  # images answered
         self.batch_sizes: collections.Counter[int] = collections.Counter()
-        # exponential averages (seconds) of the gap between arrivals and of one model call: the linger rule above
-        self.gap_s = float("inf")
-        self.call_s = 0.0
+        # exponential averages (seconds) of the gap between arrivals and of one model call (None until measured):
+        # the linger rule above
+        self.gap_s: float | None = None
+        self.call_s: float | None = None
         self._last_arrival: float | None = None
 
     @property
@@ -434,8 +435,7 @@ class MicroBatcher:
         futures = [loop.create_future() for _ in images]
         now = loop.time()
         if self._last_arrival is not None:
-            gap = now - self._last_arrival
-            self.gap_s = gap if self.gap_s == float("inf") else 0.8 * self.gap_s + 0.2 * gap
+            self.gap_s = _ema(self.gap_s, now - self._last_arrival)
         self._last_arrival = now
         self.pending.extend((x, f, now) for x, f in zip(images, futures, strict=True))
         self.has_items.set()
@@ -464,9 +464,9 @@ class MicroBatcher:
 
     async def _linger(self) -> None:
         """The adaptive wait (class docstring): only under a load whose arrivals are much closer than a call."""
-        budget = 0.5 * self.call_s
-        if self.gap_s >= budget:
+        if self.gap_s is None or self.call_s is None or self.gap_s >= 0.5 * self.call_s:
             return
+        budget = 0.5 * self.call_s
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
         while len(self.pending) < self.max_batch:
@@ -502,8 +502,7 @@ class MicroBatcher:
         t0 = loop.time()
         try:
             out = await loop.run_in_executor(self.executor, self.fn, torch.stack([x for x, _ in items]))
-            took = loop.time() - t0
-            self.call_s = took if self.call_s == 0.0 else 0.8 * self.call_s + 0.2 * took
+            self.call_s = _ema(self.call_s, loop.time() - t0)
         except Exception as e:  # noqa: BLE001 - the requests get the error, the worker goes on
             if len(items) == 1:
                 _settle(items[0][1], error=e)
@@ -524,6 +523,11 @@ class MicroBatcher:
         self.batch_sizes[len(items)] += 1
         for i, (_, f) in enumerate(items):
             _settle(f, result=out[i])
+
+
+def _ema(average: float | None, x: float) -> float:
+    """One step of the batcher's exponential averages; the first value starts it."""
+    return x if average is None else 0.8 * average + 0.2 * x
 
 
 def _settle(fut: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
